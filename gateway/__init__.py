@@ -1,0 +1,1 @@
+"""Network services, command line, settings and wiring of the imaging gatekeeper."""

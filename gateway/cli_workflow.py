@@ -1,0 +1,5 @@
+"""Command-line verbs (filled in by their capability)."""
+
+
+def register(verbs) -> None:
+    pass

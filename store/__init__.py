@@ -1,0 +1,1 @@
+"""Reconciliation of received studies, the hold queue and the durable archive."""

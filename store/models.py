@@ -1,0 +1,75 @@
+"""Peewee models for the index of received studies, instances and hold findings.
+
+The files themselves live under the storage root (see :mod:`store.archive`); these rows
+say where each one is, what state its study is in, and why a held study is held.
+"""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from worklist.db import BaseModel
+
+# Study states. A study moves held -> archived (release, correct) or held -> rejected
+# (reject) -> purged (retention job; files deleted, rows kept for the record).
+ARCHIVED = "archived"
+HELD = "held"
+REJECTED = "rejected"
+PURGED = "purged"
+STUDY_STATES = (ARCHIVED, HELD, REJECTED, PURGED)
+
+
+class StudyRow(BaseModel):
+    study_instance_uid = pw.CharField(max_length=64, unique=True)
+    state = pw.CharField(max_length=8, index=True)
+    accession_number = pw.CharField(max_length=16, default="", index=True)
+    # The order the study is linked to (empty while the accession matches none).
+    order_accession = pw.CharField(max_length=16, default="", index=True)
+    patient_id = pw.CharField(max_length=64, default="")
+    study_date = pw.CharField(max_length=8, default="")
+    first_received_at = pw.DateTimeField(index=True)
+    last_received_at = pw.DateTimeField()
+    # When the study was first held (kept after release, for the held-time figures).
+    held_at = pw.DateTimeField(null=True)
+    state_changed_at = pw.DateTimeField()
+    # Set by the held-age job once the study crossed storage.held_alert_hours.
+    age_flagged_at = pw.DateTimeField(null=True)
+    instance_count = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "studies"
+
+
+class InstanceRow(BaseModel):
+    sop_instance_uid = pw.CharField(max_length=64, unique=True)
+    study_instance_uid = pw.CharField(max_length=64, index=True)
+    series_instance_uid = pw.CharField(max_length=64, index=True)
+    sop_class_uid = pw.CharField(max_length=64)
+    transfer_syntax_uid = pw.CharField(max_length=64, default="")
+    path = pw.CharField(max_length=400)  # relative to the storage root
+    size = pw.BigIntegerField()
+    sha256 = pw.CharField(max_length=64)
+    received_from = pw.CharField(max_length=16, default="")
+    received_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "instances"
+
+
+class FindingRow(BaseModel):
+    """One failed reconciliation check of one instance (SPEC rule 3)."""
+
+    study_instance_uid = pw.CharField(max_length=64, index=True)
+    sop_instance_uid = pw.CharField(max_length=64, index=True)
+    code = pw.CharField(max_length=32, index=True)
+    instance_value = pw.CharField(default="")
+    order_value = pw.CharField(default="")
+    message = pw.TextField(default="")
+    holds = pw.BooleanField(default=True)
+    found_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "findings"
+
+
+MODELS = [StudyRow, InstanceRow, FindingRow]

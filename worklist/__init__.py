@@ -1,0 +1,1 @@
+"""Orders, authorizations, payer policy, worklist gating and MWL matching."""

@@ -1,0 +1,251 @@
+"""Peewee models for orders, auths, overrides, MPPS steps and the audit log.
+
+Rows convert to and from the plain types of :mod:`worklist.orders`; rules never see a
+row. The audit log is append-only: the product has no code path that edits it, and
+:func:`protect_audit_log` makes the database refuse UPDATE and DELETE on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import peewee as pw
+
+from worklist.db import BaseModel
+from worklist.orders import Auth, Order, Override
+
+
+class OrderRow(BaseModel):
+    accession_number = pw.CharField(max_length=16, unique=True)
+    status = pw.CharField(max_length=16, default="scheduled", index=True)
+    patient_id = pw.CharField(max_length=64, index=True)
+    patient_issuer = pw.CharField(default="")
+    patient_name = pw.CharField(default="")
+    birth_date = pw.DateField()
+    sex = pw.CharField(max_length=1, default="")
+    cpt = pw.CharField(max_length=5)
+    description = pw.CharField(default="")
+    modality = pw.CharField(max_length=16)
+    body_part = pw.CharField(default="")
+    laterality = pw.CharField(max_length=1, null=True)
+    scheduled_start = pw.DateTimeField(index=True)
+    station_ae = pw.CharField(max_length=16)
+    station_name = pw.CharField(default="")
+    location = pw.CharField(default="")
+    ordering_npi = pw.CharField(max_length=10)
+    ordering_name = pw.CharField(default="")
+    facility_npi = pw.CharField(max_length=10)
+    payer_id = pw.CharField(index=True)
+    member_id = pw.CharField(default="")
+    plan_type = pw.CharField(default="")
+    diagnoses = pw.TextField(default="")  # ICD-10 codes joined by ';'
+    study_instance_uid = pw.CharField(max_length=64, index=True)
+    requested_procedure_id = pw.CharField(max_length=16, default="", index=True)
+    scheduled_procedure_step_id = pw.CharField(max_length=16, default="")
+    # The auth whose unit this order used when its MPPS completed (used once per order).
+    auth_unit_used = pw.CharField(null=True)
+    # Last decision recorded by the re-evaluation job: "served" or "withheld", with codes.
+    last_decision = pw.CharField(max_length=8, null=True)
+    last_reasons = pw.CharField(default="")
+    imported_at = pw.DateTimeField()
+    updated_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "orders"
+        indexes = (
+            (("station_ae", "scheduled_start"), False),
+            (("modality", "scheduled_start"), False),
+        )
+
+    def to_order(self) -> Order:
+        return Order(
+            accession_number=self.accession_number,
+            status=self.status,
+            patient_id=self.patient_id,
+            patient_issuer=self.patient_issuer,
+            patient_name=self.patient_name,
+            birth_date=self.birth_date,
+            sex=self.sex,
+            cpt=self.cpt,
+            description=self.description,
+            modality=self.modality,
+            body_part=self.body_part,
+            laterality=self.laterality,
+            scheduled_start=self.scheduled_start,
+            station_ae=self.station_ae,
+            station_name=self.station_name,
+            location=self.location,
+            ordering_npi=self.ordering_npi,
+            ordering_name=self.ordering_name,
+            facility_npi=self.facility_npi,
+            payer_id=self.payer_id,
+            member_id=self.member_id,
+            plan_type=self.plan_type,
+            diagnoses=tuple(d for d in self.diagnoses.split(";") if d),
+            study_instance_uid=self.study_instance_uid,
+            requested_procedure_id=self.requested_procedure_id,
+            scheduled_procedure_step_id=self.scheduled_procedure_step_id,
+        )
+
+
+def order_columns(order: Order) -> dict:
+    """Column values of an order row (without timestamps and bookkeeping)."""
+    return {
+        "accession_number": order.accession_number,
+        "status": order.status,
+        "patient_id": order.patient_id,
+        "patient_issuer": order.patient_issuer,
+        "patient_name": order.patient_name,
+        "birth_date": order.birth_date,
+        "sex": order.sex,
+        "cpt": order.cpt,
+        "description": order.description,
+        "modality": order.modality,
+        "body_part": order.body_part,
+        "laterality": order.laterality,
+        "scheduled_start": order.scheduled_start,
+        "station_ae": order.station_ae,
+        "station_name": order.station_name,
+        "location": order.location,
+        "ordering_npi": order.ordering_npi,
+        "ordering_name": order.ordering_name,
+        "facility_npi": order.facility_npi,
+        "payer_id": order.payer_id,
+        "member_id": order.member_id,
+        "plan_type": order.plan_type,
+        "diagnoses": ";".join(order.diagnoses),
+        "study_instance_uid": order.study_instance_uid,
+        "requested_procedure_id": order.requested_procedure_id,
+        "scheduled_procedure_step_id": order.scheduled_procedure_step_id,
+    }
+
+
+class AuthRow(BaseModel):
+    auth_number = pw.CharField(unique=True)
+    payer_id = pw.CharField()
+    patient_id = pw.CharField(max_length=64, index=True)
+    cpt_codes = pw.CharField()  # joined by ';'
+    facility_npi = pw.CharField(max_length=10)
+    ordering_npi = pw.CharField(max_length=10)
+    valid_from = pw.DateField()
+    valid_to = pw.DateField(index=True)
+    units = pw.IntegerField(default=1)
+    units_used = pw.IntegerField(default=0)
+    laterality = pw.CharField(max_length=1, null=True)
+    body_part = pw.CharField(default="")
+    status = pw.CharField(max_length=16, default="approved")
+    imported_at = pw.DateTimeField()
+    updated_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "auths"
+
+    def to_auth(self) -> Auth:
+        return Auth(
+            auth_number=self.auth_number,
+            payer_id=self.payer_id,
+            patient_id=self.patient_id,
+            cpt_codes=tuple(c for c in self.cpt_codes.split(";") if c),
+            facility_npi=self.facility_npi,
+            ordering_npi=self.ordering_npi,
+            valid_from=self.valid_from,
+            valid_to=self.valid_to,
+            units=self.units,
+            units_used=self.units_used,
+            laterality=self.laterality,
+            body_part=self.body_part,
+            status=self.status,
+        )
+
+
+def auth_columns(auth: Auth) -> dict:
+    return {
+        "auth_number": auth.auth_number,
+        "payer_id": auth.payer_id,
+        "patient_id": auth.patient_id,
+        "cpt_codes": ";".join(auth.cpt_codes),
+        "facility_npi": auth.facility_npi,
+        "ordering_npi": auth.ordering_npi,
+        "valid_from": auth.valid_from,
+        "valid_to": auth.valid_to,
+        "units": auth.units,
+        "units_used": auth.units_used,
+        "laterality": auth.laterality,
+        "body_part": auth.body_part,
+        "status": auth.status,
+    }
+
+
+class OverrideRow(BaseModel):
+    accession_number = pw.CharField(max_length=16, index=True)
+    user = pw.CharField()
+    reason = pw.TextField()
+    at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "overrides"
+
+    def to_override(self) -> Override:
+        return Override(self.accession_number, self.user, self.reason, self.at)
+
+
+class MppsRow(BaseModel):
+    """One Modality Performed Procedure Step (PS3.4 F.7) as last reported."""
+
+    sop_instance_uid = pw.CharField(max_length=64, unique=True)
+    accession_number = pw.CharField(max_length=16, null=True, index=True)
+    status = pw.CharField(max_length=16)  # IN PROGRESS, COMPLETED, DISCONTINUED
+    calling_ae = pw.CharField(default="")
+    performed_series = pw.TextField(default="[]")  # JSON list of series/instance references
+    discontinuation_reason = pw.CharField(default="")
+    created_at = pw.DateTimeField()
+    updated_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "mpps"
+
+
+class AuditEvent(BaseModel):
+    """Who did what, when and why. Never updated or deleted."""
+
+    at = pw.DateTimeField(index=True)
+    user = pw.CharField()
+    action = pw.CharField(index=True)
+    subject = pw.CharField(index=True)  # an accession number, auth number or Study Instance UID
+    reason = pw.TextField(default="")
+    detail = pw.TextField(default="{}")  # JSON
+
+    class Meta:
+        table_name = "audit_log"
+
+
+def audit(at: dt.datetime, user: str, action: str, subject: str, reason: str = "", **detail) -> AuditEvent:
+    """Append one event to the audit log."""
+    return AuditEvent.create(
+        at=at, user=user, action=action, subject=subject, reason=reason,
+        detail=json.dumps(detail, sort_keys=True, default=str),
+    )
+
+
+def protect_audit_log(db: pw.Database) -> None:
+    """Make the database itself refuse UPDATE and DELETE on the audit log."""
+    if isinstance(db, pw.SqliteDatabase):
+        for verb in ("UPDATE", "DELETE"):
+            db.execute_sql(
+                f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
+                f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+            )
+    else:
+        db.execute_sql(
+            "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql"
+        )
+        db.execute_sql("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
+        db.execute_sql(
+            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+        )
+
+
+MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow, AuditEvent]
