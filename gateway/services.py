@@ -1,11 +1,14 @@
-"""The list of DICOM services the server carries, and the job scheduler hook.
+"""The DICOM services the server carries, and the job scheduler hook.
 
-Each service module provides ``add_to(ae, app) -> handlers`` and ``on_start(app)``.
+Each service module provides ``add_to(ae, app) -> handlers`` (adds its presentation
+contexts, returns its event handlers bound to the app) and ``on_start(app)``.
 """
 
 from __future__ import annotations
 
-ALL: list = []
+from gateway import commit_scp, mpps_scp, mwl_scp, store_scp
+
+ALL = [mwl_scp, store_scp, mpps_scp, commit_scp]
 
 
 def start_jobs(app):

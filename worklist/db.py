@@ -44,7 +44,7 @@ def open_database(url: str) -> peewee.Database:
             },
         )
     elif url.startswith(("postgres://", "postgresql://")):
-        db = db_url.connect(url, autorollback=True)
+        db = db_url.connect(url)
     else:
         raise ValueError(
             f"database.url {url!r} is not supported; use sqlite:///path/to/file.db or "

@@ -44,8 +44,8 @@ def parse_ranges(entries: list, where: str) -> tuple[CodeRange, ...]:
     ranges = []
     for entry in entries:
         text = str(entry).strip()
-        first, _, last = text.partition("-")
-        first, last = first.strip(), (last.strip() or first.strip())
+        first, dash, last = (part.strip() for part in text.partition("-"))
+        last = last if dash else first
         if not (_CPT.match(first) and _CPT.match(last)) or first > last:
             raise ValueError(
                 f"{where}.requires_auth has {entry!r}; write a CPT code like \"70553\" "

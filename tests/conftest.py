@@ -1,0 +1,109 @@
+"""Shared fixtures: a gateway folder with its own settings, database and store, an
+opened app with a fixed clock, and the DICOM server running in-process on a free port.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.app import App, open_app
+from gateway.settings import load
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT.parent / "shared" / "examples"
+#: The examples are written for exams on 2026-12-01; tests look at them from the morning before.
+EXAMPLE_NOW = dt.datetime(2026, 11, 30, 8, 0, 0)
+#: Set by CI (or by hand) to run the database tests against PostgreSQL too.
+PG_URL_ENV = "GATEKEEPER_TEST_PG_URL"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_settings(folder: Path, port: int | None = None, extra: str = "", database_url: str | None = None) -> Path:
+    """A settings file in ``folder`` based on the shipped one, on ``port`` and loopback."""
+    text = (ROOT / "settings.toml").read_text()
+    text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"')
+    text = text.replace("port = 11112", f"port = {port or free_port()}")
+    if database_url:
+        text = text.replace('url = "sqlite:///var/gatekeeper.db"', f'url = "{database_url}"')
+    path = folder / "settings.toml"
+    path.write_text(text + "\n" + extra)
+    return path
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: dt.datetime):
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(EXAMPLE_NOW)
+
+
+@pytest.fixture
+def settings_path(tmp_path) -> Path:
+    return write_settings(tmp_path)
+
+
+@pytest.fixture
+def app(settings_path, clock) -> App:
+    application = open_app(load(settings_path, environ={}), clock=clock)
+    yield application
+    application.db.close()
+
+
+class RunningServer:
+    def __init__(self, app: App):
+        from gateway.server import serve
+
+        self.app = app
+        self.port = app.settings.port
+        self.ae_title = app.settings.ae_title
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=serve, args=(app, self._ready, self._stop), daemon=True)
+
+    def start(self) -> "RunningServer":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the in-process server did not start within 10 s")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def server(app) -> RunningServer:
+    """The gateway's AE serving on a free loopback port, in this process."""
+    running = RunningServer(app).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """PostgreSQL URL for database tests; skipped locally without it, required in CI."""
+    url = os.environ.get(PG_URL_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{PG_URL_ENV} is not set under CI; .ci/run sets it")
+        pytest.skip(f"set {PG_URL_ENV}=postgresql://postgres@127.0.0.1:5432/test to run")
+    return url

@@ -1,0 +1,134 @@
+"""Order and auth files: all or nothing, every problem named by record, line and field."""
+
+import copy
+import json
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from worklist.intake import IntakeError, parse_auths, parse_orders
+
+ORDERS = json.loads((EXAMPLES / "orders.json").read_text())
+AUTHS = json.loads((EXAMPLES / "auths.json").read_text())
+
+
+def _with(record: dict, path: str, value):
+    rec = copy.deepcopy(record)
+    node = rec
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node[p]
+    if value is KeyError:
+        del node[last]
+    else:
+        node[last] = value
+    return rec
+
+
+def test_examples_parse():
+    orders = parse_orders((EXAMPLES / "orders.json").read_text())
+    assert [o.accession_number for o in orders] == ["ACC1001", "ACC1002", "ACC1003"]
+    assert orders[1].laterality == "R" and orders[0].diagnoses == ("G43.909",)
+    auths = parse_auths((EXAMPLES / "auths.json").read_text())
+    assert auths[1].laterality == "L" and auths[0].units == 1 and auths[0].status == "approved"
+
+
+def test_ndjson_is_accepted():
+    text = "\n".join(json.dumps(o) for o in ORDERS) + "\n"
+    assert len(parse_orders(text)) == 3
+
+
+@pytest.mark.parametrize("path, value, field, words", [
+    ("ordering_provider.npi", "1234567890", "ordering_provider.npi", "not a valid NPI"),
+    ("facility_npi", "123", "facility_npi", "not a valid NPI"),
+    ("patient.birth_date", "1980-13-01", "patient.birth_date", "not a date"),
+    ("status", "booked", "status", "not one of"),
+    ("patient.id", KeyError, "patient.id", "is missing"),
+    ("procedure.cpt", "7055", "procedure.cpt", "not a CPT code"),
+    ("procedure.cpt", "70553-26", "procedure.cpt", "not a CPT code"),
+    ("scheduled.start", "2026-12-01 9:30", "scheduled.start", "not a date-time"),
+    ("scheduled.start", "2026-12-01T09:30:00+01:00", "scheduled.start", "UTC offset"),
+    ("accession_number", "A" * 17, "accession_number", "longer than 16"),
+    ("procedure.laterality", "X", "procedure.laterality", "not one of"),
+    ("diagnoses", ["not-a-code"], "diagnoses[0]", "ICD-10"),
+    ("study_instance_uid", "1.2.abc", "study_instance_uid", "not a DICOM UID"),
+])
+def test_bad_order_field_rejects_the_whole_file(path, value, field, words):
+    records = [ORDERS[0], _with(ORDERS[1], path, value), ORDERS[2]]
+    text = json.dumps(records, indent=2)
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text, "orders.json")
+    (problem,) = err.value.problems
+    assert (problem.index, problem.field) == (1, field)
+    assert words in problem.message
+    # The line named is where record 1 starts in the file.
+    assert text.splitlines()[problem.line - 1].strip() == "{"
+    assert text.splitlines()[problem.line].strip().startswith('"accession_number"')
+    assert "nothing imported" in str(err.value) and "orders.json" in str(err.value)
+
+
+def test_ndjson_problem_names_its_line():
+    text = json.dumps(ORDERS[0]) + "\n\n" + json.dumps(_with(ORDERS[1], "patient.sex", "X")) + "\n"
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text)
+    assert (err.value.problems[0].index, err.value.problems[0].line, err.value.problems[0].field) == (1, 3, "patient.sex")
+
+
+def test_duplicate_accession_in_one_file_is_rejected():
+    with pytest.raises(IntakeError, match="already appears in record 0"):
+        parse_orders(json.dumps([ORDERS[0], ORDERS[0]]))
+
+
+def test_broken_json_is_rejected_with_its_line():
+    with pytest.raises(IntakeError, match="not valid JSON"):
+        parse_orders('[\n{"accession_number": "A1",\n')
+
+
+def test_every_bad_record_is_listed():
+    bad = [_with(o, "facility_npi", "1") for o in ORDERS]
+    with pytest.raises(IntakeError) as err:
+        parse_orders(json.dumps(bad))
+    assert [p.index for p in err.value.problems] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("cpt_codes", [], "at least one"),
+    ("cpt_codes", ["70553", "x"], "not a CPT code"),
+    ("ordering_npi", "1234567890", "not a valid NPI"),
+    ("valid_to", "2026-10-31", "before valid_from"),
+    ("valid_from", "yesterday", "not a date"),
+    ("status", "maybe", "not one of"),
+    ("units", 0, "at least 1"),
+    ("units_used", -1, "at least 0"),
+    ("auth_number", KeyError, "is missing"),
+])
+def test_bad_auth_field_rejects_the_whole_file(key, value, words):
+    with pytest.raises(IntakeError) as err:
+        parse_auths(json.dumps([AUTHS[0], _with(AUTHS[1], key, value)]))
+    (problem,) = err.value.problems
+    assert problem.index == 1 and problem.field.startswith(key) and words in problem.message
+
+
+CSV = """auth_number,payer_id,patient_id,cpt_codes,facility_npi,ordering_npi,valid_from,valid_to,units,units_used,laterality,status
+PA-1,ACME,MRN1,70553;70551,1987654328,1234567893,2026-11-01,2026-11-30,2,0,,approved
+PA-2,ACME,MRN2,73721,1987654328,1456789019,2026-11-01,2026-11-30,1,1,L,pended
+"""
+
+
+def test_csv_auths_from_a_payer_portal():
+    a1, a2 = parse_auths(CSV)
+    assert a1.cpt_codes == ("70553", "70551") and a1.units == 2 and a1.laterality is None
+    assert (a2.laterality, a2.units_used, a2.status) == ("L", 1, "pended")
+
+
+def test_csv_problem_names_the_line_and_column():
+    text = CSV.replace("1456789019", "1456789010")
+    with pytest.raises(IntakeError) as err:
+        parse_auths(text)
+    (problem,) = err.value.problems
+    assert (problem.index, problem.line, problem.field) == (1, 3, "ordering_npi")
+
+
+def test_orders_are_not_read_from_csv():
+    with pytest.raises(IntakeError, match="JSON"):
+        parse_orders("accession_number,patient\nA,B\n")

@@ -1,0 +1,37 @@
+"""The server answers C-ECHO, honours the calling-AE allow list and stops cleanly."""
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from gateway.app import open_app
+from gateway.settings import load
+from tests.conftest import RunningServer, write_settings
+
+
+def _echo(port: int, calling: str = "ECHOSCU"):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
+    if not assoc.is_established:
+        return None
+    status = assoc.send_c_echo()
+    assoc.release()
+    return status.Status
+
+
+def test_echo_answers_success(server):
+    assert _echo(server.port) == 0x0000
+
+
+def test_calling_ae_not_on_allow_list_is_rejected(tmp_path, clock):
+    path = write_settings(tmp_path)
+    text = path.read_text().replace("allowed_calling_aets = []", 'allowed_calling_aets = ["MR1"]')
+    path.write_text(text)
+    app = open_app(load(path, environ={}), clock=clock)
+    running = RunningServer(app).start()
+    try:
+        assert _echo(running.port, "INTRUDER") is None
+        assert _echo(running.port, "MR1") == 0x0000
+    finally:
+        running.stop()
+        app.db.close()
