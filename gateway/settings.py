@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from store.reconcile import ALL_CODES
 from worklist.policy import PayerPolicy, parse_policy
 
 DEFAULT_FILE = "settings.toml"
@@ -219,11 +220,6 @@ def _ae_title(value: Any, key: str, path: Path) -> str:
 
 
 def _check_codes(codes: frozenset[str], path: Path) -> None:
-    try:
-        from store.reconcile import ALL_CODES
-    except ImportError:  # XXX-LEAD remove
-        return
-
     unknown = sorted(codes - ALL_CODES)
     if unknown:
         raise SettingsError(

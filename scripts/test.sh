@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what the test suite needs and run all of it:
+#   - DCMTK (findscu, storescu, echoscu) from Debian, for the end-to-end tests;
+#   - a virtualenv in .venv with the project and pytest;
+#   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
+#     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
+# Extra arguments go to pytest, e.g. scripts/test.sh -k mwl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! /usr/bin/findscu --version >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+export GATEKEEPER_TEST_PG_URL="${GATEKEEPER_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+exec .venv/bin/python -m pytest "$@"
