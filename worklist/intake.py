@@ -86,13 +86,15 @@ def _json_array(text: str, source: str) -> Iterator[tuple[int, Any]]:
     pos = text.index("[") + 1
     index = 0
     ws = re.compile(r"[\s,]*")
+    line, counted = 1, 0  # line number at offset `counted`, advanced as we go
     while True:
         pos = ws.match(text, pos).end()
+        line += text.count("\n", counted, pos)
+        counted = pos
         if pos >= len(text):
-            raise IntakeError(source, [Problem(index, text.count("\n", 0, pos) + 1, "(file)", "the JSON array is not closed with ]")])
+            raise IntakeError(source, [Problem(index, line, "(file)", "the JSON array is not closed with ]")])
         if text[pos] == "]":
             return
-        line = text.count("\n", 0, pos) + 1
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:

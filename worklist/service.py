@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import peewee as pw
 from pydicom.uid import generate_uid
 
-from worklist.db import database
+from worklist.db import database, upsert_many
 from worklist.gating import Decision, decide
 from worklist.models import AuthRow, OrderRow, OverrideRow, audit, auth_columns, order_columns
 from worklist.orders import Auth, Order, Override
@@ -63,11 +63,7 @@ def import_orders(orders: Sequence[Order], now: dt.datetime, *, user: str = "imp
                     updated += 1
                 else:
                     created += 1
-            keep = [f for f in OrderRow._meta.sorted_fields
-                    if f.name not in ("id", "accession_number", "imported_at", "auth_unit_used", "last_decision", "last_reasons")]
-            OrderRow.insert_many(rows).on_conflict(
-                conflict_target=[OrderRow.accession_number], preserve=keep
-            ).execute()
+            upsert_many(OrderRow, rows, "accession_number", keep=("imported_at",))
         audit(now, user, "orders.import", source or "orders", created=created, updated=updated)
     return ImportResult(created, updated)
 
@@ -96,8 +92,7 @@ def import_auths(auths: Sequence[Auth], now: dt.datetime, *, user: str = "import
                     created += 1
                 cols["imported_at"] = cols["updated_at"] = now
                 rows.append(cols)
-            keep = [f for f in AuthRow._meta.sorted_fields if f.name not in ("id", "auth_number", "imported_at")]
-            AuthRow.insert_many(rows).on_conflict(conflict_target=[AuthRow.auth_number], preserve=keep).execute()
+            upsert_many(AuthRow, rows, "auth_number", keep=("imported_at",))
         audit(now, user, "auths.import", source or "auths", created=created, updated=updated)
     return ImportResult(created, updated)
 
