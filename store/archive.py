@@ -1,0 +1,393 @@
+"""Durable file storage for received instances (SPEC rule 4: nothing is lost).
+
+Under the storage root::
+
+    archive/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   studies that passed
+    held/...                                                              studies under review
+    rejected/...                                                          rejected, kept a while
+    incoming/                                                             temporary files
+
+All four live on one file system, so a rename between them is atomic. A file reaches a
+tree only by ``os.replace`` of a complete temporary file from ``incoming/`` that was
+fsynced first, and the directory is fsynced after the rename (and after creating any
+folder). A crash at any moment therefore leaves either the old state or the whole new
+file, never part of one; leftovers in ``incoming/`` are removed by :meth:`Archive.recover`
+at start. Only then may the caller acknowledge the C-STORE (0x0000).
+
+Writing the same SOP Instance UID again replaces the file atomically: a re-sent instance
+never makes a duplicate. Files are streamed in 1 MiB chunks and hashed (SHA-256) as they go.
+
+Operations on one study (writing into it, moving it, removing it) must be serialised by the
+caller; different studies may be handled concurrently. Files are created readable by the
+gatekeeper's user only (they hold patient data).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from store.header import uid_is_well_formed
+
+ARCHIVE = "archive"
+HELD = "held"
+REJECTED = "rejected"
+INCOMING = "incoming"
+#: The trees a stored file can be in.
+TREES = (ARCHIVE, HELD, REJECTED)
+CHUNK_SIZE = 1024 * 1024
+SUFFIX = ".dcm"
+
+#: ArchiveWriteError kinds: the DICOM handler maps them to 0xA700 and 0xC000.
+OUT_OF_RESOURCES = "out_of_resources"
+CANNOT_PROCESS = "cannot_process"
+#: Errors that go away once space, quota, memory or descriptors are freed.
+_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+
+
+class ArchiveWriteError(Exception):
+    """A file could not be stored durably; nothing partial was left in a tree.
+
+    ``kind`` is :data:`OUT_OF_RESOURCES` (disk full, quota, memory, file descriptors: the
+    sender should retry later, 0xA700) or :data:`CANNOT_PROCESS` (read-only volume,
+    permissions, I/O error: 0xC000).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file written into a tree: its path relative to the root, size and SHA-256 (hex)."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class MoveReport:
+    """What :meth:`Archive.move_study` moved: the new paths, relative to the root."""
+
+    study_instance_uid: str
+    from_tree: str
+    to_tree: str
+    moved: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """The leftovers of interrupted writes that :meth:`Archive.recover` removed."""
+
+    removed: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.removed)
+
+
+class Archive:
+    """The storage root with its ``archive/``, ``held/``, ``rejected/`` and ``incoming/``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / INCOMING
+        try:
+            for name in (*TREES, INCOMING):
+                self._make_dirs(self.root / name)
+        except OSError as exc:
+            raise _write_error(exc, f"could not prepare the storage root {self.root}") from exc
+
+    # -- where things are -------------------------------------------------------------
+
+    def relative_path(self, tree: str, study: str, series: str, sop: str) -> Path:
+        """``<tree>/<study>/<series>/<sop>.dcm``; every UID must be well formed."""
+        _check_tree(tree)
+        for uid in (study, series, sop):
+            _check_uid(uid)
+        return Path(tree, study, series, sop + SUFFIX)
+
+    def path_of(self, tree: str, study: str, series: str, sop: str) -> Path:
+        """The absolute path of an instance's file in ``tree`` (whether or not it exists)."""
+        return self.root / self.relative_path(tree, study, series, sop)
+
+    def exists(self, tree: str, study: str, series: str, sop: str) -> bool:
+        return self.path_of(tree, study, series, sop).is_file()
+
+    def locate(self, study: str, series: str, sop: str) -> tuple[str, ...]:
+        """The trees holding a file for this instance (normally none or one)."""
+        return tuple(t for t in TREES if self.exists(t, study, series, sop))
+
+    def trees_of(self, study: str) -> tuple[str, ...]:
+        """The trees holding at least one file of ``study``."""
+        return tuple(t for t in TREES if self.study_files(t, study))
+
+    def study_files(self, tree: str, study: str) -> tuple[Path, ...]:
+        """The absolute paths of ``study``'s files in ``tree``, sorted."""
+        _check_tree(tree)
+        _check_uid(study)
+        folder = self.root / tree / study
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted(p for p in folder.glob(f"*/*{SUFFIX}") if p.is_file()))
+
+    # -- writing ------------------------------------------------------------------------
+
+    def new_incoming(self) -> Path:
+        """A fresh, empty file in ``incoming/`` for the caller to write a received file into.
+
+        Hand it to :meth:`write_new` as ``source``; :meth:`recover` removes it if the
+        process dies first.
+        """
+        try:
+            fd, name = tempfile.mkstemp(dir=self.incoming, prefix="rx-", suffix=".part")
+            os.close(fd)
+        except OSError as exc:
+            raise _write_error(exc, f"could not create a file in {self.incoming}") from exc
+        return Path(name)
+
+    def write_new(
+        self, tree: str, study: str, series: str, sop: str, source: bytes | str | os.PathLike[str]
+    ) -> StoredFile:
+        """Store one instance durably in ``tree`` and return where, its size and checksum.
+
+        ``source`` is the file's bytes, or the path of a file holding them. A path directly
+        inside ``incoming/`` is consumed: renamed into place on success, deleted on failure.
+        Any other path is copied and left alone. An existing file for the same instance in
+        the same tree is replaced atomically. Raises :class:`ArchiveWriteError`.
+        """
+        relative = self.relative_path(tree, study, series, sop)
+        final = self.root / relative
+        in_memory = isinstance(source, (bytes, bytearray, memoryview))
+        consumed = not in_memory and self._in_incoming(Path(source))
+        temp: Path | None = Path(source) if consumed else None
+        try:
+            if in_memory:
+                temp, size, digest = self._write_temp(_chunks_of(source))
+            elif consumed:
+                size, digest = _hash_and_sync(temp)
+            else:
+                with open(source, "rb") as f:
+                    temp, size, digest = self._write_temp(iter(lambda: f.read(CHUNK_SIZE), b""))
+            self._install(temp, final)
+            temp = None
+            return StoredFile(relative, size, digest)
+        except OSError as exc:
+            raise _write_error(exc, f"could not store {relative}") from exc
+        finally:
+            if temp is not None:
+                _unlink_quietly(temp)
+
+    def move_study(self, study: str, from_tree: str, to_tree: str) -> MoveReport:
+        """Move every file of ``study`` from one tree to another, each by an atomic rename.
+
+        A file already in ``to_tree`` for the same instance is replaced. Safe to run again
+        after a crash mid-move: it moves what is left, and does nothing once all is moved.
+        Emptied folders in ``from_tree`` are removed. Raises :class:`ArchiveWriteError`.
+        """
+        _check_tree(from_tree)
+        _check_tree(to_tree)
+        _check_uid(study)
+        if from_tree == to_tree:
+            raise ValueError(f"cannot move study {study} from {from_tree} to itself")
+        moved: list[Path] = []
+        source_study = self.root / from_tree / study
+        try:
+            present = source_study.is_dir()
+            series_dirs = sorted(p for p in source_study.iterdir() if p.is_dir()) if present else []
+            for series_dir in series_dirs:
+                target = self.root / to_tree / study / series_dir.name
+                files = sorted(p for p in series_dir.iterdir() if p.is_file() and p.suffix == SUFFIX)
+                if files:
+                    self._make_dirs(target)
+                for path in files:
+                    os.replace(path, target / path.name)
+                    moved.append(Path(to_tree, study, series_dir.name, path.name))
+                if files:
+                    _fsync_dir(target)
+                    _fsync_dir(series_dir)
+                _rmdir_if_empty(series_dir)
+            _rmdir_if_empty(source_study)
+        except OSError as exc:
+            what = f"could not move study {study} from {from_tree} to {to_tree}"
+            raise _write_error(exc, what) from exc
+        return MoveReport(study, from_tree, to_tree, tuple(moved))
+
+    def remove(self, tree: str, study: str, series: str, sop: str) -> bool:
+        """Delete one instance's file from ``tree``; False when it was not there."""
+        path = self.path_of(tree, study, series, sop)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _write_error(exc, f"could not remove {path.relative_to(self.root)}") from exc
+        try:
+            _fsync_dir(path.parent)
+            _rmdir_if_empty(path.parent)
+            _rmdir_if_empty(path.parent.parent)
+        except OSError as exc:
+            raise _write_error(exc, f"could not remove {path.relative_to(self.root)}") from exc
+        return True
+
+    def remove_study(self, tree: str, study: str) -> int:
+        """Delete every file of ``study`` in ``tree`` (the rejected-study purge); the count."""
+        count = 0
+        for path in self.study_files(tree, study):
+            series = path.parent.name
+            count += self.remove(tree, study, series, path.name[: -len(SUFFIX)])
+        return count
+
+    def recover(self) -> RecoveryReport:
+        """Remove what interrupted writes left in ``incoming/``; call once at start.
+
+        Run it before accepting associations: it removes every file in ``incoming/``,
+        including those another process sharing this root is writing.
+        """
+        removed: list[str] = []
+        try:
+            for entry in sorted(os.scandir(self.incoming), key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False):
+                    _remove_tree(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+                removed.append(entry.name)
+            if removed:
+                _fsync_dir(self.incoming)
+        except OSError as exc:
+            raise _write_error(exc, f"could not clear {self.incoming}") from exc
+        return RecoveryReport(tuple(removed))
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _in_incoming(self, path: Path) -> bool:
+        return path.resolve().parent == self.incoming.resolve()
+
+    def _write_temp(self, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int, str]:
+        """Write ``chunks`` to a new file in ``incoming/``, fsync it; (path, size, sha256)."""
+        fd, name = tempfile.mkstemp(dir=self.incoming, prefix="wr-", suffix=".part")
+        temp = Path(name)
+        try:
+            digest, size = hashlib.sha256(), 0
+            with open(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        return temp, size, digest.hexdigest()
+
+    def _install(self, temp: Path, final: Path) -> None:
+        """Rename the synced ``temp`` to ``final`` and make the rename durable."""
+        self._make_dirs(final.parent)
+        try:
+            os.replace(temp, final)
+        except FileNotFoundError:
+            if not temp.exists():
+                raise
+            self._make_dirs(final.parent)  # a concurrent cleanup removed an emptied folder
+            os.replace(temp, final)
+        _fsync_dir(final.parent)
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create ``folder`` and missing parents, fsyncing each parent that got a new entry."""
+        missing: list[Path] = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(path.parent)
+
+
+def _chunks_of(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK_SIZE):
+        yield view[start : start + CHUNK_SIZE]
+
+
+def _hash_and_sync(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    return size, digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+        return
+    _fsync_dir(folder.parent)
+
+
+def _remove_tree(folder: Path) -> None:
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            _remove_tree(Path(entry.path))
+        else:
+            os.unlink(entry.path)
+    os.rmdir(folder)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _check_tree(tree: str) -> None:
+    if tree not in TREES:
+        raise ValueError(f"unknown tree {tree!r}; use one of {', '.join(TREES)}")
+
+
+def _check_uid(uid: str) -> None:
+    if not uid_is_well_formed(uid):
+        raise ValueError(f"{uid!r} is not a well-formed UID (PS3.5 9.1) and cannot name a file")
+
+
+def _write_error(exc: OSError, what: str) -> ArchiveWriteError:
+    """Name the failure and what to do about it, and classify it for the DICOM status."""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        advice = "the storage volume is full or over quota; free space and the sender will retry"
+    elif code in _RESOURCE_ERRNOS:
+        advice = "the system is out of memory or file descriptors; the sender's retry may succeed"
+    elif code == errno.EROFS:
+        advice = "the storage volume is read-only; remount it read-write"
+    elif code in (errno.EACCES, errno.EPERM):
+        advice = "the gatekeeper may not write there; fix the folder's owner or permissions"
+    else:
+        advice = "check the storage volume and the system log"
+    kind = OUT_OF_RESOURCES if code in _RESOURCE_ERRNOS else CANNOT_PROCESS
+    reason = exc.strerror or str(exc)
+    return ArchiveWriteError(kind, f"{what}: {reason}; {advice}.")

@@ -1,0 +1,320 @@
+"""SPEC rule 4: files are written whole and durably, or not at all; header reads stay cheap."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from store import archive as archive_module
+from store.archive import (
+    ARCHIVE,
+    CANNOT_PROCESS,
+    HELD,
+    OUT_OF_RESOURCES,
+    REJECTED,
+    Archive,
+    ArchiveWriteError,
+)
+from store.header import UnreadableInstance, read_header
+from tests.dicom_factory import make_instance, write_instance
+
+STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11", "1.2.826.0.1.3680043.8.498.12"
+
+
+@pytest.fixture
+def store(tmp_path) -> Archive:
+    return Archive(tmp_path / "store")
+
+
+def tree_files(store: Archive) -> list[str]:
+    """Every file under the three trees, relative to the root."""
+    return sorted(
+        str(p.relative_to(store.root))
+        for tree in ("archive", "held", "rejected")
+        for p in (store.root / tree).rglob("*")
+        if p.is_file()
+    )
+
+
+def incoming_files(store: Archive) -> list[str]:
+    return sorted(p.name for p in store.incoming.iterdir())
+
+
+def test_layout_is_created(store):
+    assert {p.name for p in store.root.iterdir()} == {"archive", "held", "rejected", "incoming"}
+
+
+def test_write_bytes_then_read_back(store):
+    data = os.urandom(3 * 1024 * 1024 + 17)  # spans several chunks
+    stored = store.write_new(ARCHIVE, STUDY, SERIES, SOP, data)
+    assert stored.path == Path("archive", STUDY, SERIES, SOP + ".dcm")
+    assert stored.size == len(data)
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert (store.root / stored.path).read_bytes() == data
+    assert store.path_of(ARCHIVE, STUDY, SERIES, SOP) == store.root / stored.path
+    assert store.exists(ARCHIVE, STUDY, SERIES, SOP) and not store.exists(HELD, STUDY, SERIES, SOP)
+    assert store.locate(STUDY, SERIES, SOP) == (ARCHIVE,)
+    assert store.trees_of(STUDY) == (ARCHIVE,)
+    assert incoming_files(store) == []
+
+
+def test_write_a_real_instance_from_incoming_consumes_it(store):
+    ds = make_instance()
+    received = write_instance(store.new_incoming(), ds)
+    data = received.read_bytes()
+    stored = store.write_new(HELD, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, received)
+    assert not received.exists()
+    assert incoming_files(store) == []
+    assert stored.sha256 == hashlib.sha256(data).hexdigest() and stored.size == len(data)
+    assert read_header(store.root / stored.path).sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_write_from_a_path_elsewhere_copies_it(store, tmp_path):
+    source = tmp_path / "elsewhere.bin"
+    source.write_bytes(b"x" * 5000)
+    stored = store.write_new(ARCHIVE, STUDY, SERIES, SOP, source)
+    assert source.exists()
+    assert (store.root / stored.path).read_bytes() == b"x" * 5000
+    assert incoming_files(store) == []
+
+
+def test_rewrite_of_the_same_instance_replaces_it_without_duplicate(store):
+    store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"first version")
+    stored = store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"second")
+    assert (store.root / stored.path).read_bytes() == b"second"
+    assert stored.sha256 == hashlib.sha256(b"second").hexdigest()
+    assert tree_files(store) == [str(stored.path)]
+    assert incoming_files(store) == []
+
+
+@pytest.mark.parametrize(
+    "code, kind",
+    [
+        (errno.ENOSPC, OUT_OF_RESOURCES),
+        (errno.EDQUOT, OUT_OF_RESOURCES),
+        (errno.EROFS, CANNOT_PROCESS),
+        (errno.EACCES, CANNOT_PROCESS),
+        (errno.EIO, CANNOT_PROCESS),
+    ],
+)
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_write_failure_names_its_kind_and_leaves_nothing(store, monkeypatch, code, kind, failing):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(archive_module.os, failing, fail)
+    with pytest.raises(ArchiveWriteError) as caught:
+        store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"data")
+    assert caught.value.kind == kind
+    assert os.strerror(code) in str(caught.value) and SOP in str(caught.value)
+    assert tree_files(store) == []
+    assert incoming_files(store) == []
+
+
+def test_failure_on_a_rewrite_keeps_the_old_file(store, monkeypatch):
+    store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"old and complete")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive_module.os, "fsync", full)
+    with pytest.raises(ArchiveWriteError, match="full"):
+        store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"new")
+    assert store.path_of(ARCHIVE, STUDY, SERIES, SOP).read_bytes() == b"old and complete"
+
+
+def test_failure_deletes_a_consumed_incoming_source(store, monkeypatch):
+    received = store.new_incoming()
+    received.write_bytes(b"received")
+    monkeypatch.setattr(archive_module.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EROFS, "ro")))
+    with pytest.raises(ArchiveWriteError) as caught:
+        store.write_new(ARCHIVE, STUDY, SERIES, SOP, received)
+    assert caught.value.kind == CANNOT_PROCESS and "read-only" in caught.value.message
+    assert incoming_files(store) == [] and tree_files(store) == []
+
+
+def test_recover_removes_incoming_leftovers(store):
+    leftover = store.new_incoming()
+    leftover.write_bytes(b"half a file")
+    (store.incoming / "wr-crash.part").write_bytes(b"partial")
+    (store.incoming / "odd-folder").mkdir()
+    (store.incoming / "odd-folder" / "x").write_bytes(b"")
+    store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"acknowledged")
+
+    report = store.recover()
+    assert report.count == 3
+    assert set(report.removed) == {leftover.name, "wr-crash.part", "odd-folder"}
+    assert incoming_files(store) == []
+    assert store.exists(ARCHIVE, STUDY, SERIES, SOP)  # acknowledged files are untouched
+    assert store.recover().count == 0
+
+
+def test_move_study(store):
+    other_series = "1.2.826.0.1.3680043.8.498.13"
+    for series, sop in ((SERIES, SOP), (SERIES, "1.2.3.1"), (other_series, "1.2.3.2")):
+        store.write_new(HELD, STUDY, series, sop, sop.encode())
+    store.write_new(HELD, "1.2.99", SERIES, SOP, b"another study")
+
+    report = store.move_study(STUDY, HELD, ARCHIVE)
+    assert len(report.moved) == 3
+    assert all(p.parts[0] == ARCHIVE for p in report.moved)
+    assert store.path_of(ARCHIVE, STUDY, other_series, "1.2.3.2").read_bytes() == b"1.2.3.2"
+    assert store.trees_of(STUDY) == (ARCHIVE,)
+    assert not (store.root / HELD / STUDY).exists()  # emptied folders are removed
+    assert store.exists(HELD, "1.2.99", SERIES, SOP)
+
+    again = store.move_study(STUDY, HELD, ARCHIVE)  # idempotent
+    assert again.moved == ()
+    assert len(store.study_files(ARCHIVE, STUDY)) == 3
+
+
+def test_move_study_resumes_after_a_crash_halfway(store, monkeypatch):
+    sops = [f"1.2.3.{n}" for n in range(1, 6)]
+    for sop in sops:
+        store.write_new(HELD, STUDY, SERIES, sop, sop.encode())
+    real_replace, calls = os.replace, []
+
+    def crash_on_third(src, dst):
+        calls.append(src)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(archive_module.os, "replace", crash_on_third)
+    with pytest.raises(ArchiveWriteError):
+        store.move_study(STUDY, HELD, REJECTED)
+    monkeypatch.setattr(archive_module.os, "replace", real_replace)
+    assert len(store.study_files(HELD, STUDY)) == 3 and len(store.study_files(REJECTED, STUDY)) == 2
+
+    report = store.move_study(STUDY, HELD, REJECTED)
+    assert len(report.moved) == 3
+    assert [p.name for p in store.study_files(REJECTED, STUDY)] == [s + ".dcm" for s in sops]
+    assert store.trees_of(STUDY) == (REJECTED,)
+
+
+def test_move_into_a_tree_that_already_holds_part_of_the_study(store):
+    store.write_new(ARCHIVE, STUDY, SERIES, "1.2.3.1", b"archived earlier")
+    store.write_new(HELD, STUDY, SERIES, "1.2.3.2", b"held later")
+    store.move_study(STUDY, HELD, ARCHIVE)
+    assert [p.name for p in store.study_files(ARCHIVE, STUDY)] == ["1.2.3.1.dcm", "1.2.3.2.dcm"]
+
+
+def test_remove_and_remove_study(store):
+    store.write_new(REJECTED, STUDY, SERIES, "1.2.3.1", b"a")
+    store.write_new(REJECTED, STUDY, SERIES, "1.2.3.2", b"b")
+    assert store.remove(REJECTED, STUDY, SERIES, "1.2.3.1")
+    assert not store.remove(REJECTED, STUDY, SERIES, "1.2.3.1")
+    assert store.remove_study(REJECTED, STUDY) == 1
+    assert not (store.root / REJECTED / STUDY).exists()
+    assert tree_files(store) == []
+
+
+@pytest.mark.parametrize("bad", ["", "..", "../etc", "1.2/3", "1..2", "1.2.", "1.2.a", "1" * 65])
+def test_malformed_uids_never_become_paths(store, bad):
+    with pytest.raises(ValueError, match="UID"):
+        store.write_new(ARCHIVE, STUDY, SERIES, bad, b"x")
+    with pytest.raises(ValueError, match="UID"):
+        store.path_of(ARCHIVE, bad, SERIES, SOP)
+
+
+def test_unknown_tree_is_refused(store):
+    with pytest.raises(ValueError, match="unknown tree"):
+        store.write_new("incoming", STUDY, SERIES, SOP, b"x")
+
+
+# -- header reading (store.header) ------------------------------------------------------
+
+
+def test_read_header_fields(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    request = Dataset()
+    request.AccessionNumber = "ACC1001"
+    ds = make_instance(
+        AccessionNumber="",
+        RequestAttributesSequence=Sequence([request]),
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName="MÜLLER^JOSÉ",
+        ImageLaterality="R",
+    )
+    header = read_header(write_instance(tmp_path / "a.dcm", ds))
+    assert header.accession_number == "" and header.request_accession_numbers == ("ACC1001",)
+    assert header.patient_name == "MÜLLER^JOSÉ"
+    assert (header.patient_id, header.birth_date, header.sex, header.modality) == ("MRN5001", "19800203", "F", "MR")
+    assert header.laterality == "R" and header.study_date == "20250310"
+    assert header.sop_instance_uid == ds.SOPInstanceUID and header.series_instance_uid == ds.SeriesInstanceUID
+    assert header.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+
+
+def test_read_header_enhanced_frame_laterality(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    anatomy, shared = Dataset(), Dataset()
+    anatomy.FrameLaterality = "L"
+    shared.FrameAnatomySequence = Sequence([anatomy])
+    ds = make_instance(Laterality=None, SharedFunctionalGroupsSequence=Sequence([shared]))
+    assert read_header(write_instance(tmp_path / "e.dcm", ds)).laterality == "L"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not dicom at all" * 10, "not a readable DICOM"),
+        (b"", "not a readable DICOM"),
+    ],
+)
+def test_read_header_refuses_non_dicom(tmp_path, content, message):
+    path = tmp_path / "junk.dcm"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableInstance, match=message):
+        read_header(path)
+
+
+def test_read_header_refuses_a_truncated_file(tmp_path):
+    path = write_instance(tmp_path / "t.dcm", make_instance())
+    path.write_bytes(path.read_bytes()[:400])
+    with pytest.raises(UnreadableInstance, match="no .* UID"):
+        read_header(path)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"SOPInstanceUID": None}, "no SOP Instance UID"),
+        ({"StudyInstanceUID": None}, "no Study Instance UID"),
+        ({"SeriesInstanceUID": None}, "no Series Instance UID"),
+        ({"StudyInstanceUID": "../../etc"}, "malformed Study Instance UID"),
+    ],
+)
+def test_read_header_refuses_missing_or_malformed_uids(tmp_path, overrides, message):
+    path = write_instance(tmp_path / "x.dcm", make_instance(**overrides))
+    with pytest.raises(UnreadableInstance, match=message):
+        read_header(path)
+
+
+def test_read_header_of_a_large_file_skips_pixel_data(tmp_path):
+    """512 MiB of pixel data (a sparse file, so the test is cheap) must not be read."""
+    ds = make_instance(Rows=16384, Columns=16384)
+    del ds.PixelData
+    path = write_instance(tmp_path / "large.dcm", ds)
+    length = 16384 * 16384 * 2
+    with open(path, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        f.truncate(f.tell() + length)
+    assert path.stat().st_size > length
+
+    started = time.perf_counter()
+    header = read_header(path)
+    elapsed = time.perf_counter() - started
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    assert elapsed < 0.5, f"reading the header took {elapsed:.3f}s; pixel data must be skipped"
