@@ -20,8 +20,9 @@ def npi(n: int) -> str:
 def orders_and_auths(count: int, *, first_day: dt.date, days: int, seed: int = 7):
     """``count`` order records spread over ``days`` days and the stations, half withheld.
 
-    Every order needs an auth; even-numbered ones get a matching auth, odd ones an auth
-    for another CPT code, so half are served and half withheld (AUTH_CPT_MISMATCH).
+    Every order needs an auth; on each station and day, every other order gets a
+    matching auth and the rest an auth for another CPT code, so half are served and
+    half withheld (AUTH_CPT_MISMATCH).
     """
     rng = random.Random(seed)
     orders, auths = [], []
@@ -48,7 +49,7 @@ def orders_and_auths(count: int, *, first_day: dt.date, days: int, seed: int = 7
             "auth_number": f"PA-B{i:09d}",
             "payer_id": "SYNTH_PAYER",
             "patient_id": patient,
-            "cpt_codes": [cpt if i % 2 == 0 else other],
+            "cpt_codes": [cpt if (i // len(STATIONS)) % 2 == 0 else other],
             "facility_npi": FACILITY_NPI,
             "ordering_npi": ordering,
             "valid_from": (first_day - dt.timedelta(days=30)).isoformat(),

@@ -44,7 +44,6 @@ its own dataset, so ISO_IR 100 and ISO_IR 192 identifiers match alike.
 from __future__ import annotations
 
 import calendar
-import copy
 import datetime as dt
 import functools
 import re
@@ -429,11 +428,11 @@ def _project(query: Dataset, item: Dataset, out: Dataset, combine_date_time: boo
             out.add(_empty_element(elem))
             continue
         if elem.VR != "SQ":
-            out.add(copy.deepcopy(stored))
+            out.add(stored)
             continue
         key_item = elem.value[0] if elem.value else None
         if key_item is None or not any(not skipped(e.tag) for e in key_item):
-            out.add(copy.deepcopy(stored))
+            out.add(stored)
             continue
         returned = []
         for stored_item in stored.value:
@@ -462,9 +461,12 @@ def build_response(query: Dataset, item: Dataset, *, combine_date_time: bool = T
     matches it, just the sub-keys it lists (C.2.2.2.6); an empty sequence key
     returns the whole stored sequence. Specific Character Set is the item's
     whenever the response holds text encoded with it.
+
+    The response shares element objects with ``item`` (no copies: a response is
+    built per match and only encoded), so neither may be changed afterwards.
     """
     response = Dataset()
     _project(query, item, response, combine_date_time)
     if _SPECIFIC_CHARACTER_SET in item and _has_encoded_text(response):
-        response.SpecificCharacterSet = copy.deepcopy(item.SpecificCharacterSet)
+        response.SpecificCharacterSet = item.SpecificCharacterSet
     return response

@@ -10,6 +10,7 @@ and a C-CANCEL stops the work.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 from typing import Iterator
 
 import peewee as pw
@@ -17,7 +18,7 @@ from pydicom import Dataset
 
 from worklist.mwl import QueryPlan, build_item, build_response, matches
 from worklist.models import OrderRow
-from worklist.orders import WORKABLE_STATUSES
+from worklist.orders import WORKABLE_STATUSES, Order
 from worklist.policy import PayerPolicy
 from worklist.service import decide_all
 
@@ -71,10 +72,20 @@ def responses(
         yield from _served_matches(query, chunk, policy, today, auth_attribute)
 
 
+@lru_cache(maxsize=4096)
+def _item(order: Order, auth_number: str | None, auth_attribute: str) -> Dataset:
+    """The worklist item of a served order, built once per version of the order.
+
+    Orders are frozen values, so a changed order (or auth) is a new key; items are
+    never modified after they are built (responses share their elements).
+    """
+    return build_item(order, auth_number, auth_attribute=auth_attribute)
+
+
 def _served_matches(query, orders, policy, today, auth_attribute) -> Iterator[Dataset]:
     for order, decision in zip(orders, decide_all(orders, policy, today)):
         if not decision.served:
             continue
-        item = build_item(order, decision.auth_number, auth_attribute=auth_attribute)
+        item = _item(order, decision.auth_number, auth_attribute)
         if matches(query, item):
             yield build_response(query, item)
