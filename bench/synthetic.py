@@ -49,7 +49,7 @@ def orders_and_auths(count: int, *, first_day: dt.date, days: int, seed: int = 7
             "auth_number": f"PA-B{i:09d}",
             "payer_id": "SYNTH_PAYER",
             "patient_id": patient,
-            "cpt_codes": [cpt if (i // len(STATIONS)) % 2 == 0 else other],
+            "cpt_codes": [cpt if (i // (len(STATIONS) * days)) % 2 == 0 else other],
             "facility_npi": FACILITY_NPI,
             "ordering_npi": ordering,
             "valid_from": (first_day - dt.timedelta(days=30)).isoformat(),

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
 from gateway import services
@@ -61,6 +61,10 @@ def _on_rejected(event) -> None:
 
 def build_ae(app: App) -> tuple[AE, list]:
     """The AE with every service's contexts, and the handlers to start it with."""
+    # pynetdicom formats every request and response identifier for its debug log by
+    # default: patient data in the log, and about a millisecond per worklist item.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
     s = app.settings
     ae = AE(ae_title=s.ae_title)
     ae.maximum_associations = s.max_associations

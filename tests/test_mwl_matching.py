@@ -539,3 +539,10 @@ def test_plan_admits_every_order_that_matches(identifier):
 ])
 def test_plan_narrows_the_lookup(identifier):
     assert not admits(plan_query(identifier), ORDER)
+
+
+@pytest.mark.parametrize("identifier, expected", [c[1:] for c in MATCHING], ids=[c[0] for c in MATCHING])
+def test_matching_keys_give_the_same_answer(identifier, expected):
+    from worklist.mwl import matching_keys
+
+    assert matches(matching_keys(identifier), ITEM) is expected

@@ -29,12 +29,12 @@ from pydicom.valuerep import PersonName
 from worklist.mwl_item import build_item, describe
 from worklist.mwl_match import (
     NOT_MATCHED, NUMERIC_VRS, RANGE_HINT, RANGE_VRS, UNMATCHABLE_VRS, WILDCARD_VRS, InvalidQuery, build_response,
-    has_wildcard, key_vr, matches, mismatched_key, name_of, parse_range, person_name_matches,
+    has_wildcard, key_vr, matches, matching_keys, mismatched_key, name_of, parse_range, person_name_matches,
     skipped, values_of,
 )
 
 __all__ = [
-    "InvalidQuery", "QueryPlan", "build_item", "build_response", "describe", "matches",
+    "InvalidQuery", "QueryPlan", "build_item", "build_response", "describe", "matches", "matching_keys",
     "mismatched_key", "person_name_matches", "plan_query", "validate_query",
 ]
 

@@ -405,6 +405,24 @@ def mismatched_key(query: Dataset, item: Dataset, *, combine_date_time: bool = T
     return _mismatch(query, item, combine_date_time, "")
 
 
+def matching_keys(query: Dataset) -> Dataset:
+    """The keys of ``query`` that can reject an item: universal ones left out.
+
+    Matching an item against this gives the same answer as against ``query``
+    (universal keys match everything), so a handler computes it once per query
+    and matches every candidate against the short form.
+    """
+    keys = Dataset()
+    for elem in query:
+        if elem.tag in NOT_MATCHED or skipped(elem.tag) or is_universal(elem):
+            continue
+        if elem.VR == "SQ" and len(elem.value) == 1:
+            keys.add(DataElement(elem.tag, "SQ", [matching_keys(elem.value[0])]))
+        else:
+            keys.add(elem)
+    return keys
+
+
 def matches(query: Dataset, item: Dataset, *, combine_date_time: bool = True) -> bool:
     """True when ``item`` matches every key of the C-FIND identifier ``query`` (PS3.4 C.2.2.2)."""
     return mismatched_key(query, item, combine_date_time=combine_date_time) is None

@@ -16,7 +16,7 @@ from typing import Iterator
 import peewee as pw
 from pydicom import Dataset
 
-from worklist.mwl import QueryPlan, build_item, build_response, matches
+from worklist.mwl import QueryPlan, build_item, build_response, matches, matching_keys
 from worklist.models import OrderRow
 from worklist.orders import WORKABLE_STATUSES, Order
 from worklist.policy import PayerPolicy
@@ -62,14 +62,15 @@ def responses(
     """Yield one C-FIND response identifier per served order that matches ``query``."""
     rows = OrderRow.select().where(*plan_conditions(plan, only_station))
     rows = rows.order_by(OrderRow.scheduled_start, OrderRow.id)
+    keys = matching_keys(query)
     chunk = []
     for row in rows.iterator():
         chunk.append(row.to_order())
         if len(chunk) == CHUNK:
-            yield from _served_matches(query, chunk, policy, today, auth_attribute)
+            yield from _served_matches(query, keys, chunk, policy, today, auth_attribute)
             chunk = []
     if chunk:
-        yield from _served_matches(query, chunk, policy, today, auth_attribute)
+        yield from _served_matches(query, keys, chunk, policy, today, auth_attribute)
 
 
 @lru_cache(maxsize=4096)
@@ -82,10 +83,10 @@ def _item(order: Order, auth_number: str | None, auth_attribute: str) -> Dataset
     return build_item(order, auth_number, auth_attribute=auth_attribute)
 
 
-def _served_matches(query, orders, policy, today, auth_attribute) -> Iterator[Dataset]:
+def _served_matches(query, keys, orders, policy, today, auth_attribute) -> Iterator[Dataset]:
     for order, decision in zip(orders, decide_all(orders, policy, today)):
         if not decision.served:
             continue
         item = _item(order, decision.auth_number, auth_attribute)
-        if matches(query, item):
+        if matches(keys, item):
             yield build_response(query, item)

@@ -1,0 +1,147 @@
+"""Worklist query speed against `gatekeeper serve` running as a child process.
+
+    python bench/mwl.py [N ...]          (default 1000 10000 100000)
+
+For each N it builds a fresh gateway folder with N synthetic orders (half withheld
+for a CPT mismatch in their auth), starts `gatekeeper serve` on loopback, and times
+over one open association:
+
+- a console query: one station, one day, about 40 served items, with the usual
+  return keys of a modality console;
+- a query by accession number.
+
+It prints the median and 95th percentile in milliseconds, and the ratio of the
+console median at the largest N to the smallest (the lookup must use the indexes:
+that ratio stays under 2).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pydicom import Dataset  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # noqa: E402
+
+from bench.synthetic import STATIONS, orders_and_auths  # noqa: E402
+from gateway.app import open_app  # noqa: E402
+from gateway.settings import load  # noqa: E402
+from tests.conftest import free_port, write_settings  # noqa: E402
+from worklist import service  # noqa: E402
+from worklist.intake import auth_from_record, order_from_record  # noqa: E402
+
+FIRST_DAY = dt.date(2026, 12, 1)
+NOW = "2026-11-30T08:00:00"
+REPEAT = 60
+PER_STATION_DAY = 80  # orders per station and day: half served, so about 40 items
+
+
+def console_query(station: str, day: dt.date) -> Dataset:
+    ds = Dataset()
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                "RequestedProcedureID", "RequestedProcedureDescription", "StudyInstanceUID",
+                "ReferringPhysicianName", "RequestedProcedureComments"):
+        setattr(ds, key, "")
+    step = Dataset()
+    step.ScheduledStationAETitle = station
+    step.ScheduledProcedureStepStartDate = day.strftime("%Y%m%d")
+    step.ScheduledProcedureStepStartTime = ""
+    step.Modality = ""
+    step.ScheduledProcedureStepDescription = ""
+    step.ScheduledProcedureStepID = ""
+    ds.ScheduledProcedureStepSequence = [step]
+    return ds
+
+
+def accession_query(accession: str) -> Dataset:
+    ds = Dataset()
+    ds.AccessionNumber = accession
+    ds.PatientName = ""
+    ds.PatientID = ""
+    ds.RequestedProcedureComments = ""
+    return ds
+
+
+def timed_find(assoc, identifier: Dataset) -> tuple[float, int]:
+    start = time.perf_counter()
+    count = 0
+    for status, _ in assoc.send_c_find(identifier, ModalityWorklistInformationFind):
+        if status and status.Status == 0xFF00:
+            count += 1
+    return (time.perf_counter() - start) * 1000, count
+
+
+def wait_for_echo(port: int, process: subprocess.Popen) -> None:
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(Verification)
+    for _ in range(300):
+        if process.poll() is not None:
+            raise SystemExit("gatekeeper serve exited during start-up")
+        assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
+        if assoc.is_established:
+            assoc.release()
+            return
+        time.sleep(0.1)
+    raise SystemExit("gatekeeper serve did not answer C-ECHO")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def run(count: int) -> float:
+    days = max(count // (PER_STATION_DAY * len(STATIONS)), 1)
+    order_records, auth_records = orders_and_auths(count, first_day=FIRST_DAY, days=days)
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        settings_path = write_settings(Path(folder), port=port)
+        app = open_app(load(settings_path, environ={}))
+        now = dt.datetime.fromisoformat(NOW)
+        service.import_orders([order_from_record(r) for r in order_records], now)
+        service.import_auths([auth_from_record(r) for r in auth_records], now)
+        app.db.close()
+        env = {**os.environ, "GATEKEEPER_CONFIG": str(settings_path), "GATEKEEPER_NOW": NOW}
+        env.pop("GATEKEEPER_DATABASE_URL", None)
+        serve = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_echo(port, serve)
+            ae = AE(ae_title="MR1")
+            ae.add_requested_context(ModalityWorklistInformationFind)
+            assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
+            console, by_acc, items = [], [], []
+            middle_day = FIRST_DAY + dt.timedelta(days=days // 2)
+            for i in range(REPEAT):
+                took, n = timed_find(assoc, console_query(STATIONS[i % len(STATIONS)], middle_day))
+                console.append(took)
+                items.append(n)
+                took, n = timed_find(assoc, accession_query(order_records[(i * 7919) % count]["accession_number"]))
+                by_acc.append(took)
+            assoc.release()
+        finally:
+            serve.terminate()
+            serve.wait(20)
+    c_med = statistics.median(console)
+    print(f"{count:>7} orders: console query (about {statistics.median(items):.0f} items) "
+          f"median {c_med:6.1f} ms  p95 {percentile(console, 95):6.1f} ms | by accession "
+          f"median {statistics.median(by_acc):5.1f} ms  p95 {percentile(by_acc, 95):5.1f} ms")
+    return c_med
+
+
+if __name__ == "__main__":
+    sizes = [int(a) for a in sys.argv[1:]] or [1_000, 10_000, 100_000]
+    medians = [run(n) for n in sizes]
+    if len(medians) > 1:
+        print(f"console median at {sizes[-1]:,} / at {sizes[0]:,}: {medians[-1] / medians[0]:.2f} (must stay under 2)")
