@@ -139,3 +139,13 @@ def test_migration_adds_missing_columns_without_wiping(db):
     finally:
         _Later._meta.remove_field("extra")
         db.drop_tables([_Later])
+
+
+def test_reimport_does_not_undo_what_mpps_reported(db):
+    orders, _ = _examples()
+    service.import_orders(orders, NOW)
+    wm.OrderRow.update(status="completed").where(wm.OrderRow.accession_number == "ACC1001").execute()
+    service.import_orders(orders, NOW)
+    assert service.find_order("ACC1001").status == "completed"
+    service.import_orders([replace(orders[0], status="cancelled")], NOW)
+    assert service.find_order("ACC1001").status == "cancelled"

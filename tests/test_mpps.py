@@ -263,9 +263,12 @@ def test_second_step_for_the_same_order_uses_no_second_unit(server, reimport):
         assert scu.set(first, completion())[0].Status == 0x0000
         assert units_used() == 1
         if reimport:
-            # The RIS sends its feed again: the order is back to scheduled, served on the auth.
+            # The RIS sends its feed again: the completed order stays completed...
             load_examples(server.app, auth_units=3)
-            assert order("ACC1001").status == "scheduled"
+            assert order("ACC1001").status == "completed"
+            # ...and even if someone puts it back to scheduled by hand, served on the auth,
+            # only the once-per-order guard stands between it and a second unit.
+            OrderRow.update(status="scheduled").where(OrderRow.accession_number == "ACC1001").execute()
         assert scu.set(second, completion())[0].Status == 0x0000
     finally:
         scu.release()

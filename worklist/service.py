@@ -22,6 +22,8 @@ from worklist.orders import Auth, Order, Override
 from worklist.policy import PayerPolicy
 
 _BATCH = 500
+#: Statuses set by the modality (MPPS) that a re-imported "scheduled" must not undo.
+MPPS_STATUSES = ("in-progress", "completed")
 
 
 @dataclass(frozen=True)
@@ -42,21 +44,27 @@ def import_orders(orders: Sequence[Order], now: dt.datetime, *, user: str = "imp
     """Upsert orders by accession number, all in one transaction.
 
     An order without a Study Instance UID gets one on first import; later imports
-    keep it, so the worklist and the archive agree on it.
+    keep it, so the worklist and the archive agree on it. A file that still says
+    "scheduled" does not undo what the modality reported by MPPS: an order already
+    in progress or completed keeps that status (cancelling it still works).
     """
     created = updated = 0
     with database.atomic():
         for batch in _chunks(orders):
-            existing = dict(
-                OrderRow.select(OrderRow.accession_number, OrderRow.study_instance_uid)
-                .where(OrderRow.accession_number.in_([o.accession_number for o in batch]))
-                .tuples()
-            )
+            existing = {
+                acc: (uid, status)
+                for acc, uid, status in OrderRow.select(
+                    OrderRow.accession_number, OrderRow.study_instance_uid, OrderRow.status
+                ).where(OrderRow.accession_number.in_([o.accession_number for o in batch])).tuples()
+            }
             rows = []
             for order in batch:
                 cols = order_columns(order)
+                old_uid, old_status = existing.get(order.accession_number, ("", ""))
                 if not cols["study_instance_uid"]:
-                    cols["study_instance_uid"] = existing.get(order.accession_number) or generate_uid()
+                    cols["study_instance_uid"] = old_uid or generate_uid()
+                if order.status == "scheduled" and old_status in MPPS_STATUSES:
+                    cols["status"] = old_status
                 cols["imported_at"] = cols["updated_at"] = now
                 rows.append(cols)
                 if order.accession_number in existing:
