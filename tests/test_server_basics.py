@@ -35,3 +35,18 @@ def test_calling_ae_not_on_allow_list_is_rejected(tmp_path, clock):
     finally:
         running.stop()
         app.db.close()
+
+
+def test_garbage_and_aborted_peers_do_not_stop_the_server(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 4)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"\x01\x00\x00\x00\xff\xff")  # an A-ASSOCIATE-RQ header that lies about its length
+    ae = AE(ae_title="ABORTER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="GATEKEEPER")
+    assert assoc.is_established
+    assoc.abort()
+    assert _echo(server.port) == 0x0000
