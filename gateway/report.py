@@ -1,0 +1,235 @@
+"""``gatekeeper report``: the figures a practice manager asks for, as pure functions.
+
+:func:`figures` computes a :class:`Report` from plain rows (the query layer in
+:mod:`gateway.report_query` loads them); :func:`as_json` and :func:`as_text` render it.
+The JSON keys are a stable interface (README.md, "Report JSON").
+
+Scope: orders scheduled on or after the ``since`` day (any time after, including days
+still to come), overrides recorded since then, studies first received since then, MPPS
+steps completed since then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable
+
+from store.models import ARCHIVED, HELD, REJECTED, STUDY_STATES
+from store.reconcile import CODES as FINDING_CODES
+from worklist.gating import BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE, REASON_CODES
+from worklist.orders import ORDER_STATUSES
+
+BASES = (BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE)
+#: States a held study ends its hold in; its held time runs to ``state_changed_at``.
+#: A purged study's state_changed_at is the purge, not the end of the hold: it is left out
+#: of the medians (still counted in the hold figures).
+_HOLD_ENDED = (ARCHIVED, REJECTED)
+
+
+@dataclass(frozen=True)
+class OrderFact:
+    """One order and its current decision (``served`` is None for an order no longer open)."""
+
+    accession_number: str
+    status: str
+    served: bool | None = None
+    basis: str | None = None
+    codes: tuple[str, ...] = ()
+    auth_unit_used: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyFact:
+    """One received study: its state, hold times, and the codes of the findings that held it."""
+
+    study_instance_uid: str
+    state: str
+    first_received_at: dt.datetime
+    state_changed_at: dt.datetime
+    held_at: dt.datetime | None = None
+    hold_codes: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """Archived without ever being held."""
+        return self.held_at is None and self.state == ARCHIVED
+
+    def hours_held(self, now: dt.datetime) -> float | None:
+        """Held time: to the release, correction or rejection, or to ``now`` while held."""
+        if self.held_at is None:
+            return None
+        if self.state == HELD:
+            end = now
+        elif self.state in _HOLD_ENDED:
+            end = self.state_changed_at
+        else:
+            return None
+        return max((end - self.held_at).total_seconds(), 0) / 3600
+
+
+@dataclass(frozen=True)
+class HoldReason:
+    studies: int
+    median_hours_held: float | None
+
+
+@dataclass(frozen=True)
+class Report:
+    since: dt.date
+    generated_at: dt.datetime
+    orders_total: int
+    orders_by_status: dict[str, int]
+    open_orders: int
+    served: int
+    withheld: int
+    served_by_basis: dict[str, int]
+    withheld_by_reason: dict[str, int]
+    overrides: int
+    overridden_orders: int
+    studies_received: int
+    studies_by_state: dict[str, int]
+    clean: int
+    clean_match_rate: float | None
+    held_studies: int
+    still_held: int
+    median_hours_held: float | None
+    held_by_reason: dict[str, HoldReason]
+    mpps_completed: int
+    auth_units_used: int
+    auths_drawn_on: int
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return round(statistics.median(found), 1) if found else None
+
+
+def figures(
+    since: dt.date,
+    now: dt.datetime,
+    orders: Iterable[OrderFact],
+    override_accessions: Iterable[str],
+    studies: Iterable[StudyFact],
+    mpps_completed: int,
+) -> Report:
+    """Every figure of the report from plain rows (already limited to the period by the caller).
+
+    An order withheld for several reasons counts once under each. ``override_accessions``
+    has one entry per override recorded (an order overridden twice appears twice).
+    """
+    orders = list(orders)
+    studies = list(studies)
+    overrides = list(override_accessions)
+    open_orders = [o for o in orders if o.served is not None]
+    withheld_by_reason = Counter(code for o in open_orders if not o.served for code in o.codes)
+    units = [o.auth_unit_used for o in orders if o.auth_unit_used]
+
+    held = [s for s in studies if s.held_at is not None]
+    by_reason = {}
+    for code in FINDING_CODES:
+        with_code = [s for s in held if code in s.hold_codes]
+        by_reason[code] = HoldReason(len(with_code), _median(s.hours_held(now) for s in with_code))
+    clean = sum(s.clean for s in studies)
+
+    return Report(
+        since=since,
+        generated_at=now,
+        orders_total=len(orders),
+        orders_by_status=_tally((o.status for o in orders), ORDER_STATUSES),
+        open_orders=len(open_orders),
+        served=sum(bool(o.served) for o in open_orders),
+        withheld=sum(not o.served for o in open_orders),
+        served_by_basis=_tally((o.basis for o in open_orders if o.served), BASES),
+        withheld_by_reason={code: withheld_by_reason[code] for code in REASON_CODES},
+        overrides=len(overrides),
+        overridden_orders=len(set(overrides)),
+        studies_received=len(studies),
+        studies_by_state=_tally((s.state for s in studies), STUDY_STATES),
+        clean=clean,
+        clean_match_rate=round(clean / len(studies), 4) if studies else None,
+        held_studies=len(held),
+        still_held=sum(s.state == HELD for s in held),
+        median_hours_held=_median(s.hours_held(now) for s in held),
+        held_by_reason=by_reason,
+        mpps_completed=mpps_completed,
+        auth_units_used=len(units),
+        auths_drawn_on=len(set(units)),
+    )
+
+
+def _tally(values: Iterable[str | None], keys: tuple[str, ...]) -> dict[str, int]:
+    """Counts under every known key (zero included, so the JSON keys never change)."""
+    counts = Counter(values)
+    return {k: counts[k] for k in keys}
+
+
+def as_json(r: Report) -> dict:
+    """The report as one JSON object; these keys are a stable interface."""
+    return {
+        "since": r.since.isoformat(),
+        "generated_at": r.generated_at.isoformat(),
+        "orders": {
+            "total": r.orders_total,
+            "by_status": r.orders_by_status,
+            "open": r.open_orders,
+            "served": r.served,
+            "withheld": r.withheld,
+            "served_by_basis": r.served_by_basis,
+            "withheld_by_reason": r.withheld_by_reason,
+        },
+        "overrides": {"total": r.overrides, "orders": r.overridden_orders},
+        "studies": {
+            "received": r.studies_received,
+            "by_state": r.studies_by_state,
+            "clean": r.clean,
+            "clean_match_rate": r.clean_match_rate,
+        },
+        "holds": {
+            "studies": r.held_studies,
+            "still_held": r.still_held,
+            "median_hours_held": r.median_hours_held,
+            "by_reason": {
+                code: {"studies": h.studies, "median_hours_held": h.median_hours_held}
+                for code, h in r.held_by_reason.items()
+            },
+        },
+        "mpps": {"completed": r.mpps_completed},
+        "auth_units": {"used": r.auth_units_used, "auths": r.auths_drawn_on},
+    }
+
+
+def _hours(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} h"
+
+
+def as_text(r: Report) -> str:
+    """The report for people: one figure a line, reasons and states with a count only when non-zero."""
+    rate = "n/a (no studies received)" if r.clean_match_rate is None else f"{r.clean_match_rate:.1%}"
+    lines = [
+        f"Report since {r.since} (as of {r.generated_at:%Y-%m-%d %H:%M})",
+        "",
+        f"Orders scheduled since {r.since}: {r.orders_total} "
+        f"({', '.join(f'{n} {s}' for s, n in r.orders_by_status.items() if n) or 'none'})",
+        f"  open orders: {r.open_orders}, served {r.served}, withheld {r.withheld}",
+    ]
+    lines += [f"    served {basis}: {n}" for basis, n in r.served_by_basis.items() if n]
+    lines += [f"    withheld {code}: {n}" for code, n in r.withheld_by_reason.items() if n]
+    lines += [
+        f"Overrides: {r.overrides} (on {r.overridden_orders} orders)",
+        f"Studies received: {r.studies_received} "
+        f"({', '.join(f'{n} {s}' for s, n in r.studies_by_state.items() if n) or 'none'})",
+        f"  clean match (archived, never held): {r.clean}, rate {rate}",
+        f"Held studies: {r.held_studies} (still held {r.still_held}), median time held {_hours(r.median_hours_held)}",
+    ]
+    lines += [
+        f"    {code}: {h.studies} studies, median held {_hours(h.median_hours_held)}"
+        for code, h in r.held_by_reason.items() if h.studies
+    ]
+    lines += [
+        f"MPPS completed: {r.mpps_completed}",
+        f"Auth units used: {r.auth_units_used} (on {r.auths_drawn_on} auths)",
+    ]
+    return "\n".join(lines)
