@@ -63,24 +63,23 @@ def _read(path: Path) -> str:
         raise BadInput(f"{path} is not UTF-8 text; export it as UTF-8 and import again") from None
 
 
-def import_orders(app, args) -> int:
+def _import(app, args, parse, store, noun: str) -> int:
+    """Parse the whole file first (all or nothing), then upsert it in one transaction."""
     try:
-        orders = parse_orders(_read(args.file), str(args.file))
+        records = parse(_read(args.file), str(args.file))
     except IntakeError as exc:
         raise BadInput(str(exc)) from None
-    result = service.import_orders(orders, app.now(), user=args.user, source=str(args.file))
-    print(f"{args.file}: {len(orders)} orders imported ({result}).")
+    result = store(records, app.now(), user=args.user, source=str(args.file))
+    print(f"{args.file}: {len(records)} {noun} imported ({result}).")
     return 0
+
+
+def import_orders(app, args) -> int:
+    return _import(app, args, parse_orders, service.import_orders, "orders")
 
 
 def import_auths(app, args) -> int:
-    try:
-        auths = parse_auths(_read(args.file), str(args.file))
-    except IntakeError as exc:
-        raise BadInput(str(exc)) from None
-    result = service.import_auths(auths, app.now(), user=args.user, source=str(args.file))
-    print(f"{args.file}: {len(auths)} auths imported ({result}).")
-    return 0
+    return _import(app, args, parse_auths, service.import_auths, "auths")
 
 
 def override(app, args) -> int:
