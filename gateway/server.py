@@ -66,6 +66,10 @@ def build_ae(app: App) -> tuple[AE, list]:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     s = app.settings
+    if s.log_level != "DEBUG":
+        # pynetdicom logs every pending response at INFO; our handlers log one line per
+        # operation instead. Its warnings and errors still come through.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=s.ae_title)
     ae.maximum_associations = s.max_associations
     ae.network_timeout = s.network_timeout
