@@ -1,5 +1,190 @@
-"""Command-line verbs (filled in by their capability)."""
+"""Command-line verbs of the store: review held studies, list archived ones.
+
+``gatekeeper held list|show|release|correct|reject`` and ``gatekeeper studies list``.
+The logic is in :class:`store.service.Store`; this module parses, calls and prints.
+``--json`` output is a stable interface (README.md, "Store JSON").
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.errors import Refused
+from gateway.store_scp import build_store
+from store.service import AUDIT_CORRECTED, AUDIT_REJECTED, ArchivedStudy, HeldStudy, ReviewResult, StudyRefused
+from worklist.orders import Order
+
+_ACTIONS = {
+    "release": "archive the study as it is",
+    "correct": "set patient and accession attributes from the order (originals kept), then archive",
+    "reject": "move the study to rejected/ (purged after storage.rejected_retention_days)",
+}
 
 
 def register(verbs) -> None:
-    pass
+    held = verbs.add_parser("held", help="review held studies: list, show, release, correct, reject")
+    sub = held.add_subparsers(dest="held_verb", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="held studies, oldest first, with the codes that hold them")
+    listing.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    listing.set_defaults(run=held_list)
+    show = sub.add_parser("show", help="one held study: each finding, instance value against order value")
+    show.add_argument("study", metavar="STUDY_UID")
+    show.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    show.set_defaults(run=held_show)
+    for name, text in _ACTIONS.items():
+        action = sub.add_parser(name, help=f"{text} (audited)")
+        action.add_argument("study", metavar="STUDY_UID")
+        if name == "correct":
+            action.add_argument("--accession", metavar="ACC",
+                                help="reassign the study to this order first (default: its own order)")
+        action.add_argument("--user", required=True, help="who decides (for the audit log)")
+        action.add_argument("--reason", required=True, help="why (for the audit log)")
+        action.set_defaults(run=held_action, action=name)
+
+    studies = verbs.add_parser("studies", help="list archived studies with their orders")
+    sub = studies.add_subparsers(dest="studies_verb", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="archived studies, newest first")
+    listing.add_argument("--accession", metavar="ACC", help="only the studies of this accession number")
+    listing.add_argument("--json", action="store_true", help="machine-readable output (see README)")
+    listing.set_defaults(run=studies_list)
+
+
+def held_json(study: HeldStudy) -> dict:
+    """One held study in ``held list --json`` and ``held show --json``."""
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "held_since": study.held_since.isoformat(),
+        "instance_count": study.instance_count,
+        "codes": list(study.codes),
+    }
+
+
+def order_json(order: Order | None) -> dict | None:
+    if order is None:
+        return None
+    return {
+        "accession_number": order.accession_number,
+        "status": order.status,
+        "patient_id": order.patient_id,
+        "patient_name": order.patient_name,
+        "birth_date": order.birth_date.isoformat(),
+        "sex": order.sex,
+        "cpt": order.cpt,
+        "description": order.description,
+        "modality": order.modality,
+        "laterality": order.laterality,
+        "scheduled_start": order.scheduled_start.isoformat(),
+        "station_ae": order.station_ae,
+        "study_instance_uid": order.study_instance_uid,
+    }
+
+
+def held_list(app, args) -> int:
+    studies = build_store(app).held_studies()
+    if args.json:
+        print(json.dumps({"held": [held_json(s) for s in studies]}, indent=2))
+        return 0
+    if not studies:
+        print("No held studies.")
+        return 0
+    print(f"{len(studies)} held stud{'y' if len(studies) == 1 else 'ies'}, oldest first:")
+    for s in studies:
+        print(f"  {s.held_since:%Y-%m-%d %H:%M}  {s.study_instance_uid}  {s.accession_number or '(no accession)':<16} "
+              f"{s.instance_count:>5} inst.  {' '.join(s.codes)}")
+    print("Run 'gatekeeper held show STUDY_UID' to compare a study with its order.")
+    return 0
+
+
+def held_show(app, args) -> int:
+    try:
+        detail = build_store(app).held_study(args.study)
+    except StudyRefused as exc:
+        raise Refused(str(exc)) from None
+    if args.json:
+        entry = held_json(detail.study)
+        entry["received_from"] = list(detail.received_from)
+        entry["findings"] = [
+            {"code": f.code, "instance_value": f.instance_value, "order_value": f.order_value,
+             "holds": f.holds, "instances": f.instances, "message": f.message}
+            for f in detail.findings
+        ]
+        entry["order"] = order_json(detail.order)
+        print(json.dumps(entry, indent=2))
+        return 0
+    s = detail.study
+    senders = ", ".join(detail.received_from) or "unknown"
+    print(f"Study {s.study_instance_uid}: accession {s.accession_number or '(none)'}, held since "
+          f"{s.held_since:%Y-%m-%d %H:%M}, {s.instance_count} instance(s) from {senders}.")
+    o = detail.order
+    if o is None:
+        print("Order: none matches this accession number.")
+    else:
+        print(f"Order {o.accession_number} ({o.status}): CPT {o.cpt} {o.description}".rstrip()
+              + f", {o.modality}{' ' + o.laterality if o.laterality else ''} at {o.station_ae} on "
+              f"{o.scheduled_start:%Y-%m-%d %H:%M}; patient {o.patient_id} {o.patient_name}, born "
+              f"{o.birth_date:%Y-%m-%d}, sex {o.sex or '-'}.")
+    width = max([len(f.instance_value or "(empty)") for f in detail.findings] + [14])
+    print(f"Findings:\n  {'code':<22} {'on the images':<{width}}   {'on the order'}")
+    for f in detail.findings:
+        note = "" if f.holds else "  (warning only)"
+        print(f"  {f.code:<22} {f.instance_value or '(empty)':<{width}} | {f.order_value or '(empty)'}"
+              f"   {f.instances} instance(s){note}")
+        print(f"  {'':<22} {f.message}")
+    print(f"Decide: gatekeeper held release|correct|reject {s.study_instance_uid} --user NAME --reason TEXT")
+    return 0
+
+
+def held_action(app, args) -> int:
+    store = build_store(app)
+    try:
+        if args.action == "release":
+            result = store.release(args.study, user=args.user, reason=args.reason)
+        elif args.action == "reject":
+            result = store.reject(args.study, user=args.user, reason=args.reason)
+        else:
+            result = store.correct(args.study, user=args.user, reason=args.reason, accession=args.accession)
+    except StudyRefused as exc:
+        raise Refused(str(exc)) from None
+    print(_done(result, app.settings.rejected_retention_days))
+    return 0
+
+
+def _done(result: ReviewResult, retention_days: int) -> str:
+    study = f"Study {result.study_instance_uid} ({result.instances} instance(s))"
+    if result.action == AUDIT_REJECTED:
+        return (f"{study} rejected: moved to rejected/, deleted after {retention_days} days unless it is "
+                "received again.")
+    if result.action == AUDIT_CORRECTED:
+        text = (f"{study} corrected from order {result.accession_number} and archived; changed: "
+                f"{', '.join(result.changed) or 'nothing (the images already matched)'}.")
+        if result.remaining_codes:
+            text += (f" Still differs from the order (correction cannot fix these): "
+                     f"{', '.join(result.remaining_codes)}.")
+        return text
+    return f"{study} released and archived as it is."
+
+
+def studies_json(study: ArchivedStudy) -> dict:
+    return {
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "instance_count": study.instance_count,
+        "first_received_at": study.first_received_at.isoformat(),
+        "last_received_at": study.last_received_at.isoformat(),
+        "order": order_json(study.order),
+    }
+
+
+def studies_list(app, args) -> int:
+    studies = build_store(app).archived_studies(args.accession)
+    if args.json:
+        print(json.dumps({"studies": [studies_json(s) for s in studies]}, indent=2))
+        return 0
+    where = f" for accession {args.accession}" if args.accession else ""
+    print(f"{len(studies)} archived stud{'y' if len(studies) == 1 else 'ies'}{where}, newest first:")
+    for s in studies:
+        o = s.order
+        order = f"{o.accession_number} CPT {o.cpt} {o.modality} {o.status}" if o else "no order"
+        print(f"  {s.last_received_at:%Y-%m-%d %H:%M}  {s.study_instance_uid}  {s.instance_count:>5} inst.  {order}")
+    return 0

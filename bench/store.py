@@ -1,0 +1,344 @@
+"""C-STORE speed and memory: the gatekeeper against a bare pynetdicom storage SCP.
+
+    python3 bench/store.py [--count N] [--kib K] [--big-mib M] [--rounds R] [--sender storescu|pynetdicom]
+
+Both servers run as child processes on loopback, each on its own store folder:
+
+- the gatekeeper is ``gatekeeper serve`` (``python -m gateway.cli serve``) with the shipped
+  settings, the shared examples imported (order ACC1001, auth PA-778899) and
+  GATEKEEPER_NOW=2026-11-30T08:00:00, so every instance is reconciled against a real
+  order with an auth look-up, fsynced, renamed into place and indexed in SQLite
+  (``synchronous=FULL``) before its 0x0000. Scheduled jobs are off (``jobs.enabled = false``)
+  so that nothing else runs during the measurement.
+- the bare SCP (``--bare-scp``, below) is a few lines of pynetdicom: it takes the dataset
+  in memory and writes it to a file with one fsync.
+
+The senders are separate processes, one per association: DCMTK's ``storescu`` when it is
+installed (as a modality would send; C++, so the two CPUs of a small machine go to the
+servers rather than to the senders), else pynetdicom SCUs sending files with
+``STORE_SEND_CHUNKED_DATASET`` (``--sender pynetdicom`` forces those). N instances of about
+K KiB (default 500 of 512 KiB: MR, 512x512x16 bit) go first on one association, then split
+over four associations at once; each association sends its own studies of 50 instances,
+as modalities do. Instances per second are wall-clock over the whole batch. With
+``--rounds`` > 1 the best round of each is kept.
+
+Then a fresh gatekeeper child receives one M MiB instance (default 512) and the
+high-water mark of its resident memory (VmHWM in /proc/PID/status) is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # noqa: E402
+from pynetdicom import AE, _config, evt  # noqa: E402
+from pynetdicom.sop_class import Verification  # noqa: E402
+
+EXAMPLES = ROOT.parent / "shared" / "examples"
+NOW = "2026-11-30T08:00:00"
+STUDY_SIZE = 50
+
+
+# ------------------------------------------------------------------ the bare SCP (child)
+
+
+def bare_scp(port: int, folder: str) -> None:
+    """A storage SCP that only writes each dataset to a file with fsync."""
+    def on_store(event):
+        path = os.path.join(folder, event.request.AffectedSOPInstanceUID + ".dcm")
+        with open(path, "wb") as f:
+            f.write(event.encoded_dataset())
+            f.flush()
+            os.fsync(f.fileno())
+        return 0x0000
+
+    def nodelay(event):  # as the gatekeeper does (gateway/server.py)
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    ae = AE(ae_title="BARE")
+    ae.maximum_associations = 20
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(MRImageStorage, [ExplicitVRLittleEndian])
+    ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, nodelay)])
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def echo_ok(port: int, called: str) -> bool:
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 2
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True
+
+
+def wait_for(process: subprocess.Popen, port: int, called: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not echo_ok(port, called):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{called} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+
+
+def start_gatekeeper(folder: Path) -> tuple[subprocess.Popen, int]:
+    folder.mkdir(parents=True)
+    port = free_port()
+    text = (ROOT / "settings.toml").read_text()
+    text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"').replace("port = 11112", f"port = {port}")
+    text = text.replace("enabled = true", "enabled = false")
+    (folder / "settings.toml").write_text(text)
+    env = {**os.environ, "GATEKEEPER_CONFIG": str(folder / "settings.toml"), "GATEKEEPER_NOW": NOW,
+           "PYTHONPATH": str(ROOT)}
+    env.pop("GATEKEEPER_DATABASE_URL", None)
+    for kind in ("orders", "auths"):
+        subprocess.run([sys.executable, "-m", "gateway.cli", kind, "import", str(EXAMPLES / f"{kind}.json")],
+                       env=env, check=True, capture_output=True)
+    log = folder / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    wait_for(process, port, "GATEKEEPER", log)
+    return process, port
+
+
+def start_bare(folder: Path) -> tuple[subprocess.Popen, int]:
+    folder.mkdir(parents=True)
+    port = free_port()
+    log = folder / "bare.log"
+    process = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(port), str(folder)],
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    wait_for(process, port, "BARE", log)
+    return process, port
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def header(study: str, series: str, rows: int, columns: int, number: int) -> Dataset:
+    """An MR image of patient MRN5001 for order ACC1001 (the shared examples), no pixel data."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime = "20261201", "093000"
+    ds.AccessionNumber = "ACC1001"
+    ds.Modality = "MR"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "DOE^JANE^Q", "MRN5001", "19800203", "F"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.SeriesNumber, ds.InstanceNumber = "1", str(number)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def write_instance(path: Path, ds: Dataset, pixel_bytes: int, chunk: bytes) -> None:
+    """Write ``ds`` as a Part 10 file, then Pixel Data (OW) of ``pixel_bytes`` streamed from ``chunk``."""
+    ds.save_as(path, enforce_file_format=True)
+    with open(path, "ab") as f:
+        f.write(b"\xe0\x7f\x10\x00OW\x00\x00" + pixel_bytes.to_bytes(4, "little"))
+        left = pixel_bytes
+        while left:
+            f.write(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
+
+
+def make_batches(folder: Path, count: int, kib: int, associations: int) -> list[list[str]]:
+    """``count`` files split into ``associations`` lists, each list made of its own studies."""
+    folder.mkdir(parents=True)
+    side = int((kib * 1024 // 2) ** 0.5)
+    chunk = os.urandom(side * side * 2)
+    batches: list[list[str]] = [[] for _ in range(associations)]
+    per = count // associations
+    for a in range(associations):
+        for n in range(per if a < associations - 1 else count - per * (associations - 1)):
+            if n % STUDY_SIZE == 0:
+                study, series = generate_uid(), generate_uid()
+            ds = header(study, series, side, side, n + 1)
+            path = folder / f"{a}-{n}.dcm"
+            write_instance(path, ds, side * side * 2, chunk)
+            batches[a].append(str(path))
+    return batches
+
+
+def send_batch(args) -> int:
+    """One association sending every file of ``paths`` (run in a worker process)."""
+    port, called, paths = args
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        raise RuntimeError(f"could not associate with {called}")
+    failed = 0
+    for path in paths:
+        status = assoc.send_c_store(Path(path))
+        failed += not status or status.Status != 0
+    assoc.release()
+    return failed
+
+
+def storescu() -> str | None:
+    """DCMTK's storescu (not pynetdicom's script of the same name), if installed."""
+    for path in ("/usr/bin/storescu", "/usr/local/bin/storescu", shutil.which("storescu")):
+        if path and os.access(path, os.X_OK):
+            out = subprocess.run([path, "--version"], capture_output=True, text=True)
+            if "dcmtk" in (out.stdout + out.stderr).lower():
+                return path
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(pool, port: int, called: str, batches: list[list[str]], dcmtk: str | None) -> float:
+    """Instances per second for sending ``batches`` at once, one association each."""
+    count = sum(len(b) for b in batches)
+    started = time.perf_counter()
+    if dcmtk:
+        senders = [subprocess.Popen([dcmtk, "-aet", "MR1", "-aec", called, "127.0.0.1", str(port), *b],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for b in batches]
+        failed = sum(p.wait() != 0 for p in senders)
+    else:
+        failed = sum(pool.map(send_batch, [(port, called, b) for b in batches]))
+    elapsed = time.perf_counter() - started
+    if failed:
+        raise SystemExit(f"sending to {called} failed")
+    return count / elapsed
+
+
+def dataset_size(path: Path) -> int:
+    """Size of a Part 10 file after its File Meta Information (the receiver writes its own)."""
+    with open(path, "rb") as f:
+        head = f.read(144)
+    return path.stat().st_size - 144 - int.from_bytes(head[140:144], "little")
+
+
+def vm_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> dict:
+    results: dict = {}
+    with multiprocessing.Pool(4) as pool:
+        for associations in (1, 4):
+            best = {"gatekeeper": 0.0, "bare": 0.0}
+            cpu = {"gatekeeper": [], "bare": []}
+            for r in range(rounds):
+                for name in ("gatekeeper", "bare"):
+                    folder = work / f"{name}-{associations}-{r}"
+                    batches = make_batches(folder / "send", count, kib, associations)
+                    process, port = (start_gatekeeper if name == "gatekeeper" else start_bare)(folder / "server")
+                    try:
+                        before = cpu_seconds(process.pid)
+                        rate = timed(pool, port, "GATEKEEPER" if name == "gatekeeper" else "BARE", batches, dcmtk)
+                        cpu[name].append((cpu_seconds(process.pid) - before) / count * 1000)
+                    finally:
+                        stop(process)
+                    best[name] = max(best[name], rate)
+                    shutil.rmtree(folder)
+            best["cpu_ms"] = {name: min(values) for name, values in cpu.items()}
+            results[associations] = best
+    return results
+
+
+def memory(work: Path, mib: int) -> dict:
+    folder = work / "big"
+    process, port = start_gatekeeper(folder / "server")
+    try:
+        ds = header(generate_uid(), generate_uid(), 16384, mib * 1024 * 1024 // (16384 * 2), 1)
+        path = folder / "big.dcm"
+        write_instance(path, ds, ds.Rows * ds.Columns * 2, os.urandom(4 * 1024 * 1024))
+        before = vm_kib(process.pid, "VmHWM")
+        started = time.perf_counter()
+        failed = send_batch((port, "GATEKEEPER", [str(path)]))
+        took = time.perf_counter() - started
+        peak = vm_kib(process.pid, "VmHWM")
+        stored = list((folder / "server" / "var" / "store" / "archive").rglob("*.dcm"))
+        if failed or len(stored) != 1 or dataset_size(stored[0]) != dataset_size(path):
+            raise SystemExit("the big instance was not stored whole")
+    finally:
+        stop(process)
+    return {"size_mib": path.stat().st_size / 2**20, "seconds": took, "hwm_before_mib": before / 1024,
+            "hwm_peak_mib": peak / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=500, help="instances per run (default 500)")
+    parser.add_argument("--kib", type=int, default=512, help="size of each instance in KiB (default 512)")
+    parser.add_argument("--big-mib", type=int, default=512, help="size of the big instance (default 512; 0 skips)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, best kept (default 3)")
+    parser.add_argument("--sender", choices=("storescu", "pynetdicom"), default="storescu",
+                        help="what sends (default: DCMTK storescu when installed)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_scp:
+        return bare_scp(int(args.bare_scp[0]), args.bare_scp[1])
+    work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        dcmtk = storescu() if args.sender == "storescu" else None
+        figures = {"speed": speed(work, args.count, args.kib, args.rounds, dcmtk)}
+        print(f"C-STORE of {args.count} instances of {args.kib} KiB, sent by {'DCMTK storescu' if dcmtk else 'pynetdicom'}"
+              f" (best of {args.rounds}):")
+        for associations, best in figures["speed"].items():
+            ratio = best["gatekeeper"] / best["bare"]
+            print(f"  {associations} association(s): gatekeeper {best['gatekeeper']:6.1f}/s, "
+                  f"bare SCP {best['bare']:6.1f}/s, ratio {ratio:.2f} (target >= 0.80); server CPU per "
+                  f"instance {best['cpu_ms']['gatekeeper']:.1f} ms against {best['cpu_ms']['bare']:.1f} ms")
+        if args.big_mib:
+            figures["memory"] = memory(work, args.big_mib)
+            m = figures["memory"]
+            print(f"One {m['size_mib']:.0f} MiB instance: stored in {m['seconds']:.1f} s; gatekeeper resident memory "
+                  f"high-water mark {m['hwm_peak_mib']:.0f} MiB (at start {m['hwm_before_mib']:.0f} MiB; target < 150)")
+        if args.json:
+            print(json.dumps(figures, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
