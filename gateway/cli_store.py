@@ -1,7 +1,8 @@
 """Command-line verbs of the store: review held studies, list archived ones.
 
 ``gatekeeper held list|show|release|correct|reject`` and ``gatekeeper studies list``.
-The logic is in :class:`store.service.Store`; this module parses, calls and prints.
+The logic is in :mod:`store.review` (through :class:`store.service.Store`); this module
+parses, calls and prints.
 ``--json`` output is a stable interface (README.md, "Store JSON").
 """
 
@@ -11,7 +12,7 @@ import json
 
 from gateway.errors import Refused
 from gateway.store_scp import build_store
-from store.service import AUDIT_CORRECTED, AUDIT_REJECTED, ArchivedStudy, HeldStudy, ReviewResult, StudyRefused
+from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, ArchivedStudy, HeldStudy, ReviewResult, StudyRefused
 from worklist.orders import Order
 
 _ACTIONS = {

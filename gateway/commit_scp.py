@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
@@ -39,9 +38,8 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 from gateway import status as st
 from gateway.app import App
 from gateway.settings import Peer
-from store import commitment
-from store.commitment import CommitmentReport, CommitmentRequest, Reference, StoredInstance
-from store.models import InstanceRow, StudyRow
+from store import commitment, index
+from store.commitment import CommitmentReport, CommitmentRequest, Reference
 
 log = logging.getLogger("gateway.commit")
 
@@ -58,7 +56,6 @@ _FAILURE_REASONS = {
     commitment.CLASS_CONFLICT: st.COMMIT_FAILURE_CLASS_INSTANCE_CONFLICT,
     commitment.NOT_DURABLE: st.COMMIT_FAILURE_PROCESSING,
 }
-_BATCH = 500
 
 
 class _Refused(Exception):
@@ -84,7 +81,7 @@ def on_n_action(event, app: App):
     try:
         request = decode(event)
         transaction = request.transaction_uid
-        report = commitment.assess(request, stored_instances(app, request.references))
+        report = commitment.assess(request, index.stored_instances(app.settings.storage_root, request.references))
         summary = f", {len(report.committed)} committed, {len(report.failed)} failed"
         report_later(app, event.assoc, calling, report)
         status = st.SUCCESS
@@ -111,26 +108,6 @@ def decode(event) -> CommitmentRequest:
         )
     except commitment.CommitmentRequestError as exc:
         raise _Refused(st.INVALID_ARGUMENT_VALUE, str(exc)) from None
-
-
-def stored_instances(app: App, references: Iterable[Reference]) -> dict[str, StoredInstance]:
-    """What the index and the disk hold for these instances, keyed by SOP Instance UID."""
-    uids = sorted({r.sop_instance_uid for r in references})
-    rows = []
-    for start in range(0, len(uids), _BATCH):
-        rows.extend(InstanceRow.select().where(InstanceRow.sop_instance_uid.in_(uids[start:start + _BATCH])))
-    study_uids = sorted({r.study_instance_uid for r in rows})
-    states = {}
-    for start in range(0, len(study_uids), _BATCH):
-        query = StudyRow.select(StudyRow.study_instance_uid, StudyRow.state).where(
-            StudyRow.study_instance_uid.in_(study_uids[start:start + _BATCH]))
-        states.update(query.tuples())
-    root = app.settings.storage_root
-    return {
-        r.sop_instance_uid: StoredInstance(r.sop_instance_uid, r.sop_class_uid, states.get(r.study_instance_uid),
-                                           (root / r.path).is_file())
-        for r in rows
-    }
 
 
 def event_information(report: CommitmentReport) -> tuple[int, Dataset]:

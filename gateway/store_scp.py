@@ -44,9 +44,10 @@ from pynetdicom import AllStoragePresentationContexts, _config, dimse_messages, 
 
 from gateway import status as st
 from gateway.app import App
-from store import service
+from store import filing
+from store.filing import ReceiveFailed, Session
 from store.reconcile import hold_codes_from_warn_codes
-from store.service import ReceiveFailed, Session, Store
+from store.service import Store
 
 log = logging.getLogger("gateway.store")
 
@@ -71,9 +72,9 @@ TRANSFER_SYNTAXES = (
 #: Status and Error Comment (0000,0902, LO: at most 64 characters) of each failure kind;
 #: the log line has the whole story.
 _FAILURES = {
-    service.OUT_OF_RESOURCES: (st.OUT_OF_RESOURCES, "Storage full or over quota; not stored, retry later"),
-    service.CANNOT_PROCESS: (st.CANNOT_UNDERSTAND, "Not stored: unreadable or not writable; see gatekeeper log"),
-    service.DOES_NOT_MATCH: (st.DATASET_DOES_NOT_MATCH_SOP_CLASS, "Dataset SOP Class/Instance UID differ from the request"),
+    filing.OUT_OF_RESOURCES: (st.OUT_OF_RESOURCES, "Storage full or over quota; not stored, retry later"),
+    filing.CANNOT_PROCESS: (st.CANNOT_UNDERSTAND, "Not stored: unreadable or not writable; see gatekeeper log"),
+    filing.DOES_NOT_MATCH: (st.DATASET_DOES_NOT_MATCH_SOP_CLASS, "Dataset SOP Class/Instance UID differ from the request"),
 }
 
 
@@ -121,7 +122,7 @@ def on_c_store(event, store: Store):
         outcome, status = f"not stored: {exc}", _failure(exc.kind)
     except Exception as exc:  # the one outer guard
         log.exception("C-STORE of %s from %s failed", sop, calling)
-        outcome, status = f"not stored: {type(exc).__name__}: {exc}", _failure(service.CANNOT_PROCESS)
+        outcome, status = f"not stored: {type(exc).__name__}: {exc}", _failure(filing.CANNOT_PROCESS)
     code = status.Status if isinstance(status, Dataset) else status
     log.log(logging.INFO if code == st.SUCCESS else logging.WARNING,
             "C-STORE from %s: instance %s, accession %s, %s, status 0x%04X, %.0f ms",

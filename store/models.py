@@ -35,7 +35,7 @@ class StudyRow(BaseModel):
     # Set by the held-age job once the study crossed storage.held_alert_hours.
     age_flagged_at = pw.DateTimeField(null=True)
     instance_count = pw.IntegerField(default=0)
-    # Set while the study's files are not all in the tree of its state (``store.service``):
+    # Set while the study's files are not all in the tree of its state (``store.placement``):
     # "move" = move them there, "prune" = delete copies in other trees. An action sets it
     # in the same transaction as the state change and clears it once the files are in
     # place; the server finishes what a crash interrupted at start.

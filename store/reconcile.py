@@ -241,9 +241,10 @@ def study_state(previous_state: str | None, reconciliation: Reconciliation) -> s
 
     The study is the unit (SPEC rule 3): a held study stays held whatever the new instance
     is, and an instance that holds makes its study held. A study archived earlier that gets
-    a holding instance becomes held: the new instance goes to the held area, the instances
-    already archived stay where they are (they were acknowledged, and may have been passed
-    on), and the study is listed for review until an operator releases or corrects it.
+    a holding instance becomes held as a whole: the store files the new instance in the held
+    area and moves the files already archived there with it (every file of a study lives in
+    the tree of its state, :mod:`store.placement`), so the study is reviewed as one until an
+    operator releases, corrects or rejects it.
     A new instance of a rejected or purged study is held too: someone already judged that
     study, so it returns to a person rather than being archived or dropped silently.
     """

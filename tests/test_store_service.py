@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from gateway.store_scp import build_store
-from store import service
+from store import review, service
 from store.models import ARCHIVED, HELD, REJECTED, FindingRow, InstanceRow, StudyRow
 from store.service import ReceiveFailed, Session, StudyRefused
 from tests.dicom_factory import make_instance, make_order, write_instance
@@ -462,7 +462,7 @@ def test_a_crash_in_the_middle_of_a_release_is_finished_at_start(store, tmp_path
 def test_a_crash_before_a_correction_switches_the_index_leaves_the_study_held(store, tmp_path, monkeypatch):
     held_study(store, tmp_path)
     originals = {p: p.read_bytes() for p in files(store, "held")}
-    monkeypatch.setattr(service, "audit", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(review, "audit", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         store.correct(STUDY, user="u", reason="r")
     monkeypatch.undo()
