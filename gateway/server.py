@@ -23,6 +23,9 @@ from gateway.status import SUCCESS
 
 log = logging.getLogger("gateway.server")
 
+#: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1).
+MAX_PDU_SIZE = 256 * 1024
+
 
 def _on_echo(event) -> int:
     return SUCCESS
@@ -72,6 +75,9 @@ def build_ae(app: App) -> tuple[AE, list]:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=s.ae_title)
     ae.maximum_associations = s.max_associations
+    # Let peers send large P-DATA PDUs: pynetdicom's default of 16 KiB means 32 PDUs,
+    # each read in small pieces, for every 0.5 MB image.
+    ae.maximum_pdu_size = MAX_PDU_SIZE
     ae.network_timeout = s.network_timeout
     ae.acse_timeout = min(s.network_timeout, 30)
     ae.dimse_timeout = s.network_timeout
