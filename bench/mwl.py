@@ -13,6 +13,11 @@ over one open association:
 It prints the median and 95th percentile in milliseconds, and the ratio of the
 console median at the largest N to the smallest (the lookup must use the indexes:
 that ratio stays under 2).
+
+For scale it also times the floor on this machine: a bare pynetdicom C-FIND SCP (a
+child process, no database, no gating, no matching) that answers every query with 40
+prebuilt worklist items of the same shape. What the gatekeeper adds is the
+difference.
 """
 
 from __future__ import annotations
@@ -108,6 +113,60 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
+def measure(port: int, day: dt.date, accessions: list[str]) -> tuple[list, list, list]:
+    """Console and by-accession query times (ms) over one open association."""
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER",
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
+    console, items, by_acc = [], [], []
+    for i, accession in enumerate(accessions):
+        took, n = timed_find(assoc, console_query(STATIONS[i % len(STATIONS)], day))
+        console.append(took)
+        items.append(n)
+        took, n = timed_find(assoc, accession_query(accession))
+        by_acc.append(took)
+    assoc.release()
+    return console, items, by_acc
+
+
+def bare_scp(port: int, count: int) -> None:
+    """The floor: pynetdicom answering every C-FIND with ``count`` prebuilt items."""
+    import logging
+
+    from pynetdicom import _config
+
+    from worklist.mwl import build_item, build_response
+
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = False
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    records, _ = orders_and_auths(count, first_day=FIRST_DAY, days=1)
+    query = console_query(STATIONS[0], FIRST_DAY)
+    prebuilt = [build_response(query, build_item(order_from_record(r), "PA-1")) for r in records]
+
+    def on_find(event):
+        for item in prebuilt:
+            yield 0xFF00, item
+
+    ae = AE(ae_title="GATEKEEPER")
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(ModalityWorklistInformationFind)
+    ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_CONN_OPEN, _no_delay)])
+
+
+def floor(items: int = 40) -> None:
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-scp", str(port), str(items)], cwd=ROOT)
+    try:
+        wait_for_echo(port, bare)
+        console, _, _ = measure(port, FIRST_DAY, ["X"] * REPEAT)
+    finally:
+        bare.terminate()
+        bare.wait(20)
+    print(f"  floor: bare pynetdicom SCP answering {items} prebuilt items: median "
+          f"{statistics.median(console):6.1f} ms  p95 {percentile(console, 95):6.1f} ms")
+
+
 def run(count: int) -> float:
     days = max(count // (PER_STATION_DAY * len(STATIONS)), 1)
     order_records, auth_records = orders_and_auths(count, first_day=FIRST_DAY, days=days)
@@ -125,19 +184,9 @@ def run(count: int) -> float:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_echo(port, serve)
-            ae = AE(ae_title="MR1")
-            ae.add_requested_context(ModalityWorklistInformationFind)
-            assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER",
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
-            console, by_acc, items = [], [], []
             middle_day = FIRST_DAY + dt.timedelta(days=days // 2)
-            for i in range(REPEAT):
-                took, n = timed_find(assoc, console_query(STATIONS[i % len(STATIONS)], middle_day))
-                console.append(took)
-                items.append(n)
-                took, n = timed_find(assoc, accession_query(order_records[(i * 7919) % count]["accession_number"]))
-                by_acc.append(took)
-            assoc.release()
+            accessions = [order_records[(i * 7919) % count]["accession_number"] for i in range(REPEAT)]
+            console, items, by_acc = measure(port, middle_day, accessions)
         finally:
             serve.terminate()
             serve.wait(20)
@@ -149,7 +198,11 @@ def run(count: int) -> float:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--bare-scp"]:
+        bare_scp(int(sys.argv[2]), int(sys.argv[3]))
+        sys.exit(0)
     sizes = [int(a) for a in sys.argv[1:]] or [1_000, 10_000, 100_000]
+    floor()
     medians = [run(n) for n in sizes]
     if len(medians) > 1:
         print(f"console median at {sizes[-1]:,} / at {sizes[0]:,}: {medians[-1] / medians[0]:.2f} (must stay under 2)")

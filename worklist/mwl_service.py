@@ -63,14 +63,40 @@ def responses(
     rows = OrderRow.select().where(*plan_conditions(plan, only_station))
     rows = rows.order_by(OrderRow.scheduled_start, OrderRow.id)
     keys = matching_keys(query)
+    asked = _Query(query)
     chunk = []
     for row in rows.iterator():
         chunk.append(row.to_order())
         if len(chunk) == CHUNK:
-            yield from _served_matches(query, keys, chunk, policy, today, auth_attribute)
+            yield from _served_matches(asked, keys, chunk, policy, today, auth_attribute)
             chunk = []
     if chunk:
-        yield from _served_matches(query, keys, chunk, policy, today, auth_attribute)
+        yield from _served_matches(asked, keys, chunk, policy, today, auth_attribute)
+
+
+class _Query:
+    """A C-FIND identifier with a hashable signature of its keys and values.
+
+    Consoles poll with the same identifier again and again; the signature lets the
+    response for an order be built once per (order version, identifier).
+    """
+
+    def __init__(self, query: Dataset):
+        self.dataset = query
+        self.signature = _signature(query)
+
+    def __hash__(self) -> int:
+        return hash(self.signature)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Query) and self.signature == other.signature
+
+
+def _signature(ds: Dataset) -> tuple:
+    return tuple(
+        (elem.tag, elem.VR, tuple(_signature(i) for i in elem.value) if elem.VR == "SQ" else str(elem.value))
+        for elem in ds
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -83,10 +109,16 @@ def _item(order: Order, auth_number: str | None, auth_attribute: str) -> Dataset
     return build_item(order, auth_number, auth_attribute=auth_attribute)
 
 
-def _served_matches(query, keys, orders, policy, today, auth_attribute) -> Iterator[Dataset]:
+@lru_cache(maxsize=4096)
+def _response(asked: _Query, order: Order, auth_number: str | None, auth_attribute: str) -> Dataset:
+    """The response identifier for one served order; the same inputs give the same answer."""
+    return build_response(asked.dataset, _item(order, auth_number, auth_attribute))
+
+
+def _served_matches(asked, keys, orders, policy, today, auth_attribute) -> Iterator[Dataset]:
     for order, decision in zip(orders, decide_all(orders, policy, today)):
         if not decision.served:
             continue
         item = _item(order, decision.auth_number, auth_attribute)
         if matches(keys, item):
-            yield build_response(query, item)
+            yield _response(asked, order, decision.auth_number, auth_attribute)
