@@ -8,7 +8,9 @@ over one open association:
 
 - a console query: one station, one day, about 40 served items, with the usual
   return keys of a modality console;
-- a query by accession number.
+- a query by accession number;
+- a query by accession number on a new association (association, query, release),
+  as a console that does not keep its association open would do.
 
 It prints the median and 95th percentile in milliseconds, and the ratio of the
 console median at the largest N to the smallest (the lookup must use the indexes:
@@ -130,6 +132,18 @@ def measure(port: int, day: dt.date, accessions: list[str]) -> tuple[list, list,
     return console, items, by_acc
 
 
+def fresh_association_query(port: int, accession: str) -> float:
+    """ms for association, one query by accession, release: a console that does not keep
+    its association open between queries."""
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    start = time.perf_counter()
+    assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER", evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
+    timed_find(assoc, accession_query(accession))
+    assoc.release()
+    return (time.perf_counter() - start) * 1000
+
+
 def bare_scp(port: int, count: int) -> None:
     """The floor: pynetdicom answering every C-FIND with ``count`` prebuilt items."""
     import logging
@@ -187,13 +201,15 @@ def run(count: int) -> float:
             middle_day = FIRST_DAY + dt.timedelta(days=days // 2)
             accessions = [order_records[(i * 7919) % count]["accession_number"] for i in range(REPEAT)]
             console, items, by_acc = measure(port, middle_day, accessions)
+            fresh = [fresh_association_query(port, acc) for acc in accessions[:20]]
         finally:
             serve.terminate()
             serve.wait(20)
     c_med = statistics.median(console)
     print(f"{count:>7} orders: console query (about {statistics.median(items):.0f} items) "
           f"median {c_med:6.1f} ms  p95 {percentile(console, 95):6.1f} ms | by accession "
-          f"median {statistics.median(by_acc):5.1f} ms  p95 {percentile(by_acc, 95):5.1f} ms")
+          f"median {statistics.median(by_acc):5.1f} ms  p95 {percentile(by_acc, 95):5.1f} ms | "
+          f"new association + query by accession median {statistics.median(fresh):5.1f} ms")
     return c_med
 
 
