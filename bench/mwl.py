@@ -25,7 +25,6 @@ difference.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import statistics

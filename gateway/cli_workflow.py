@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
 
 from gateway import jobs
+from gateway.cli_types import iso_date
 from gateway.errors import BadInput, Refused
 from gateway.report import as_json, as_text
 from gateway.report_query import load_report
@@ -32,17 +32,10 @@ def register(verbs) -> None:
     run.set_defaults(run=run_job)
 
     report = verbs.add_parser("report", help="orders served and withheld, holds, clean-match rate, MPPS, auth units")
-    report.add_argument("--since", type=_date, metavar="D",
+    report.add_argument("--since", type=iso_date, metavar="D",
                         help=f"first day of the period (YYYY-MM-DD; default {DEFAULT_REPORT_DAYS} days ago)")
     report.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     report.set_defaults(run=report_command)
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def list_jobs(app, args) -> int:

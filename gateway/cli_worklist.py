@@ -11,6 +11,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from gateway.cli_types import iso_date
 from gateway.errors import BadInput, Refused
 from worklist import service
 from worklist.gating import auth_date, auth_problems
@@ -41,17 +42,10 @@ def register(verbs) -> None:
     wl = verbs.add_parser("worklist", help="list orders served or withheld; 'worklist why ACC' explains one")
     wl.add_argument("why", nargs="?", choices=["why"], help=argparse.SUPPRESS)
     wl.add_argument("accession", nargs="?", help="with 'why': the order to explain")
-    wl.add_argument("--date", type=_date, help="scheduled day (YYYY-MM-DD; default today)")
+    wl.add_argument("--date", type=iso_date, help="scheduled day (YYYY-MM-DD; default today)")
     wl.add_argument("--station", help="scheduled station AE title")
     wl.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     wl.set_defaults(run=worklist)
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def _read(path: Path) -> str:

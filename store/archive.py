@@ -47,7 +47,7 @@ SUFFIX = ".dcm"
 OUT_OF_RESOURCES = "out_of_resources"
 CANNOT_PROCESS = "cannot_process"
 #: Errors that go away once space, quota, memory or descriptors are freed.
-_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 class ArchiveWriteError(Exception):
@@ -173,7 +173,7 @@ class Archive:
             if in_memory:
                 temp, size, digest = self._write_temp(_chunks_of(source))
             elif consumed:
-                size, digest = _hash_and_sync(temp)
+                size, digest = file_digest(temp, sync=True)
             else:
                 with open(source, "rb") as f:
                     temp, size, digest = self._write_temp(iter(lambda: f.read(CHUNK_SIZE), b""))
@@ -184,7 +184,7 @@ class Archive:
             raise _write_error(exc, f"could not store {relative}") from exc
         finally:
             if temp is not None:
-                _unlink_quietly(temp)
+                unlink_quietly(temp)
 
     def move_study(self, study: str, from_tree: str, to_tree: str) -> MoveReport:
         """Move every file of ``study`` from one tree to another, each by an atomic rename.
@@ -285,7 +285,7 @@ class Archive:
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
-            _unlink_quietly(temp)
+            unlink_quietly(temp)
             raise
         return temp, size, digest.hexdigest()
 
@@ -321,13 +321,15 @@ def _chunks_of(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
         yield view[start : start + CHUNK_SIZE]
 
 
-def _hash_and_sync(path: Path) -> tuple[int, str]:
+def file_digest(path: Path, *, sync: bool = False) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in chunks; with ``sync``, fsync it on the same descriptor."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_SIZE):
             digest.update(chunk)
             size += len(chunk)
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     return size, digest.hexdigest()
 
 
@@ -358,7 +360,10 @@ def _remove_tree(folder: Path) -> None:
     os.rmdir(folder)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path | None) -> None:
+    """Remove ``path`` if there is one; a file already gone, or that cannot go, is left to the start-up clean-up."""
+    if path is None:
+        return
     try:
         os.unlink(path)
     except OSError:
@@ -380,7 +385,7 @@ def _write_error(exc: OSError, what: str) -> ArchiveWriteError:
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
         advice = "the storage volume is full or over quota; free space and the sender will retry"
-    elif code in _RESOURCE_ERRNOS:
+    elif code in RESOURCE_ERRNOS:
         advice = "the system is out of memory or file descriptors; the sender's retry may succeed"
     elif code == errno.EROFS:
         advice = "the storage volume is read-only; remount it read-write"
@@ -388,6 +393,6 @@ def _write_error(exc: OSError, what: str) -> ArchiveWriteError:
         advice = "the gatekeeper may not write there; fix the folder's owner or permissions"
     else:
         advice = "check the storage volume and the system log"
-    kind = OUT_OF_RESOURCES if code in _RESOURCE_ERRNOS else CANNOT_PROCESS
+    kind = OUT_OF_RESOURCES if code in RESOURCE_ERRNOS else CANNOT_PROCESS
     reason = exc.strerror or str(exc)
     return ArchiveWriteError(kind, f"{what}: {reason}; {advice}.")

@@ -12,7 +12,6 @@ of writes, the in-flight link) are in :mod:`store.service`.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import logging
 import os
 import shutil
@@ -22,11 +21,11 @@ from typing import Callable
 
 from store import archive as trees
 from store import index
-from store.archive import ArchiveWriteError, StoredFile
+from store.archive import RESOURCE_ERRNOS, ArchiveWriteError, StoredFile, unlink_quietly
 from store.header import InstanceHeader, UnreadableInstance, read_header
 from store.index import IndexedInstance, IndexedStudy
 from store.models import HELD
-from store.placement import TREE_OF, Placement, unlink_quietly
+from store.placement import TREE_OF, Placement
 from store.reconcile import Reconciliation, accession_of, reconcile, study_state
 from worklist.gating import AUTH_EXHAUSTED, BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE, auth_problems
 from worklist.orders import Order
@@ -42,8 +41,6 @@ INFLIGHT = "inflight-"
 OUT_OF_RESOURCES = trees.OUT_OF_RESOURCES
 CANNOT_PROCESS = trees.CANNOT_PROCESS
 DOES_NOT_MATCH = "does_not_match"
-
-_RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 class ReceiveFailed(Exception):
@@ -281,7 +278,7 @@ class Filing(Placement):
         try:
             os.link(source, link)
         except OSError as exc:
-            if exc.errno in _RESOURCE_ERRNOS:
+            if exc.errno in RESOURCE_ERRNOS:
                 raise _os_failure(exc, "could not prepare the received file") from exc
             self._links_work = False
             log.warning("the storage volume does not support hard links (%s): a crash between filing an "
@@ -301,7 +298,7 @@ def _check_request(header: InstanceHeader, sop_class_uid: str, sop_instance_uid:
 
 
 def _os_failure(exc: OSError, what: str) -> ReceiveFailed:
-    kind = OUT_OF_RESOURCES if exc.errno in _RESOURCE_ERRNOS else CANNOT_PROCESS
+    kind = OUT_OF_RESOURCES if exc.errno in RESOURCE_ERRNOS else CANNOT_PROCESS
     advice = ("free space on the storage volume; the sender will retry" if kind == OUT_OF_RESOURCES
               else "check the storage volume and the system log")
     return ReceiveFailed(kind, f"{what}: {exc.strerror or exc}; {advice}.")

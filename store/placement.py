@@ -91,13 +91,3 @@ class Placement:
             self.archive.remove(tree, study, series, name[: -len(trees.SUFFIX)])
         except (ArchiveWriteError, ValueError) as exc:
             log.error("could not remove %s: %s", relative, exc)
-
-
-def unlink_quietly(path: Path | None) -> None:
-    """Remove ``path`` if there is one; a file already gone, or that cannot go, is left to the start-up clean-up."""
-    if path is None:
-        return
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

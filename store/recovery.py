@@ -7,7 +7,6 @@ in-flight links in ``incoming/`` (:data:`store.filing.INFLIGHT`) and the studies
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -15,9 +14,9 @@ from pathlib import Path
 
 from store import archive as trees
 from store import index
+from store.archive import file_digest, unlink_quietly
 from store.filing import INFLIGHT, Filing, ReceiveFailed
 from store.header import UnreadableInstance, read_header
-from store.placement import unlink_quietly
 
 log = logging.getLogger("store.service")  # the store's log lines keep one logger name
 
@@ -69,7 +68,7 @@ class StartupRecovery(Filing):
         row = index.instance_row(sop)
         relative = self.archive.relative_path(tree, study, series, sop)
         if row is not None and Path(row.path) == relative and row.size == link.stat().st_size:
-            size, digest = _digest(link)
+            size, digest = file_digest(link)
             if digest == row.sha256:
                 return None  # indexed before the crash; only the link was left
         calling = row.received_from if row is not None else ""
@@ -92,11 +91,3 @@ def _same_file(path: Path, other: Path) -> bool:
     except OSError:
         return False
 
-
-def _digest(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(trees.CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from store import archive as trees
 from store import index
-from store.archive import ArchiveWriteError, StoredFile
+from store.archive import ArchiveWriteError, StoredFile, unlink_quietly
 from store.correction import correct_file
 from store.filing import Filing, Session
 from store.header import read_header
 from store.models import ARCHIVED, HELD, REJECTED, InstanceRow, StudyRow
-from store.placement import TREE_OF, unlink_quietly
+from store.placement import TREE_OF
 from store.reconcile import reconcile
 from worklist.models import audit
 from worklist.orders import Order

@@ -8,7 +8,7 @@ import pytest
 from worklist import gating as g
 from worklist.npi import is_valid_npi, luhn_check_digit
 from worklist.orders import Auth, Order, Override
-from worklist.policy import PayerPolicy, parse_policy
+from worklist.policy import parse_policy
 
 POLICY = parse_policy({"default": {"requires_auth": ["70450-70498", "70540-70559", "73718-73725"]},
                        "SELF_PAY": {"requires_auth": []}})

@@ -1,7 +1,5 @@
 """Modality Worklist C-FIND over a real association, in process."""
 
-import threading
-
 import pytest
 from pydicom import Dataset
 from pynetdicom import AE
@@ -101,7 +99,6 @@ def test_failure_while_answering_gets_c000(mwl, monkeypatch):
 
 
 def test_c_cancel_stops_pending_responses(app, server):
-    import datetime as dt
     import json
 
     records = json.loads((EXAMPLES / "orders.json").read_text())
