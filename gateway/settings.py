@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.errors import InvalidInput
 from store.reconcile import ALL_CODES
+from worklist.mwl_item import check_auth_attribute
 from worklist.policy import PayerPolicy, parse_policy
 
 DEFAULT_FILE = "settings.toml"
@@ -26,7 +28,7 @@ CONFIG_ENV = "GATEKEEPER_CONFIG"
 DATABASE_URL_ENV = "GATEKEEPER_DATABASE_URL"
 
 
-class SettingsError(Exception):
+class SettingsError(InvalidInput):
     """The settings file is missing or wrong; the message names the file and key."""
 
 
@@ -133,8 +135,15 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
     _check_codes(warn_codes, path)
     try:
         policy = parse_policy(raw.get("payers", {}))
-    except ValueError as exc:
+    except InvalidInput as exc:
         raise SettingsError(f"{path}: [payers] {exc}") from None
+    if not 1 <= values["server.port"] <= 65535:
+        raise SettingsError(f"{path}: server.port is {values['server.port']}; a TCP port is 1 to 65535 "
+                            f"(11112 is the usual unprivileged DICOM port).")
+    try:
+        check_auth_attribute(values["worklist.auth_attribute"])
+    except InvalidInput as exc:
+        raise SettingsError(f"{path}: worklist.auth_attribute: {exc}.") from None
     level = values["server.log_level"].upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{path}: server.log_level is {level!r}; use DEBUG, INFO, WARNING or ERROR.")

@@ -1,8 +1,8 @@
-"""SPEC rules 5 and 6, store side: held studies waiting too long, rejected studies past retention.
+"""Rules 5 and 6 (docs/rules.md), store side: held studies waiting too long, rejected studies past retention.
 
-Pure functions over plain rows with the time passed in. ``gateway.jobs`` loads the rows
-(held studies not yet flagged; rejected studies), calls these, and does the IO: flag and
-warn, or delete the files and mark the study purged.
+Pure functions over plain rows with the time passed in. :mod:`store.housekeeping` loads
+the rows (held studies not yet flagged; rejected studies), calls these, and does the IO:
+flag and warn, or delete the files and mark the study purged.
 """
 
 from __future__ import annotations

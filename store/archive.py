@@ -1,18 +1,25 @@
-"""Durable file storage for received instances (SPEC rule 4: nothing is lost).
+"""Durable file storage for received instances (rule 4 of docs/rules.md: nothing is lost).
 
 Under the storage root::
 
     archive/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm   studies that passed
     held/...                                                              studies under review
     rejected/...                                                          rejected, kept a while
-    incoming/                                                             temporary files
+    incoming/<owner>/                                                     temporary files of one process
+    incoming/<owner>.lock                                                 held while that process lives
 
-All four live on one file system, so a rename between them is atomic. A file reaches a
+All of it lives on one file system, so a rename between them is atomic. A file reaches a
 tree only by ``os.replace`` of a complete temporary file from ``incoming/`` that was
 fsynced first, and the directory is fsynced after the rename (and after creating any
 folder). A crash at any moment therefore leaves either the old state or the whole new
-file, never part of one; leftovers in ``incoming/`` are removed by :meth:`Archive.recover`
-at start. Only then may the caller acknowledge the C-STORE (0x0000).
+file, never part of one. Only then may the caller acknowledge the C-STORE (0x0000).
+
+Several processes may share one storage root: each writes its temporary files in a
+folder of its own under ``incoming/``, claimed by an exclusive ``flock`` on
+``<owner>.lock`` that lasts as long as the process. A folder whose lock nobody holds
+belongs to a process that is gone: :meth:`Archive.abandoned` hands such folders to the
+start-up recovery, which finishes or removes what they hold. A live process's files are
+never touched.
 
 Writing the same SOP Instance UID again replaces the file atomically: a re-sent instance
 never makes a duplicate. Files are streamed in 1 MiB chunks and hashed (SHA-256) as they go.
@@ -25,43 +32,34 @@ gatekeeper's user only (they hold patient data).
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.header import uid_is_well_formed
 
-ARCHIVE = "archive"
-HELD = "held"
-REJECTED = "rejected"
+#: The trees a stored file can be in (one per kept study state, :data:`store.placement.TREE_OF`).
+ARCHIVE_TREE = "archive"
+HELD_TREE = "held"
+REJECTED_TREE = "rejected"
+TREES = (ARCHIVE_TREE, HELD_TREE, REJECTED_TREE)
 INCOMING = "incoming"
-#: The trees a stored file can be in.
-TREES = (ARCHIVE, HELD, REJECTED)
 CHUNK_SIZE = 1024 * 1024
 SUFFIX = ".dcm"
 
-#: ArchiveWriteError kinds: the DICOM handler maps them to 0xA700 and 0xC000.
-OUT_OF_RESOURCES = "out_of_resources"
-CANNOT_PROCESS = "cannot_process"
 #: Errors that go away once space, quota, memory or descriptors are freed.
 RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
-
-
-class ArchiveWriteError(Exception):
-    """A file could not be stored durably; nothing partial was left in a tree.
-
-    ``kind`` is :data:`OUT_OF_RESOURCES` (disk full, quota, memory, file descriptors: the
-    sender should retry later, 0xA700) or :data:`CANNOT_PROCESS` (read-only volume,
-    permissions, I/O error: 0xC000).
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+#: What a failed write raises: out of resources (the sender should retry later, 0xA700)
+#: or a refusal of the volume (read-only, permissions, I/O error: 0xC000).
+WRITE_ERRORS = (OutOfResources, StorageFailure)
+#: Suffix of an owner's lock file in ``incoming/``.
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass(frozen=True)
@@ -83,28 +81,109 @@ class MoveReport:
     moved: tuple[Path, ...]
 
 
-@dataclass(frozen=True)
-class RecoveryReport:
-    """The leftovers of interrupted writes that :meth:`Archive.recover` removed."""
-
-    removed: tuple[str, ...]
-
-    @property
-    def count(self) -> int:
-        return len(self.removed)
-
-
 class Archive:
     """The storage root with its ``archive/``, ``held/``, ``rejected/`` and ``incoming/``."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.incoming = self.root / INCOMING
+        self.incoming_root = self.root / INCOMING
+        self._own: Path | None = None  # this process's folder in incoming/, claimed on first use
+        self._own_lock: int | None = None
+        self._claiming = threading.Lock()
         try:
             for name in (*TREES, INCOMING):
                 self._make_dirs(self.root / name)
         except OSError as exc:
             raise _write_error(exc, f"could not prepare the storage root {self.root}") from exc
+
+    # -- this process's incoming folder ----------------------------------------------------
+
+    @property
+    def incoming(self) -> Path:
+        """This process's folder for temporary files, ``incoming/<owner>/`` (claimed on first use)."""
+        if self._own is None:
+            with self._claiming:
+                if self._own is None:
+                    self._claim()
+        return self._own
+
+    def _claim(self) -> None:
+        """Take a lock file under a hidden name, then give it its owner name, then make the folder.
+
+        The rename keeps the lock, so no other process ever sees an owner name whose lock
+        is free while its owner lives.
+        """
+        try:
+            fd, temp = tempfile.mkstemp(dir=self.incoming_root, prefix=f".p{os.getpid()}-", suffix=".tmp")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            owner = Path(temp).name[1:-len(".tmp")]
+            os.replace(temp, self.incoming_root / (owner + LOCK_SUFFIX))
+            folder = self.incoming_root / owner
+            folder.mkdir()
+            _fsync_dir(self.incoming_root)
+        except OSError as exc:
+            raise _write_error(exc, f"could not claim a folder in {self.incoming_root}") from exc
+        self._own, self._own_lock = folder, fd
+
+    def close(self) -> None:
+        """Give up this process's incoming folder (at a clean stop; what is left in it is removed)."""
+        if self._own is None:
+            return
+        try:
+            _remove_tree(self._own)
+            os.unlink(self._own.with_name(self._own.name + LOCK_SUFFIX))
+        except OSError:
+            pass  # the next start's recovery removes it
+        finally:
+            os.close(self._own_lock)
+            self._own = self._own_lock = None
+
+    def abandoned(self) -> Iterator[Path]:
+        """Each incoming folder whose owner process is gone, locked for the caller meanwhile.
+
+        The caller takes what it needs from the folder (in-flight links, see
+        :mod:`store.recovery`); when it asks for the next one, the folder and its lock file
+        are removed. Folders of live processes are skipped. Files left directly in
+        ``incoming/`` by versions before 0.2 come first, as the folder ``incoming/`` itself.
+        """
+        own = self.incoming
+        legacy = [e for e in os.scandir(self.incoming_root) if e.is_file(follow_symlinks=False)
+                  and not e.name.endswith((LOCK_SUFFIX, ".tmp"))]
+        if legacy:
+            yield self.incoming_root
+            for entry in legacy:
+                unlink_quietly(Path(entry.path))
+        names = {e.name for e in os.scandir(self.incoming_root)}
+        owners = sorted({n[:-len(LOCK_SUFFIX)] for n in names if n.endswith(LOCK_SUFFIX)}
+                        | {n for n in names if (self.incoming_root / n).is_dir()})
+        for owner in owners:
+            folder = self.incoming_root / owner
+            if folder == own:
+                continue
+            fd = _lock_if_free(folder.with_name(owner + LOCK_SUFFIX))
+            if fd is False:
+                continue  # its process is alive
+            try:
+                if folder.is_dir():
+                    yield folder
+                    _remove_tree(folder)
+                unlink_quietly(folder.with_name(owner + LOCK_SUFFIX))
+                _fsync_dir(self.incoming_root)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        for entry in os.scandir(self.incoming_root):  # hidden lock files of claims that never finished
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                fd = _lock_if_free(Path(entry.path))
+                if fd is not None and fd is not False:
+                    unlink_quietly(Path(entry.path))
+                    os.close(fd)
+
+    def adopt(self, path: Path) -> Path:
+        """Move a file of an abandoned folder into this process's own (same name); its new path."""
+        target = self.incoming / path.name
+        os.replace(path, target)
+        return target
 
     # -- where things are -------------------------------------------------------------
 
@@ -142,10 +221,10 @@ class Archive:
     # -- writing ------------------------------------------------------------------------
 
     def new_incoming(self) -> Path:
-        """A fresh, empty file in ``incoming/`` for the caller to write a received file into.
+        """A fresh, empty file in this process's incoming folder for the caller to write into.
 
-        Hand it to :meth:`write_new` as ``source``; :meth:`recover` removes it if the
-        process dies first.
+        Hand it to :meth:`write_new` as ``source``; the next start's recovery removes it if
+        the process dies first.
         """
         try:
             fd, name = tempfile.mkstemp(dir=self.incoming, prefix="rx-", suffix=".part")
@@ -160,9 +239,10 @@ class Archive:
         """Store one instance durably in ``tree`` and return where, its size and checksum.
 
         ``source`` is the file's bytes, or the path of a file holding them. A path directly
-        inside ``incoming/`` is consumed: renamed into place on success, deleted on failure.
-        Any other path is copied and left alone. An existing file for the same instance in
-        the same tree is replaced atomically. Raises :class:`ArchiveWriteError`.
+        inside this process's incoming folder is consumed: renamed into place on success,
+        deleted on failure. Any other path is copied and left alone. An existing file for
+        the same instance in the same tree is replaced atomically. Raises
+        :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
         """
         relative = self.relative_path(tree, study, series, sop)
         final = self.root / relative
@@ -191,7 +271,7 @@ class Archive:
 
         A file already in ``to_tree`` for the same instance is replaced. Safe to run again
         after a crash mid-move: it moves what is left, and does nothing once all is moved.
-        Emptied folders in ``from_tree`` are removed. Raises :class:`ArchiveWriteError`.
+        Emptied folders in ``from_tree`` are removed. Raises one of :data:`WRITE_ERRORS`.
         """
         _check_tree(from_tree)
         _check_tree(to_tree)
@@ -245,26 +325,6 @@ class Archive:
             series = path.parent.name
             count += self.remove(tree, study, series, path.name[: -len(SUFFIX)])
         return count
-
-    def recover(self) -> RecoveryReport:
-        """Remove what interrupted writes left in ``incoming/``; call once at start.
-
-        Run it before accepting associations: it removes every file in ``incoming/``,
-        including those another process sharing this root is writing.
-        """
-        removed: list[str] = []
-        try:
-            for entry in sorted(os.scandir(self.incoming), key=lambda e: e.name):
-                if entry.is_dir(follow_symlinks=False):
-                    _remove_tree(Path(entry.path))
-                else:
-                    os.unlink(entry.path)
-                removed.append(entry.name)
-            if removed:
-                _fsync_dir(self.incoming)
-        except OSError as exc:
-            raise _write_error(exc, f"could not clear {self.incoming}") from exc
-        return RecoveryReport(tuple(removed))
 
     # -- internals ----------------------------------------------------------------------
 
@@ -377,10 +437,25 @@ def _check_tree(tree: str) -> None:
 
 def _check_uid(uid: str) -> None:
     if not uid_is_well_formed(uid):
-        raise ValueError(f"{uid!r} is not a well-formed UID (PS3.5 9.1) and cannot name a file")
+        raise InvalidInput(f"{uid!r} is not a well-formed UID (PS3.5 9.1) and cannot name a file")
 
 
-def _write_error(exc: OSError, what: str) -> ArchiveWriteError:
+def _lock_if_free(path: Path) -> int | None | bool:
+    """An exclusive lock on ``path`` if nobody holds one: its descriptor; None when the file
+    is gone; False when a live process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return fd
+
+
+def _write_error(exc: OSError, what: str) -> OutOfResources | StorageFailure:
     """Name the failure and what to do about it, and classify it for the DICOM status."""
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):
@@ -393,6 +468,6 @@ def _write_error(exc: OSError, what: str) -> ArchiveWriteError:
         advice = "the gatekeeper may not write there; fix the folder's owner or permissions"
     else:
         advice = "check the storage volume and the system log"
-    kind = OUT_OF_RESOURCES if code in RESOURCE_ERRNOS else CANNOT_PROCESS
+    kind = OutOfResources if code in RESOURCE_ERRNOS else StorageFailure
     reason = exc.strerror or str(exc)
-    return ArchiveWriteError(kind, f"{what}: {reason}; {advice}.")
+    return kind(f"{what}: {reason}; {advice}.")

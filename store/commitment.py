@@ -1,9 +1,9 @@
 """Storage commitment (PS3.4 J.3, Push Model): which referenced instances are committed, and why not.
 
-SPEC rule 6: an instance is committed only when it is durably stored. Here that means the
+Rule 6 of docs/rules.md: an instance is committed only when it is durably stored. Here that means the
 index knows the instance under the same SOP class, its file is on disk, and its study is
 kept (archived, or held for review: a held study is stored whole and never silently
-dropped, SPEC rule 4). Anything else fails, with a named reason.
+dropped, rule 4). Anything else fails, with a named reason.
 
 Pure: the caller looks the references up in the index and on disk and passes plain
 :class:`StoredInstance` values in; :func:`assess` returns the report content (PS3.4
@@ -16,8 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-#: Study states whose instances are committed (``store.models.ARCHIVED`` and ``HELD``).
-KEPT_STATES = frozenset({"archived", "held"})
+from infra.errors import InvalidInput
+from store.states import ARCHIVED, HELD
+
+#: Study states whose instances are committed.
+KEPT_STATES = frozenset({ARCHIVED, HELD})
 
 # Why an instance is not committed (PS3.3 C.14.1.1 Failure Reason, by name).
 NO_SUCH_OBJECT = "no-such-object"  # never received (0112H)
@@ -25,7 +28,7 @@ CLASS_CONFLICT = "class-instance-conflict"  # received under another SOP class (
 NOT_DURABLE = "not-durable"  # known but not kept: file missing, study rejected or purged (0110H)
 
 
-class CommitmentRequestError(ValueError):
+class CommitmentRequestError(InvalidInput):
     """The N-ACTION Action Information is unusable; the message says what to fix."""
 
 

@@ -1,6 +1,6 @@
 """Correction of a held instance from its RIS order, as PS3.3 C.12.1 describes.
 
-The patient and accession attributes are set from the order (SPEC rule 5), and the values
+The patient and accession attributes are set from the order (rule 5 of docs/rules.md), and the values
 they replace are kept in one new item of Original Attributes Sequence (0400,0561):
 
 - Modified Attributes Sequence (0400,0550): one item with the prior value of each attribute
@@ -40,6 +40,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from infra.errors import InvalidInput
 from worklist.orders import Order
 
 #: Reason for the Attribute Modification (0400,0565) for a correction (PS3.3 C.12.1).
@@ -80,15 +81,15 @@ def correct(
     sending modality's AE title. ``reason_text`` must not be empty (see the module notes).
     """
     if not reason_text.strip():
-        raise ValueError("a correction needs a reason; ask the operator why the images are corrected")
+        raise InvalidInput("a correction needs a reason; ask the operator why the images are corrected")
     if not modifying_system.strip():
-        raise ValueError("modifying_system is Type 1 (PS3.3 C.12.1); pass the gatekeeper's AE title")
+        raise InvalidInput("modifying_system is Type 1 (PS3.3 C.12.1); pass the gatekeeper's AE title")
     for label, value in (
         ("modifying_system", modifying_system),
         ("source_of_previous_values", source_of_previous_values),
     ):
         if len(value) > _LO_MAX:
-            raise ValueError(f"{label} is LO, at most {_LO_MAX} characters; shorten {value!r}")
+            raise InvalidInput(f"{label} is LO, at most {_LO_MAX} characters; shorten {value!r}")
 
     out = copy.deepcopy(ds)
     targets = _targets(out, order)

@@ -23,6 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
+from infra.errors import Undecodable
+
 #: Top-level attributes read from a received file; everything else is skipped.
 HEADER_KEYWORDS = (
     "SpecificCharacterSet",
@@ -51,7 +53,7 @@ HEADER_TAGS = tuple(Tag(keyword) for keyword in HEADER_KEYWORDS)
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-class UnreadableInstance(Exception):
+class UnreadableInstance(Undecodable):
     """A received file cannot be reconciled: it is not DICOM or lacks an identifying UID."""
 
 

@@ -1,9 +1,9 @@
 """The index of received studies: every query and write the store makes, in one place.
 
-The rows are :mod:`store.models` (studies, instances, findings) and, for the order
-look-ups, :class:`worklist.models.OrderRow`. The filing path's statements are prepared
-once (:class:`Rows`) because it runs per instance; the rest goes through peewee. The
-callers decide what a transaction holds (:func:`transaction`) and take the locks.
+The rows are :mod:`store.models` (studies, instances, findings). The filing path's
+statements are prepared once (:class:`Index` keeps their SQL) because it runs per
+instance; the rest goes through peewee. The callers decide what a transaction holds
+(:meth:`Index.transaction`) and take the locks.
 """
 
 from __future__ import annotations
@@ -16,28 +16,17 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import peewee as pw
 
+from infra.db import batches
 from store import archive as trees
 from store.archive import StoredFile
 from store.commitment import Reference, StoredInstance
 from store.header import InstanceHeader
-from store.models import ARCHIVED, HELD, FindingRow, InstanceRow, StudyRow
+from store.models import FindingRow, InstanceRow, StudyRow
 from store.reconcile import CODES, Reconciliation
-from worklist.db import database
-from worklist.models import OrderRow
-from worklist.orders import Order
+from store.states import ARCHIVED, HELD, PURGED, REJECTED
 
 #: ``StudyRow.pending_files``: move the study's files into its state's tree / delete the others.
 MOVE, PRUNE = "move", "prune"
-#: UIDs per ``IN (...)`` list.
-_BATCH = 500
-
-
-def transaction():
-    """One transaction of the index (nested, a savepoint)."""
-    return database.atomic()
-
-
-# ------------------------------------------------------------------- the filing path's SQL
 
 
 class IndexedStudy(NamedTuple):
@@ -54,18 +43,32 @@ class IndexedInstance(NamedTuple):
     path: str
 
 
-class Rows:
-    """The statements of the filing path as plain SQL, each built once.
+class Index:
+    """The store's rows in one database.
 
-    peewee builds the SQL of every query anew, which costs more than SQLite takes to run
-    it (about 0.4 ms a statement against 0.03 ms); filing an instance takes five or six.
-    These are built from the models with the database's own quoting and parameter style,
-    so they run on SQLite and PostgreSQL alike, and values go through each field's
-    ``db_value`` as peewee would pass them.
+    The statements of the filing path are plain SQL, each built once: peewee builds the
+    SQL of every query anew, which costs more than SQLite takes to run it (about 0.4 ms a
+    statement against 0.03 ms); filing an instance takes five or six. They are built from
+    the models with the database's own quoting and parameter style, so they run on SQLite
+    and PostgreSQL alike, and values go through each field's ``db_value`` as peewee would
+    pass them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
         self._sql: dict[tuple, str] = {}
+        #: Index transactions of the filing path take turns. SQLite lets one writer in at a
+        #: time and makes the others wait in its busy handler, which sleeps in steps of
+        #: milliseconds (up to 25 ms and more), far longer than a transaction here takes;
+        #: queueing on a lock hands the turn over at once. (PostgreSQL would not need it; it
+        #: costs little there.)
+        self.one_writer = threading.Lock()
+
+    def transaction(self):
+        """One transaction of the index (nested, a savepoint)."""
+        return self.db.atomic()
+
+    # ---------------------------------------------------------------- the filing path's SQL
 
     def study(self, uid: str) -> IndexedStudy | None:
         found = self._run(("study",), lambda q, p: (
@@ -80,14 +83,14 @@ class Rows:
             f"WHERE {q('sop_instance_uid')} = {p}"), [sop]).fetchone()
         return IndexedInstance(*found) if found else None
 
-    def insert(self, model: type[pw.Model], values: dict) -> None:
+    def _insert(self, model: type[pw.Model], values: dict) -> None:
         names = tuple(values)
         fields = [model._meta.fields[n] for n in names]
         self._run(("insert", model, names), lambda q, p: (
             f"INSERT INTO {q(model._meta.table_name)} ({', '.join(q(f.column_name) for f in fields)}) "
             f"VALUES ({', '.join([p] * len(fields))})"), [f.db_value(values[f.name]) for f in fields])
 
-    def update(self, model: type[pw.Model], row_id: int, values: dict, add: dict | None = None) -> None:
+    def _update(self, model: type[pw.Model], row_id: int, values: dict, add: dict | None = None) -> None:
         add = add or {}
         names, added = tuple(values), tuple(add)
         fields = [model._meta.fields[n] for n in names]
@@ -102,206 +105,203 @@ class Rows:
                   [f.db_value(values[f.name]) for f in fields] + [add[f.name] for f in counters] + [row_id])
 
     def _run(self, key: tuple, build: Callable, params: list):
-        quote, param = database.quote, database.param
-        key = (quote, param, *key)
         sql = self._sql.get(key)
         if sql is None:
+            quote, param = self.db.quote, self.db.param
             sql = self._sql[key] = build(lambda name: quote[0] + name + quote[-1], param)
-        return database.execute_sql(sql, params)
+        return self.db.execute_sql(sql, params)
 
+    def record_instance(self, row: IndexedStudy | None, existing: IndexedInstance | None, header: InstanceHeader,
+                        found: Reconciliation, order_accession: str, state: str, stored: StoredFile,
+                        calling_ae: str, now: dt.datetime, moves_to: str | None) -> None:
+        """Index one filed instance: its study (new or updated), its row and its findings.
 
-ROWS = Rows()
-#: Index transactions of this process take turns. SQLite lets one writer in at a time and
-#: makes the others wait in its busy handler, which sleeps in steps of milliseconds (up
-#: to 25 ms and more), far longer than a transaction here takes; queueing on a lock
-#: hands the turn over at once. (PostgreSQL would not need it; it costs little there.)
-ONE_WRITER = threading.Lock()
-
-
-def record_instance(row: IndexedStudy | None, existing: IndexedInstance | None, header: InstanceHeader,
-                    found: Reconciliation, order_accession: str, state: str, stored: StoredFile,
-                    calling_ae: str, now: dt.datetime, moves_to: str | None) -> None:
-    """Index one filed instance: its study (new or updated), its row and its findings.
-
-    ``moves_to`` is the tree of the study's new state when this instance changes it: the
-    study is then marked :data:`MOVE` and every instance row points into that tree.
-    """
-    study, sop = header.study_instance_uid, header.sop_instance_uid
-    counts = existing is None or existing.study_instance_uid != study
-    accession = found.accession_used[:16]
-    if row is None:
-        ROWS.insert(StudyRow, dict(
-            study_instance_uid=study, state=state, accession_number=accession,
-            order_accession=order_accession, patient_id=header.patient_id[:64],
-            study_date=header.study_date[:8], first_received_at=now, last_received_at=now,
-            held_at=now if state == HELD else None, state_changed_at=now, instance_count=1,
-        ))
-    else:
-        changes: dict = {"last_received_at": now}
-        if not row.accession_number and accession:
-            changes["accession_number"] = accession
-        if not row.order_accession and order_accession:
-            changes["order_accession"] = order_accession
+        ``moves_to`` is the tree of the study's new state when this instance changes it: the
+        study is then marked :data:`MOVE` and every instance row points into that tree.
+        """
+        study, sop = header.study_instance_uid, header.sop_instance_uid
+        counts = existing is None or existing.study_instance_uid != study
+        accession = found.accession_used[:16]
+        if row is None:
+            self._insert(StudyRow, dict(
+                study_instance_uid=study, state=state, accession_number=accession,
+                order_accession=order_accession, patient_id=header.patient_id[:64],
+                study_date=header.study_date[:8], first_received_at=now, last_received_at=now,
+                held_at=now if state == HELD else None, state_changed_at=now, instance_count=1,
+            ))
+        else:
+            changes: dict = {"last_received_at": now}
+            if not row.accession_number and accession:
+                changes["accession_number"] = accession
+            if not row.order_accession and order_accession:
+                changes["order_accession"] = order_accession
+            if moves_to:
+                changes.update(state=state, state_changed_at=now, pending_files=MOVE, held_at=now, age_flagged_at=None)
+            self._update(StudyRow, row.id, changes, add={"instance_count": 1} if counts else {})
+        columns = dict(
+            study_instance_uid=study, series_instance_uid=header.series_instance_uid,
+            sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid[:64],
+            path=str(stored.path), size=stored.size, sha256=stored.sha256, received_from=calling_ae[:16],
+            received_at=now,
+        )
+        if existing is None:
+            self._insert(InstanceRow, dict(sop_instance_uid=sop, **columns))
+        else:
+            self._update(InstanceRow, existing.id, columns)
+            FindingRow.delete().where(FindingRow.sop_instance_uid == sop).execute()
+            if existing.study_instance_uid != study:
+                StudyRow.update(instance_count=StudyRow.instance_count - 1).where(
+                    StudyRow.study_instance_uid == existing.study_instance_uid).execute()
+        for f in found.findings:
+            self._insert(FindingRow, dict(
+                study_instance_uid=study, sop_instance_uid=sop, code=f.code, instance_value=f.instance_value[:255],
+                order_value=f.order_value[:255], message=f.message, holds=f.code in found.hold_codes, found_at=now))
         if moves_to:
-            changes.update(state=state, state_changed_at=now, pending_files=MOVE, held_at=now, age_flagged_at=None)
-        ROWS.update(StudyRow, row.id, changes, add={"instance_count": 1} if counts else {})
-    columns = dict(
-        study_instance_uid=study, series_instance_uid=header.series_instance_uid,
-        sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid[:64],
-        path=str(stored.path), size=stored.size, sha256=stored.sha256, received_from=calling_ae[:16],
-        received_at=now,
-    )
-    if existing is None:
-        ROWS.insert(InstanceRow, dict(sop_instance_uid=sop, **columns))
-    else:
-        ROWS.update(InstanceRow, existing.id, columns)
-        FindingRow.delete().where(FindingRow.sop_instance_uid == sop).execute()
-        if existing.study_instance_uid != study:
-            StudyRow.update(instance_count=StudyRow.instance_count - 1).where(
-                StudyRow.study_instance_uid == existing.study_instance_uid).execute()
-    for f in found.findings:
-        ROWS.insert(FindingRow, dict(
-            study_instance_uid=study, sop_instance_uid=sop, code=f.code, instance_value=f.instance_value[:255],
-            order_value=f.order_value[:255], message=f.message, holds=f.code in found.hold_codes, found_at=now))
-    if moves_to:
-        repath(study, moves_to)
+            self.repath(study, moves_to)
 
+    # -------------------------------------------------------------- studies and their state
 
-# --------------------------------------------------------------------- studies and their state
+    def study_row(self, study: str) -> StudyRow | None:
+        return StudyRow.get_or_none(StudyRow.study_instance_uid == study)
 
+    def instance_row(self, sop: str) -> InstanceRow | None:
+        return InstanceRow.get_or_none(InstanceRow.sop_instance_uid == sop)
 
-def study_row(study: str) -> StudyRow | None:
-    return StudyRow.get_or_none(StudyRow.study_instance_uid == study)
+    def study_instances(self, study: str) -> list[InstanceRow]:
+        """The instance rows of ``study``, in the order they were first indexed."""
+        return list(InstanceRow.select().where(InstanceRow.study_instance_uid == study).order_by(InstanceRow.id))
 
+    def pending_studies(self) -> Iterator[str]:
+        """Studies marked ``pending_files`` (their files are not all in the tree of their state)."""
+        query = StudyRow.select(StudyRow.study_instance_uid).where(StudyRow.pending_files.is_null(False))
+        for (uid,) in query.tuples():
+            yield uid
 
-def instance_row(sop: str) -> InstanceRow | None:
-    return InstanceRow.get_or_none(InstanceRow.sop_instance_uid == sop)
+    def mark_pending(self, row_id: int, mark: str) -> None:
+        StudyRow.update(pending_files=mark).where(StudyRow.id == row_id).execute()
 
+    def clear_pending(self, row: StudyRow) -> None:
+        """Clear the mark ``row`` was read with (a mark set since then stays)."""
+        StudyRow.update(pending_files=None).where(
+            (StudyRow.id == row.id) & (StudyRow.pending_files == row.pending_files)).execute()
 
-def study_instances(study: str) -> list[InstanceRow]:
-    """The instance rows of ``study``, in the order they were first indexed."""
-    return list(InstanceRow.select().where(InstanceRow.study_instance_uid == study).order_by(InstanceRow.id))
+    def set_state(self, row_id: int, study: str, state: str, tree: str, now: dt.datetime) -> None:
+        """The study is in ``state`` from ``now``: its rows point into ``tree``, its files are to move there."""
+        StudyRow.update(state=state, state_changed_at=now, pending_files=MOVE).where(StudyRow.id == row_id).execute()
+        self.repath(study, tree)
 
+    def set_corrected(self, row_id: int, accession: str, patient_id: str, now: dt.datetime,
+                      files: Iterable[tuple[int, StoredFile]]) -> None:
+        """The study is archived under order ``accession`` from ``now``; ``files`` are (instance row id, corrected file)."""
+        StudyRow.update(state=ARCHIVED, state_changed_at=now, accession_number=accession,
+                        order_accession=accession, patient_id=patient_id,
+                        pending_files=PRUNE).where(StudyRow.id == row_id).execute()
+        for instance_id, new in files:
+            InstanceRow.update(path=str(new.path), size=new.size, sha256=new.sha256).where(
+                InstanceRow.id == instance_id).execute()
 
-def pending_studies() -> Iterator[str]:
-    """Studies marked ``pending_files`` (their files are not all in the tree of their state)."""
-    for (uid,) in StudyRow.select(StudyRow.study_instance_uid).where(StudyRow.pending_files.is_null(False)).tuples():
-        yield uid
+    def repath(self, study: str, tree: str) -> None:
+        """Point every instance row of ``study`` at ``tree`` (paths are tree/study/series/sop.dcm)."""
+        path = (pw.Value(f"{tree}/").concat(InstanceRow.study_instance_uid).concat("/")
+                .concat(InstanceRow.series_instance_uid).concat("/").concat(InstanceRow.sop_instance_uid)
+                .concat(trees.SUFFIX))
+        InstanceRow.update(path=path).where(InstanceRow.study_instance_uid == study).execute()
 
+    # ------------------------------------------------------------------------ review queries
 
-def mark_pending(row_id: int, mark: str) -> None:
-    StudyRow.update(pending_files=mark).where(StudyRow.id == row_id).execute()
+    def held_rows(self) -> list[StudyRow]:
+        """Every held study, oldest hold first."""
+        return list(StudyRow.select().where(StudyRow.state == HELD)
+                    .order_by(StudyRow.state_changed_at, StudyRow.study_instance_uid))
 
+    def rows_of_accession(self, accession: str, state: str | None = None) -> list[StudyRow]:
+        """Studies whose accession number, or linked order, is ``accession``; oldest first."""
+        query = StudyRow.select().where((StudyRow.accession_number == accession) | (StudyRow.order_accession == accession))
+        if state:
+            query = query.where(StudyRow.state == state)
+        return list(query.order_by(StudyRow.first_received_at, StudyRow.study_instance_uid))
 
-def clear_pending(row: StudyRow) -> None:
-    """Clear the mark ``row`` was read with (a mark set since then stays)."""
-    StudyRow.update(pending_files=None).where(
-        (StudyRow.id == row.id) & (StudyRow.pending_files == row.pending_files)).execute()
+    def archived_rows(self, accession: str | None = None) -> list[StudyRow]:
+        """Archived studies, newest first, optionally only those of one accession number."""
+        query = StudyRow.select().where(StudyRow.state == ARCHIVED)
+        if accession:
+            query = query.where((StudyRow.accession_number == accession) | (StudyRow.order_accession == accession))
+        return list(query.order_by(StudyRow.last_received_at.desc(), StudyRow.study_instance_uid))
 
+    def hold_codes(self, studies: list[str]) -> dict[str, tuple[str, ...]]:
+        """The distinct codes holding each study, in the order of :data:`store.reconcile.CODES`."""
+        found: dict[str, set[str]] = defaultdict(set)
+        for batch in batches(studies):
+            query = (FindingRow.select(FindingRow.study_instance_uid, FindingRow.code)
+                     .where(FindingRow.study_instance_uid.in_(batch) & (FindingRow.holds == True))  # noqa: E712
+                     .distinct().tuples())
+            for study, code in query:
+                found[study].add(code)
+        rank = {code: n for n, code in enumerate(CODES)}
+        return {s: tuple(sorted(codes, key=lambda c: rank.get(c, len(rank)))) for s, codes in found.items()}
 
-def set_state(row_id: int, study: str, state: str, tree: str, now: dt.datetime) -> None:
-    """The study is in ``state`` from ``now``: its rows point into ``tree``, its files are to move there."""
-    StudyRow.update(state=state, state_changed_at=now, pending_files=MOVE).where(StudyRow.id == row_id).execute()
-    repath(study, tree)
+    def findings_of(self, study: str) -> Iterable[FindingRow]:
+        return FindingRow.select().where(FindingRow.study_instance_uid == study).order_by(FindingRow.id)
 
+    def senders_of(self, study: str) -> tuple[str, ...]:
+        """The calling AE titles the instances of ``study`` came from."""
+        return tuple(sorted({ae for (ae,) in InstanceRow.select(InstanceRow.received_from)
+                             .where(InstanceRow.study_instance_uid == study).tuples() if ae}))
 
-def set_corrected(row_id: int, order: Order, now: dt.datetime, files: Iterable[tuple[int, StoredFile]]) -> None:
-    """The study is archived under ``order`` from ``now``; ``files`` are (instance row id, corrected file)."""
-    StudyRow.update(state=ARCHIVED, state_changed_at=now, accession_number=order.accession_number,
-                    order_accession=order.accession_number, patient_id=order.patient_id,
-                    pending_files=PRUNE).where(StudyRow.id == row_id).execute()
-    for instance_id, new in files:
-        InstanceRow.update(path=str(new.path), size=new.size, sha256=new.sha256).where(
-            InstanceRow.id == instance_id).execute()
+    # ------------------------------------------------------------------------ housekeeping
 
+    def held_not_flagged(self) -> list[StudyRow]:
+        return list(StudyRow.select().where((StudyRow.state == HELD) & StudyRow.age_flagged_at.is_null()))
 
-def repath(study: str, tree: str) -> None:
-    """Point every instance row of ``study`` at ``tree`` (paths are tree/study/series/sop.dcm)."""
-    path = (pw.Value(f"{tree}/").concat(InstanceRow.study_instance_uid).concat("/")
-            .concat(InstanceRow.series_instance_uid).concat("/").concat(InstanceRow.sop_instance_uid)
-            .concat(trees.SUFFIX))
-    InstanceRow.update(path=path).where(InstanceRow.study_instance_uid == study).execute()
+    def flag_aged(self, study: str, now: dt.datetime) -> bool:
+        """Mark a held study as flagged for its age; False when it left the hold or was flagged meanwhile."""
+        return (StudyRow.update(age_flagged_at=now)
+                .where((StudyRow.study_instance_uid == study) & (StudyRow.state == HELD)
+                       & StudyRow.age_flagged_at.is_null())
+                .execute()) == 1
 
+    def rejected_rows(self) -> list[StudyRow]:
+        return list(StudyRow.select().where(StudyRow.state == REJECTED))
 
-# ------------------------------------------------------------------------- review queries
+    def indexed_size(self, study: str) -> tuple[int, int]:
+        """(bytes, instance rows) indexed for ``study``."""
+        size, rows = (InstanceRow.select(pw.fn.COALESCE(pw.fn.SUM(InstanceRow.size), 0), pw.fn.COUNT(InstanceRow.id))
+                      .where(InstanceRow.study_instance_uid == study).scalar(as_tuple=True))
+        return int(size), rows
 
+    def mark_purged(self, study: str, now: dt.datetime) -> int | None:
+        """A rejected study becomes purged: its instance rows go (the count), the study row and
+        findings stay. None when it is no longer rejected."""
+        won = (StudyRow.update(state=PURGED, state_changed_at=now)
+               .where((StudyRow.study_instance_uid == study) & (StudyRow.state == REJECTED))
+               .execute())
+        if won != 1:
+            return None
+        return InstanceRow.delete().where(InstanceRow.study_instance_uid == study).execute()
 
-def held_rows() -> list[StudyRow]:
-    """Every held study, oldest hold first."""
-    return list(StudyRow.select().where(StudyRow.state == HELD)
-                .order_by(StudyRow.state_changed_at, StudyRow.study_instance_uid))
+    # --------------------------------------------------------------------------- the report
 
+    def studies_since(self, start: dt.datetime) -> list[tuple[StudyRow, tuple[str, ...]]]:
+        """Studies first received from ``start`` on, each with the codes of its holding findings."""
+        rows = list(StudyRow.select().where(StudyRow.first_received_at >= start).order_by(StudyRow.id))
+        codes = self.hold_codes([r.study_instance_uid for r in rows if r.held_at is not None])
+        return [(r, tuple(sorted(codes.get(r.study_instance_uid, ())))) for r in rows]
 
-def archived_rows(accession: str | None = None) -> list[StudyRow]:
-    """Archived studies, newest first, optionally only those of one accession number."""
-    query = StudyRow.select().where(StudyRow.state == ARCHIVED)
-    if accession:
-        query = query.where((StudyRow.accession_number == accession) | (StudyRow.order_accession == accession))
-    return list(query.order_by(StudyRow.last_received_at.desc(), StudyRow.study_instance_uid))
+    # ------------------------------------------------------------------ storage commitment
 
-
-def hold_codes(studies: list[str]) -> dict[str, tuple[str, ...]]:
-    """The distinct codes holding each study, in the SPEC's order."""
-    found: dict[str, set[str]] = defaultdict(set)
-    for start in range(0, len(studies), _BATCH):
-        query = (FindingRow.select(FindingRow.study_instance_uid, FindingRow.code)
-                 .where(FindingRow.study_instance_uid.in_(studies[start:start + _BATCH]) & (FindingRow.holds == True))  # noqa: E712
-                 .distinct().tuples())
-        for study, code in query:
-            found[study].add(code)
-    rank = {code: n for n, code in enumerate(CODES)}
-    return {s: tuple(sorted(codes, key=lambda c: rank.get(c, len(rank)))) for s, codes in found.items()}
-
-
-def findings_of(study: str) -> Iterable[FindingRow]:
-    return FindingRow.select().where(FindingRow.study_instance_uid == study).order_by(FindingRow.id)
-
-
-def senders_of(study: str) -> tuple[str, ...]:
-    """The calling AE titles the instances of ``study`` came from."""
-    return tuple(sorted({ae for (ae,) in InstanceRow.select(InstanceRow.received_from)
-                         .where(InstanceRow.study_instance_uid == study).tuples() if ae}))
-
-
-# -------------------------------------------------------------------------------- orders
-
-
-def order_row(accession: str) -> OrderRow | None:
-    """The order with ``accession``; None for none or an empty accession number."""
-    return OrderRow.get_or_none(OrderRow.accession_number == accession) if accession else None
-
-
-def order_of(row: StudyRow) -> Order | None:
-    """The order a study is linked to, else the one its accession number names."""
-    found = order_row(row.order_accession or row.accession_number)
-    return found.to_order() if found else None
-
-
-def orders_for(accessions: set[str]) -> dict[str, Order]:
-    """The orders with these accession numbers, keyed by accession number."""
-    if not accessions:
-        return {}
-    return {o.accession_number: o.to_order()
-            for o in OrderRow.select().where(OrderRow.accession_number.in_(sorted(accessions)))}
-
-
-# -------------------------------------------------------------------- storage commitment
-
-
-def stored_instances(root: Path, references: Iterable[Reference]) -> dict[str, StoredInstance]:
-    """What the index and the disk under ``root`` hold for these instances, keyed by SOP Instance UID."""
-    uids = sorted({r.sop_instance_uid for r in references})
-    rows = []
-    for start in range(0, len(uids), _BATCH):
-        rows.extend(InstanceRow.select().where(InstanceRow.sop_instance_uid.in_(uids[start:start + _BATCH])))
-    study_uids = sorted({r.study_instance_uid for r in rows})
-    states = {}
-    for start in range(0, len(study_uids), _BATCH):
-        query = StudyRow.select(StudyRow.study_instance_uid, StudyRow.state).where(
-            StudyRow.study_instance_uid.in_(study_uids[start:start + _BATCH]))
-        states.update(query.tuples())
-    return {
-        r.sop_instance_uid: StoredInstance(r.sop_instance_uid, r.sop_class_uid, states.get(r.study_instance_uid),
-                                           (root / r.path).is_file())
-        for r in rows
-    }
+    def stored_instances(self, root: Path, references: Iterable[Reference]) -> dict[str, StoredInstance]:
+        """What the index and the disk under ``root`` hold for these instances, keyed by SOP Instance UID."""
+        uids = sorted({r.sop_instance_uid for r in references})
+        rows = []
+        for batch in batches(uids):
+            rows.extend(InstanceRow.select().where(InstanceRow.sop_instance_uid.in_(batch)))
+        states = {}
+        for batch in batches(sorted({r.study_instance_uid for r in rows})):
+            query = StudyRow.select(StudyRow.study_instance_uid, StudyRow.state).where(
+                StudyRow.study_instance_uid.in_(batch))
+            states.update(query.tuples())
+        return {
+            r.sop_instance_uid: StoredInstance(r.sop_instance_uid, r.sop_class_uid, states.get(r.study_instance_uid),
+                                               (root / r.path).is_file())
+            for r in rows
+        }

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import peewee as pw
 
-from worklist.db import BaseModel
+from infra.db import BaseModel
 
-# Study states. A study moves held -> archived (release, correct) or held -> rejected
-# (reject) -> purged (retention job; files deleted, rows kept for the record).
-ARCHIVED = "archived"
-HELD = "held"
-REJECTED = "rejected"
-PURGED = "purged"
-STUDY_STATES = (ARCHIVED, HELD, REJECTED, PURGED)
 
 
 class StudyRow(BaseModel):
     study_instance_uid = pw.CharField(max_length=64, unique=True)
-    state = pw.CharField(max_length=8, index=True)
+    state = pw.CharField(max_length=8, index=True)  # one of store.states.STUDY_STATES
     accession_number = pw.CharField(max_length=16, default="", index=True)
     # The order the study is linked to (empty while the accession matches none).
     order_accession = pw.CharField(max_length=16, default="", index=True)
@@ -62,7 +55,7 @@ class InstanceRow(BaseModel):
 
 
 class FindingRow(BaseModel):
-    """One failed reconciliation check of one instance (SPEC rule 3)."""
+    """One failed reconciliation check of one instance (docs/rules.md, rule 3)."""
 
     study_instance_uid = pw.CharField(max_length=64, index=True)
     sop_instance_uid = pw.CharField(max_length=64, index=True)

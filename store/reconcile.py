@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pydicom.uid as uids
 
 from store.header import InstanceHeader
+from store.states import ARCHIVED, HELD, PURGED, REJECTED
 from worklist.orders import Order
 
 ACCESSION_MISSING = "ACCESSION_MISSING"
@@ -63,11 +64,6 @@ FROM_REQUEST_ATTRIBUTES = "RequestAttributesSequence"
 #: Order statuses under which images should not have been acquired.
 CANCELLED_STATUSES = frozenset({"cancelled", "discontinued"})
 
-#: Study states (the same strings as ``store.models``).
-ARCHIVED = "archived"
-HELD = "held"
-REJECTED = "rejected"
-PURGED = "purged"
 
 #: Modalities (0008,0060) of objects that are not images of the patient, and so are exempt
 #: from MODALITY_MISMATCH: reports, presentation states, key object selections, documents,

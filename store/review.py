@@ -1,4 +1,4 @@
-"""Review of held studies (SPEC rule 5), and the list of archived studies.
+"""Review of held studies (rule 5 of docs/rules.md), and the list of archived studies.
 
 Operators list and inspect held studies, then release (:meth:`Review.release`), correct
 (:meth:`Review.correct`) or reject (:meth:`Review.reject`) each; every action is audited
@@ -13,28 +13,27 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra import audit
+from infra.clock import Clock
+from infra.errors import InvalidInput, NotFound, StorageFailure, WrongState
 from store import archive as trees
-from store import index
-from store.archive import ArchiveWriteError, StoredFile, unlink_quietly
+from store.archive import WRITE_ERRORS, Archive, StoredFile, unlink_quietly
 from store.correction import correct_file
-from store.filing import Filing, Session
 from store.header import read_header
-from store.models import ARCHIVED, HELD, REJECTED, InstanceRow, StudyRow
-from store.placement import TREE_OF
-from store.reconcile import reconcile
-from worklist.models import audit
+from store.index import PRUNE, Index
+from store.models import InstanceRow, StudyRow
+from store.placement import TREE_OF, Placement
+from store.receiving import OrderCheck, Receiving
+from store.states import ARCHIVED, HELD, REJECTED
+from worklist.gate import Gate
 from worklist.orders import Order
 
-log = logging.getLogger("store.service")  # the store's log lines keep one logger name
+log = logging.getLogger("store.review")
 
 #: Audit actions (subject: the Study Instance UID).
 AUDIT_RELEASED = "study.released"
 AUDIT_CORRECTED = "study.corrected"
 AUDIT_REJECTED = "study.rejected"
-
-
-class StudyRefused(Exception):
-    """A review action cannot be done (unknown study, wrong state, no order); nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -91,33 +90,81 @@ class ArchivedStudy:
     order: Order | None
 
 
-class Review(Filing):
-    """The part of :class:`store.service.Store` that operators use to review studies."""
+class AmbiguousAccession(WrongState):
+    """An accession number names several held studies; ``studies`` lists them, one must be chosen."""
 
-    ae_title: str
+    def __init__(self, accession: str, studies: list[HeldStudy]) -> None:
+        super().__init__(f"accession number {accession} has {len(studies)} held studies; name one by its "
+                         "Study Instance UID")
+        self.accession = accession
+        self.studies = studies
+
+
+class Review:
+    """What technologists do with held studies, over the store's parts."""
+
+    def __init__(self, archive: Archive, index: Index, placement: Placement, receiving: Receiving, gate: Gate, *,
+                 ae_title: str, clock: Clock) -> None:
+        self.archive = archive
+        self.index = index
+        self.placement = placement
+        self.receiving = receiving
+        self.gate = gate
+        self.ae_title = ae_title
+        self.clock = clock
+
+    # -- looking ----------------------------------------------------------------------------
 
     def held_studies(self) -> list[HeldStudy]:
         """Every held study, oldest hold first."""
-        rows = index.held_rows()
-        codes = index.hold_codes([r.study_instance_uid for r in rows])
+        rows = self.index.held_rows()
+        codes = self.index.hold_codes([r.study_instance_uid for r in rows])
         return [_held(r, codes.get(r.study_instance_uid, ())) for r in rows]
+
+    def find_held(self, study_or_accession: str) -> str:
+        """The Study Instance UID of a held study named by its UID or by its accession number.
+
+        Raises :class:`AmbiguousAccession` (listing them) when the accession number has several
+        held studies, :class:`~infra.errors.NotFound` when nothing matches.
+        """
+        if self.index.study_row(study_or_accession) is not None:
+            return study_or_accession
+        rows = self.index.rows_of_accession(study_or_accession, HELD)
+        if len(rows) == 1:
+            return rows[0].study_instance_uid
+        if rows:
+            codes = self.index.hold_codes([r.study_instance_uid for r in rows])
+            raise AmbiguousAccession(study_or_accession, [_held(r, codes.get(r.study_instance_uid, ())) for r in rows])
+        raise NotFound(f"no study has Study Instance UID {study_or_accession!r}, and no held study has that "
+                       "accession number; 'gatekeeper held list' shows the held ones")
 
     def held_study(self, study: str) -> HeldStudyDetail:
         """One held study's findings side by side, and its order."""
         row = self._row_in(study, HELD)
         grouped: Counter = Counter()
         messages: dict = {}
-        for f in index.findings_of(study):
+        for f in self.index.findings_of(study):
             key = (f.code, f.instance_value, f.order_value, f.holds)
             grouped[key] += 1
             messages.setdefault(key, f.message)
         summaries = tuple(FindingSummary(code, iv, ov, holds, n, messages[(code, iv, ov, holds)])
                           for (code, iv, ov, holds), n in grouped.items())
-        codes = index.hold_codes([study]).get(study, ())
-        return HeldStudyDetail(_held(row, codes), summaries, index.order_of(row), index.senders_of(study))
+        codes = self.index.hold_codes([study]).get(study, ())
+        order = self.gate.find_order(row.order_accession or row.accession_number)
+        return HeldStudyDetail(_held(row, codes), summaries, order, self.index.senders_of(study))
+
+    def archived_studies(self, accession: str | None = None) -> list[ArchivedStudy]:
+        """Archived studies, newest first, optionally only those of one accession number."""
+        rows = self.index.archived_rows(accession)
+        orders = self.gate.orders({r.order_accession or r.accession_number for r in rows})
+        return [ArchivedStudy(r.study_instance_uid, r.accession_number, r.instance_count, r.first_received_at,
+                              r.last_received_at, orders.get(r.order_accession or r.accession_number))
+                for r in rows]
+
+    # -- deciding ---------------------------------------------------------------------------
 
     def release(self, study: str, *, user: str, reason: str) -> ReviewResult:
-        """Archive a held study as it is (SPEC rule 5)."""
+        """Archive a held study as it is."""
         return self._move_held(study, ARCHIVED, AUDIT_RELEASED, user, reason)
 
     def reject(self, study: str, *, user: str, reason: str) -> ReviewResult:
@@ -126,15 +173,15 @@ class Review(Filing):
 
     def _move_held(self, study: str, state: str, action: str, user: str, reason: str) -> ReviewResult:
         _need_who_and_why(user, reason)
-        with self._study_lock(study):
+        with self.placement.lock(study):
             row = self._row_in(study, HELD, settle=True)
             now = self.clock()
-            codes = index.hold_codes([study]).get(study, ())
-            with index.transaction():
-                index.set_state(row.id, study, state, TREE_OF[state], now)
-                audit(now, user, action, study, reason, accession_number=row.accession_number,
-                      instances=row.instance_count, codes=list(codes))
-            self._settle_or_log(study)
+            codes = self.index.hold_codes([study]).get(study, ())
+            with self.index.transaction():
+                self.index.set_state(row.id, study, state, TREE_OF[state], now)
+                audit.record(now, user, action, study, reason, accession_number=row.accession_number,
+                             instances=row.instance_count, codes=list(codes))
+            self.placement.settle_or_log(study)
         log.info("study %s (accession %s) %s by %s", study, row.accession_number or "none", state, user)
         return ReviewResult(study, action, state, row.instance_count, row.accession_number)
 
@@ -149,31 +196,31 @@ class Review(Filing):
         leaves the study held as it was; after it, the start finishes the clean-up.
         """
         _need_who_and_why(user, reason)
-        with self._study_lock(study):
+        with self.placement.lock(study):
             row = self._row_in(study, HELD, settle=True)
             wanted = (accession or row.order_accession or row.accession_number or "").strip()
             if not wanted:
-                raise StudyRefused(f"study {study} has no accession number, so there is no order to correct it "
+                raise InvalidInput(f"study {study} has no accession number, so there is no order to correct it "
                                    "from; name the right order with --accession ACC")
-            order_row = index.order_row(wanted)
-            if order_row is None:
-                raise StudyRefused(f"no order has accession number {wanted!r}; check the number, or import the "
-                                   "order, then correct the study again")
-            order = order_row.to_order()
+            order = self.gate.find_order(wanted)
+            if order is None:
+                raise NotFound(f"no order has accession number {wanted!r}; check the number, or import the "
+                               "order, then correct the study again")
             now = self.clock()
-            instances = index.study_instances(study)
+            instances = self.index.study_instances(study)
             written = self._write_corrections(instances, order, reason, now)
             changed = sorted({c.keyword for _, _, changes in written for c in changes})
             remaining = self._remaining_codes([temp for _, temp, _ in written], order)
-            index.mark_pending(row.id, index.PRUNE)
+            self.index.mark_pending(row.id, PRUNE)
             stored = self._install_corrections(study, written)
-            with index.transaction():
-                index.set_corrected(row.id, order, now,
-                                    [(instance.id, new) for (instance, _, _), new in zip(written, stored)])
-                audit(now, user, AUDIT_CORRECTED, study, reason, accession_number=order.accession_number,
-                      previous_accession=row.accession_number, instances=len(written), changed=changed,
-                      codes=list(index.hold_codes([study]).get(study, ())), remaining_codes=list(remaining))
-            self._settle_or_log(study)
+            with self.index.transaction():
+                self.index.set_corrected(row.id, order.accession_number, order.patient_id, now,
+                                         [(instance.id, new) for (instance, _, _), new in zip(written, stored)])
+                audit.record(now, user, AUDIT_CORRECTED, study, reason, accession_number=order.accession_number,
+                             previous_accession=row.accession_number, instances=len(written), changed=changed,
+                             codes=list(self.index.hold_codes([study]).get(study, ())),
+                             remaining_codes=list(remaining))
+            self.placement.settle_or_log(study)
         log.info("study %s corrected from order %s by %s and archived (%d instances)", study,
                  order.accession_number, user, len(written))
         return ReviewResult(study, AUDIT_CORRECTED, ARCHIVED, len(written), order.accession_number,
@@ -188,7 +235,7 @@ class Review(Filing):
         try:
             for instance in instances:
                 temps.append(self.archive.new_incoming())
-                changes = correct_file(self.root / instance.path, temps[-1], order, reason_text=reason,
+                changes = correct_file(self.archive.root / instance.path, temps[-1], order, reason_text=reason,
                                        modifying_system=self.ae_title, when=now,
                                        source_of_previous_values=instance.received_from)
                 written.append((instance, temps[-1], changes))
@@ -196,42 +243,36 @@ class Review(Filing):
             for temp in temps:
                 unlink_quietly(temp)
             which = instance.sop_instance_uid if instance is not None else "?"
-            raise StudyRefused(f"could not write the corrected copy of instance {which} ({exc}); nothing was "
-                               "changed. Check the held file and the storage volume, then try again") from exc
+            raise StorageFailure(f"could not write the corrected copy of instance {which} ({exc}); nothing was "
+                                 "changed. Check the held file and the storage volume, then try again") from exc
         return written
 
     def _install_corrections(self, study: str, written: list) -> list[StoredFile]:
         stored: list[StoredFile] = []
         try:
             for instance, temp, _ in written:
-                stored.append(self.archive.write_new(trees.ARCHIVE, study, instance.series_instance_uid,
+                stored.append(self.archive.write_new(trees.ARCHIVE_TREE, study, instance.series_instance_uid,
                                                      instance.sop_instance_uid, temp))
-        except ArchiveWriteError as exc:
+        except WRITE_ERRORS as exc:
             for _, temp, _ in written:
                 unlink_quietly(temp)
-            self._settle_or_log(study)  # still held and marked PRUNE: deletes the copies in archive/
-            raise StudyRefused(f"could not file the corrected study: {exc} Nothing was changed; the study "
-                               "is still held.") from exc
+            self.placement.settle_or_log(study)  # still held and marked PRUNE: deletes the copies in archive/
+            raise type(exc)(f"could not file the corrected study: {exc} Nothing was changed; the study "
+                            "is still held.") from exc
         return stored
 
     def _remaining_codes(self, files: list[Path], order: Order) -> tuple[str, ...]:
         """Codes the corrected files still have against the order (what correction cannot fix)."""
         remaining: set[str] = set()
-        session = Session()
+        checks: dict = {}
         for path in files:
             header = read_header(path)
-            check = session.order_check(order.accession_number, self._study_day(header), self.check_order)
-            found = reconcile(header, check.order, order_authorized=check.authorized, hold_codes=self.hold_codes)
+            day = self.receiving.study_day(header)
+            if day not in checks:
+                checks[day] = OrderCheck(*self.gate.authorization(order.accession_number, day))
+            found = self.receiving.reconcile(header, checks[day])
             remaining.update(f.code for f in found.hold_findings)
         return tuple(sorted(remaining))
-
-    def archived_studies(self, accession: str | None = None) -> list[ArchivedStudy]:
-        """Archived studies, newest first, optionally only those of one accession number."""
-        rows = index.archived_rows(accession)
-        orders = index.orders_for({r.order_accession or r.accession_number for r in rows} - {""})
-        return [ArchivedStudy(r.study_instance_uid, r.accession_number, r.instance_count, r.first_received_at,
-                              r.last_received_at, orders.get(r.order_accession or r.accession_number))
-                for r in rows]
 
     def _row_in(self, study: str, state: str, *, settle: bool = False) -> StudyRow:
         """The study's row when it is in ``state``; refuses otherwise.
@@ -239,15 +280,15 @@ class Review(Filing):
         With ``settle`` (the caller holds the study's lock), a move or prune a crash left
         pending is finished first, so the action starts from one tree.
         """
-        row = index.study_row(study)
+        row = self.index.study_row(study)
         if row is None:
-            raise StudyRefused(f"no study with Study Instance UID {study!r} was received; "
-                               "'gatekeeper held list' shows the held ones")
+            raise NotFound(f"no study with Study Instance UID {study!r} was received; "
+                           "'gatekeeper held list' shows the held ones")
         if settle and row.pending_files:
-            self._settle(study)
+            self.placement.settle(study)
         if row.state != state:
-            raise StudyRefused(f"study {study} is {row.state}, not {state}; only a held study can be "
-                               "released, corrected or rejected")
+            raise WrongState(f"study {study} is {row.state}, not {state}; only a held study can be "
+                             "released, corrected or rejected")
         return row
 
 
@@ -257,4 +298,4 @@ def _held(row: StudyRow, codes: tuple[str, ...]) -> HeldStudy:
 
 def _need_who_and_why(user: str, reason: str) -> None:
     if not user.strip() or not reason.strip():
-        raise StudyRefused("say who decides and why: --user NAME --reason TEXT (both go to the audit log)")
+        raise InvalidInput("say who decides and why: --user NAME --reason TEXT (both go to the audit log)")

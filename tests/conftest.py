@@ -14,9 +14,10 @@ import pytest
 
 from gateway.app import App, open_app
 from gateway.settings import load
+from worklist import records
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT.parent / "shared" / "examples"
+EXAMPLES = ROOT / "examples"
 #: The examples are written for exams on 2026-12-01; tests look at them from the morning before.
 EXAMPLE_NOW = dt.datetime(2026, 11, 30, 8, 0, 0)
 #: Set by CI (or by hand) to run the database tests against PostgreSQL too.
@@ -65,12 +66,12 @@ def settings_path(tmp_path) -> Path:
 def app(settings_path, clock) -> App:
     application = open_app(load(settings_path, environ={}), clock=clock)
     yield application
-    application.db.close()
+    application.close()
 
 
 class RunningServer:
     def __init__(self, app: App):
-        from gateway.server import serve
+        from gateway.dicom.server import serve
 
         self.app = app
         self.port = app.settings.port
@@ -98,12 +99,36 @@ def server(app) -> RunningServer:
     running.stop()
 
 
-@pytest.fixture
-def pg_url() -> str:
-    """PostgreSQL URL for database tests; skipped locally without it, required in CI."""
-    url = os.environ.get(PG_URL_ENV)
+def pg_unavailable(url: str | None) -> str | None:
+    """Why the PostgreSQL suite cannot run against ``url``, or None when a server answers there."""
     if not url:
+        return f"{PG_URL_ENV} is not set; set it to postgresql://postgres@127.0.0.1:5432/test to run"
+    try:
+        import psycopg2
+
+        psycopg2.connect(url, connect_timeout=3).close()
+    except Exception as exc:  # no server, refused, wrong database: all mean "cannot run here"
+        return f"no PostgreSQL server answers at {url} ({str(exc).strip().splitlines()[0]})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """PostgreSQL URL for database tests: skipped locally when no server answers, a failure under CI."""
+    url = os.environ.get(PG_URL_ENV)
+    why = pg_unavailable(url)
+    if why:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{PG_URL_ENV} is not set under CI; .ci/run sets it")
-        pytest.skip(f"set {PG_URL_ENV}=postgresql://postgres@127.0.0.1:5432/test to run")
+            pytest.fail(f"{why}; under CI the PostgreSQL suite must run (.ci/run starts the server)")
+        pytest.skip(why)
     return url
+
+
+def import_orders(app: App, orders, at: dt.datetime | None = None):
+    """Import checked orders as the gate does, stamped ``at`` (default: the app's clock)."""
+    return records.upsert_orders(app.db, orders, at or app.now(), user="import", source="test")
+
+
+def import_auths(app: App, auths, at: dt.datetime | None = None):
+    """Import checked auths as the gate does, stamped ``at`` (default: the app's clock)."""
+    return records.upsert_auths(app.db, auths, at or app.now(), user="import", source="test")

@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 
 from store import archive as archive_module
+from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.archive import (
-    ARCHIVE,
-    CANNOT_PROCESS,
-    HELD,
-    OUT_OF_RESOURCES,
-    REJECTED,
+    ARCHIVE_TREE as ARCHIVE,
+    HELD_TREE as HELD,
+    REJECTED_TREE as REJECTED,
     Archive,
-    ArchiveWriteError,
 )
 from store.header import UnreadableInstance, read_header
 from tests.dicom_factory import make_instance, write_instance
@@ -29,7 +27,10 @@ STUDY, SERIES, SOP = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.
 
 @pytest.fixture
 def store(tmp_path) -> Archive:
-    return Archive(tmp_path / "store")
+    archive = Archive(tmp_path / "store")
+    archive.incoming  # claim this "process's" incoming folder before any failure is injected
+    yield archive
+    archive.close()
 
 
 def tree_files(store: Archive) -> list[str]:
@@ -48,6 +49,9 @@ def incoming_files(store: Archive) -> list[str]:
 
 def test_layout_is_created(store):
     assert {p.name for p in store.root.iterdir()} == {"archive", "held", "rejected", "incoming"}
+    owner = store.incoming.name
+    assert store.incoming.parent == store.root / "incoming"
+    assert sorted(p.name for p in (store.root / "incoming").iterdir()) == [owner, owner + ".lock"]
 
 
 def test_write_bytes_then_read_back(store):
@@ -96,11 +100,11 @@ def test_rewrite_of_the_same_instance_replaces_it_without_duplicate(store):
 @pytest.mark.parametrize(
     "code, kind",
     [
-        (errno.ENOSPC, OUT_OF_RESOURCES),
-        (errno.EDQUOT, OUT_OF_RESOURCES),
-        (errno.EROFS, CANNOT_PROCESS),
-        (errno.EACCES, CANNOT_PROCESS),
-        (errno.EIO, CANNOT_PROCESS),
+        (errno.ENOSPC, OutOfResources),
+        (errno.EDQUOT, OutOfResources),
+        (errno.EROFS, StorageFailure),
+        (errno.EACCES, StorageFailure),
+        (errno.EIO, StorageFailure),
     ],
 )
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
@@ -109,9 +113,8 @@ def test_write_failure_names_its_kind_and_leaves_nothing(store, monkeypatch, cod
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(archive_module.os, failing, fail)
-    with pytest.raises(ArchiveWriteError) as caught:
+    with pytest.raises(kind) as caught:
         store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"data")
-    assert caught.value.kind == kind
     assert os.strerror(code) in str(caught.value) and SOP in str(caught.value)
     assert tree_files(store) == []
     assert incoming_files(store) == []
@@ -124,7 +127,7 @@ def test_failure_on_a_rewrite_keeps_the_old_file(store, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(archive_module.os, "fsync", full)
-    with pytest.raises(ArchiveWriteError, match="full"):
+    with pytest.raises(OutOfResources, match="full"):
         store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"new")
     assert store.path_of(ARCHIVE, STUDY, SERIES, SOP).read_bytes() == b"old and complete"
 
@@ -133,26 +136,59 @@ def test_failure_deletes_a_consumed_incoming_source(store, monkeypatch):
     received = store.new_incoming()
     received.write_bytes(b"received")
     monkeypatch.setattr(archive_module.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.EROFS, "ro")))
-    with pytest.raises(ArchiveWriteError) as caught:
+    with pytest.raises(StorageFailure, match="read-only"):
         store.write_new(ARCHIVE, STUDY, SERIES, SOP, received)
-    assert caught.value.kind == CANNOT_PROCESS and "read-only" in caught.value.message
     assert incoming_files(store) == [] and tree_files(store) == []
 
 
-def test_recover_removes_incoming_leftovers(store):
-    leftover = store.new_incoming()
-    leftover.write_bytes(b"half a file")
-    (store.incoming / "wr-crash.part").write_bytes(b"partial")
-    (store.incoming / "odd-folder").mkdir()
-    (store.incoming / "odd-folder" / "x").write_bytes(b"")
-    store.write_new(ARCHIVE, STUDY, SERIES, SOP, b"acknowledged")
+def test_a_live_owners_incoming_folder_is_never_abandoned(store):
+    partial = store.new_incoming()
+    partial.write_bytes(b"half a file, still being received")
+    other = Archive(store.root)  # a second process on the same storage root
+    try:
+        assert list(other.abandoned()) == []
+        assert partial.exists()
+    finally:
+        other.close()
+    assert partial.exists()
 
-    report = store.recover()
-    assert report.count == 3
-    assert set(report.removed) == {leftover.name, "wr-crash.part", "odd-folder"}
-    assert incoming_files(store) == []
-    assert store.exists(ARCHIVE, STUDY, SERIES, SOP)  # acknowledged files are untouched
-    assert store.recover().count == 0
+
+def test_a_gone_owners_incoming_folder_is_handed_over_then_removed(tmp_path):
+    gone = Archive(tmp_path / "store")
+    leftover = gone.new_incoming()
+    leftover.write_bytes(b"half a file")
+    (gone.incoming / "odd-folder").mkdir()
+    (gone.incoming / "odd-folder" / "x").write_bytes(b"")
+    gone.write_new(ARCHIVE, STUDY, SERIES, SOP, b"acknowledged")
+    os.close(gone._own_lock)  # the process dies: its lock goes, its folder stays
+
+    survivor = Archive(tmp_path / "store")
+    try:
+        handed = []
+        for folder in survivor.abandoned():
+            handed.append((folder, sorted(p.name for p in folder.iterdir())))
+        assert handed == [(gone.incoming, sorted([leftover.name, "odd-folder"]))]
+        assert sorted(p.name for p in (survivor.root / "incoming").iterdir()) == sorted(
+            [survivor.incoming.name, survivor.incoming.name + ".lock"])
+        assert survivor.exists(ARCHIVE, STUDY, SERIES, SOP)  # acknowledged files are untouched
+        assert list(survivor.abandoned()) == []
+    finally:
+        survivor.close()
+
+
+def test_files_of_the_single_folder_layout_are_handed_over_once(store):
+    legacy = store.root / "incoming" / "inflight-rx-123.dcm"
+    legacy.write_bytes(b"from version 0.1")
+    assert list(store.abandoned()) == [store.root / "incoming"]
+    assert not legacy.exists()
+    assert list(store.abandoned()) == []
+
+
+def test_close_gives_up_the_folder_and_its_lock(tmp_path):
+    archive = Archive(tmp_path / "store")
+    archive.new_incoming().write_bytes(b"x")
+    archive.close()
+    assert list((tmp_path / "store" / "incoming").iterdir()) == []
 
 
 def test_move_study(store):
@@ -187,7 +223,7 @@ def test_move_study_resumes_after_a_crash_halfway(store, monkeypatch):
         real_replace(src, dst)
 
     monkeypatch.setattr(archive_module.os, "replace", crash_on_third)
-    with pytest.raises(ArchiveWriteError):
+    with pytest.raises((OutOfResources, StorageFailure)):
         store.move_study(STUDY, HELD, REJECTED)
     monkeypatch.setattr(archive_module.os, "replace", real_replace)
     assert len(store.study_files(HELD, STUDY)) == 3 and len(store.study_files(REJECTED, STUDY)) == 2
@@ -217,9 +253,9 @@ def test_remove_and_remove_study(store):
 
 @pytest.mark.parametrize("bad", ["", "..", "../etc", "1.2/3", "1..2", "1.2.", "1.2.a", "1" * 65])
 def test_malformed_uids_never_become_paths(store, bad):
-    with pytest.raises(ValueError, match="UID"):
+    with pytest.raises(InvalidInput, match="UID"):
         store.write_new(ARCHIVE, STUDY, SERIES, bad, b"x")
-    with pytest.raises(ValueError, match="UID"):
+    with pytest.raises(InvalidInput, match="UID"):
         store.path_of(ARCHIVE, bad, SERIES, SOP)
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from tests.conftest import EXAMPLES
 
 
@@ -41,7 +41,7 @@ def test_bad_file_is_rejected_whole_with_exit_2(run, tmp_path):
     bad.write_text(json.dumps(records, indent=1))
     code, out, err = run("orders", "import", str(bad))
     assert code == 2 and out == ""
-    assert "record 2" in err and "facility_npi" in err and "nothing imported" in err
+    assert "record 3" in err and "facility_npi" in err and "nothing imported" in err
     code, out, _ = run("worklist", "--date", "2026-12-01", "--json")
     assert json.loads(out)["orders"] == []
 

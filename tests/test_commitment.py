@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
 )
 
 from gateway.app import open_app
-from gateway.commit_scp import event_information
+from gateway.dicom.commitment import event_information
 from gateway.settings import load
 from store import commitment
 from store.commitment import (
@@ -227,7 +227,7 @@ def peered_server(tmp_path, clock, listener):
     running = RunningServer(app).start()
     yield running
     running.stop()
-    app.db.close()
+    app.close()
 
 
 def wait_for_log(caplog, text: str) -> logging.LogRecord:
@@ -254,7 +254,7 @@ def committed(info: Dataset) -> list[str]:
 
 def test_all_committed_reported_on_the_same_association(server, requester, caplog):
     refs = store_study(server.app, "archived") + store_study(server.app, "held")
-    with caplog.at_level(logging.INFO, logger="gateway.commit"):
+    with caplog.at_level(logging.INFO, logger="gateway.dicom.commitment"):
         assert requester.request(refs) == 0x0000
         report = requester.reports.get(timeout=REPORT_WAIT)
         assert "on the same association" in wait_for_log(caplog, "report for transaction").getMessage()
@@ -288,7 +288,7 @@ def test_instances_not_durably_stored_fail_with_their_reason(server, requester):
 def test_report_goes_on_a_new_association_when_the_requester_releases(peered_server, listener, caplog):
     refs = store_study(peered_server.app)
     requester = Requester(peered_server.port)
-    with caplog.at_level(logging.INFO, logger="gateway.commit"):
+    with caplog.at_level(logging.INFO, logger="gateway.dicom.commitment"):
         assert requester.request(refs) == 0x0000
         requester.release()  # right after the N-ACTION response, as many modalities do
         report = listener.reports.get(timeout=REPORT_WAIT)
@@ -317,7 +317,7 @@ def test_same_association_is_preferred_while_it_stays_open(peered_server, listen
 def test_requester_not_in_peers_is_warned_about(server, caplog):
     refs = store_study(server.app, count=1)
     requester = Requester(server.port)
-    with caplog.at_level(logging.WARNING, logger="gateway.commit"):
+    with caplog.at_level(logging.WARNING, logger="gateway.dicom.commitment"):
         assert requester.request(refs) == 0x0000
         requester.release()
         warning = wait_for_log(caplog, "[peers")

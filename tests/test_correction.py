@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from infra.errors import InvalidInput
 from store.correction import CORRECT, AttributeChange, correct, correct_file, planned_changes
 from store.header import read_header
 from store.reconcile import reconcile
@@ -113,7 +114,7 @@ def test_several_request_items_are_left_alone():
     ],
 )
 def test_bad_arguments_are_refused(changes, error):
-    with pytest.raises(ValueError, match=error):
+    with pytest.raises(InvalidInput, match=error):
         correct(make_instance(), OTHER, **{**ARGS, **changes})
 
 

@@ -112,14 +112,19 @@ def test_sigkill_in_the_middle_loses_nothing_acknowledged(tmp_path):
     acked = acknowledged(acked_file)
     assert KILL_AFTER <= len(acked) < COUNT, "the kill must land in the middle of the sending"
 
-    # what a crash can leave: partial receives and in-flight links; plus one planted for sure
-    (store / "incoming" / "rx-planted.dcm").write_bytes(b"\0" * 1000)
-    left = len(list((store / "incoming").iterdir()))
+    # what a crash can leave in the dead process's incoming folder: partial receives and
+    # in-flight links; plus one planted for sure
+    [dead] = [p for p in (store / "incoming").iterdir() if p.is_dir()]
+    assert dead.name.startswith(f"p{gw.process.pid}-")
+    (dead / "rx-planted.dcm").write_bytes(b"\0" * 1000)
+    left = len(list(dead.iterdir()))
 
     gw.start()
     try:
-        assert list((store / "incoming").iterdir()) == []
-        cleaned = re.findall(r"store: (\d+) leftover file\(s\)", gw.log())
+        owner = [p for p in (store / "incoming").iterdir() if p.is_dir()]
+        assert [p.name.split("-")[0] for p in owner] == [f"p{gw.process.pid}"]  # the dead folder is gone
+        assert list(owner[0].iterdir()) == []
+        cleaned = re.findall(r"store: (\d+) leftover files? of interrupted receives", gw.log())
         assert int(cleaned[-1]) >= 1 and int(cleaned[-1]) <= left
 
         db = sqlite3.connect(tmp_path / "var" / "gatekeeper.db")

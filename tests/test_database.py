@@ -7,27 +7,35 @@ from dataclasses import replace
 import peewee
 import pytest
 
-from store import models as store_models
+from gateway.app import MODELS as ALL_MODELS
+from infra import audit
+from infra.db import BaseModel, bind, migrate, open_database
+from infra.errors import NotFound
 from tests.conftest import EXAMPLES
 from worklist import models as wm
-from worklist import service
-from worklist.db import BaseModel, migrate, open_database
+from worklist import records
+from worklist.gate import Gate
 from worklist.intake import parse_auths, parse_orders
 from worklist.policy import parse_policy
 
 NOW = dt.datetime(2026, 11, 30, 8, 0)
-ALL_MODELS = wm.MODELS + store_models.MODELS
 POLICY = parse_policy({"default": {"requires_auth": ["70540-70559", "73718-73725"]}})
 
 
 def _fresh(url: str) -> peewee.Database:
     db = open_database(url)
+    bind(db, ALL_MODELS + [_Later])
     db.connect(reuse_if_open=True)
     if not isinstance(db, peewee.SqliteDatabase):
         db.drop_tables(ALL_MODELS + [_Later], cascade=True, safe=True)
     migrate(db, ALL_MODELS)
-    wm.protect_audit_log(db)
+    audit.protect(db)
     return db
+
+
+@pytest.fixture
+def gate(db) -> Gate:
+    return Gate(db, POLICY, lambda: NOW)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -52,68 +60,68 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
     db.close()
 
 
-def test_import_upserts_and_keeps_assigned_study_uid(db):
+def test_import_upserts_and_keeps_assigned_study_uid(gate):
     orders, auths = _examples()
-    first = service.import_orders(orders, NOW)
+    first = gate.import_orders(orders)
     assert (first.created, first.updated) == (3, 0)
-    uid = service.find_order("ACC1001").study_instance_uid
+    uid = gate.find_order("ACC1001").study_instance_uid
     assert uid.startswith("2.25.") or uid.count(".") > 3
     moved = [replace(orders[0], scheduled_start=dt.datetime(2026, 12, 2, 9, 0))]
-    again = service.import_orders(moved, NOW)
+    again = gate.import_orders(moved)
     assert (again.created, again.updated) == (0, 1)
-    after = service.find_order("ACC1001")
+    after = gate.find_order("ACC1001")
     assert after.study_instance_uid == uid and after.scheduled_start == dt.datetime(2026, 12, 2, 9, 0)
 
 
-def test_order_with_its_own_study_uid_keeps_it(db):
+def test_order_with_its_own_study_uid_keeps_it(gate):
     orders, _ = _examples()
-    service.import_orders([replace(orders[0], study_instance_uid="1.2.3.4")], NOW)
-    assert service.find_order("ACC1001").study_instance_uid == "1.2.3.4"
+    gate.import_orders([replace(orders[0], study_instance_uid="1.2.3.4")])
+    assert gate.find_order("ACC1001").study_instance_uid == "1.2.3.4"
 
 
-def test_reimported_auth_never_gives_back_used_units(db):
+def test_reimported_auth_never_gives_back_used_units(gate):
     _, auths = _examples()
-    service.import_auths(auths, NOW)
+    gate.import_auths(auths)
     wm.AuthRow.update(units_used=1).where(wm.AuthRow.auth_number == "PA-778899").execute()
-    service.import_auths(auths, NOW)
-    assert service.auth_on("PA-778899").units_used == 1
+    gate.import_auths(auths)
+    assert records.auth("PA-778899").units_used == 1
 
 
-def test_decisions_of_the_examples(db):
+def test_decisions_of_the_examples(gate):
     orders, auths = _examples()
-    service.import_orders(orders, NOW)
-    service.import_auths(auths, NOW)
-    decisions = service.decide_all(service.orders_where(), POLICY, NOW.date())
+    gate.import_orders(orders)
+    gate.import_auths(auths)
+    decisions = gate.decide(list(gate.orders(['ACC1001', 'ACC1002', 'ACC1003']).values()))
     assert [(d.accession_number, d.served, d.auth_number) for d in decisions] == [
         ("ACC1001", True, "PA-778899"), ("ACC1002", False, "PA-112233"), ("ACC1003", True, None)]
     assert decisions[1].codes == ("AUTH_DATE_OUT_OF_RANGE", "AUTH_LATERALITY_MISMATCH")
 
 
-def test_override_serves_and_is_audited(db):
+def test_override_serves_and_is_audited(gate):
     orders, auths = _examples()
-    service.import_orders(orders, NOW)
-    service.add_override("ACC1002", "dr.who", "acute trauma", NOW)
-    (d,) = service.decide_all([service.find_order("ACC1002")], POLICY, NOW.date())
+    gate.import_orders(orders)
+    gate.override("ACC1002", user="dr.who", reason="acute trauma")
+    (d,) = gate.decide([gate.find_order("ACC1002")])
     assert d.served and d.override.user == "dr.who"
-    event = wm.AuditEvent.select().where(wm.AuditEvent.action == "order.override").get()
+    event = audit.AuditEvent.select().where(audit.AuditEvent.action == "order.override").get()
     assert (event.user, event.subject, event.reason) == ("dr.who", "ACC1002", "acute trauma")
 
 
-def test_override_of_unknown_order_is_refused(db):
-    with pytest.raises(LookupError, match="no order"):
-        service.add_override("NOPE", "u", "r", NOW)
+def test_override_of_unknown_order_is_refused(gate):
+    with pytest.raises(NotFound, match="no order"):
+        gate.override("NOPE", user="u", reason="r")
     assert not wm.OverrideRow.select().exists()
 
 
 def test_audit_log_refuses_update_and_delete(db):
-    wm.audit(NOW, "u", "test", "S")
+    audit.record(NOW, "u", "test", "S")
     with pytest.raises(peewee.DatabaseError, match="append-only"):
         with db.atomic():
-            wm.AuditEvent.update(user="someone else").execute()
+            audit.AuditEvent.update(user="someone else").execute()
     with pytest.raises(peewee.DatabaseError, match="append-only"):
         with db.atomic():
-            wm.AuditEvent.delete().execute()
-    assert wm.AuditEvent.get().user == "u"
+            audit.AuditEvent.delete().execute()
+    assert audit.AuditEvent.get().user == "u"
 
 
 class _Later(BaseModel):
@@ -141,11 +149,11 @@ def test_migration_adds_missing_columns_without_wiping(db):
         db.drop_tables([_Later])
 
 
-def test_reimport_does_not_undo_what_mpps_reported(db):
+def test_reimport_does_not_undo_what_mpps_reported(gate):
     orders, _ = _examples()
-    service.import_orders(orders, NOW)
+    gate.import_orders(orders)
     wm.OrderRow.update(status="completed").where(wm.OrderRow.accession_number == "ACC1001").execute()
-    service.import_orders(orders, NOW)
-    assert service.find_order("ACC1001").status == "completed"
-    service.import_orders([replace(orders[0], status="cancelled")], NOW)
-    assert service.find_order("ACC1001").status == "cancelled"
+    gate.import_orders(orders)
+    assert gate.find_order("ACC1001").status == "completed"
+    gate.import_orders([replace(orders[0], status="cancelled")])
+    assert gate.find_order("ACC1001").status == "cancelled"

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 
+from infra.errors import InvalidInput
 from worklist import gating as g
 from worklist.npi import is_valid_npi, luhn_check_digit
 from worklist.orders import Auth, Order, Override
@@ -162,7 +163,7 @@ def test_policy_ranges_are_inclusive_and_per_payer():
 
 @pytest.mark.parametrize("entry", ["7045", "70498-70450", "ABCDE", "70450-"])
 def test_policy_rejects_malformed_codes(entry):
-    with pytest.raises(ValueError, match="requires_auth"):
+    with pytest.raises(InvalidInput, match="requires_auth"):
         parse_policy({"default": {"requires_auth": [entry]}})
 
 

@@ -9,18 +9,21 @@ import threading
 from dataclasses import replace
 
 import pytest
+
+from tests.conftest import import_auths, import_orders
 from apscheduler.triggers.interval import IntervalTrigger
 
-from gateway import jobs, services
-from gateway.cli import main
+from gateway import jobs
+from gateway.cli.main import main
 from store import aging
-from store.archive import ARCHIVE as ARCHIVE_TREE, REJECTED as REJECTED_TREE, Archive
-from store.models import ARCHIVED, HELD, PURGED, REJECTED, FindingRow, InstanceRow, StudyRow
+from store.archive import ARCHIVE_TREE, REJECTED_TREE
+from store.models import FindingRow, InstanceRow, StudyRow
+from store.states import ARCHIVED, HELD, PURGED, REJECTED
 from worklist import watch
 from worklist.gating import AUTH_DATE_OUT_OF_RANGE, AUTH_MISSING, ORDER_NOT_SCHEDULED, Decision, Reason
-from worklist.models import AuditEvent, OrderRow
+from infra.audit import AuditEvent
+from worklist.models import OrderRow
 from worklist.orders import Auth, Order
-from worklist.service import import_auths, import_orders
 
 ORDER = Order(
     accession_number="ACC1", patient_id="MRN1", patient_name="DOE^JANE", birth_date=dt.date(1980, 2, 3),
@@ -111,8 +114,8 @@ def test_auth_expiring_at_midnight_withholds_after_the_day_boundary(app, clock):
     # An overdue exam, started yesterday and still in progress; its auth ends today (D = 2026-11-30).
     clock.now = dt.datetime(2026, 11, 30, 7, 0)
     order = replace(ORDER, status="in-progress", scheduled_start=dt.datetime(2026, 11, 29, 16, 0))
-    import_orders([order], clock.now)
-    import_auths([replace(AUTH, valid_to=dt.date(2026, 11, 30))], clock.now)
+    import_orders(app, [order], clock.now)
+    import_auths(app, [replace(AUTH, valid_to=dt.date(2026, 11, 30))], clock.now)
 
     clock.now = dt.datetime(2026, 11, 30, 23, 55)
     result = jobs.reevaluate(app)
@@ -144,7 +147,7 @@ def test_auth_expiring_at_midnight_withholds_after_the_day_boundary(app, clock):
     assert len(events(watch.AUDIT_WITHHELD, "ACC1")) == 1
 
     # The payer extends the auth: served again, audited as such.
-    import_auths([replace(AUTH, valid_to=dt.date(2026, 12, 31))], clock.now)
+    import_auths(app, [replace(AUTH, valid_to=dt.date(2026, 12, 31))], clock.now)
     clock.now = dt.datetime(2026, 12, 1, 0, 10)
     assert jobs.reevaluate(app).counts[watch.SERVED_NOW] == 1
     [event] = events(watch.AUDIT_SERVED, "ACC1")
@@ -155,7 +158,7 @@ def test_auth_expiring_at_midnight_withholds_after_the_day_boundary(app, clock):
 
 def test_reevaluate_selects_open_orders_from_yesterday_and_tracked_ones(app, clock):
     clock.now = dt.datetime(2026, 12, 1, 8, 0)
-    import_orders([
+    import_orders(app, [
         replace(ORDER, accession_number="OLD", scheduled_start=dt.datetime(2026, 11, 28, 9, 0)),  # before yesterday
         replace(ORDER, accession_number="YDAY", scheduled_start=dt.datetime(2026, 11, 30, 9, 0)),
         replace(ORDER, accession_number="DONE", status="completed"),
@@ -186,8 +189,8 @@ def test_reevaluate_in_chunks_covers_every_order(app, clock):
                 cpt="70553" if i % 2 else "71046")  # odd: needs an auth (none on file), even: none needed
         for i in range(1050)
     ]
-    import_orders(orders, clock.now)
-    import_auths([replace(AUTH, auth_number=f"PA-{i}", patient_id=f"P{i:05d}", valid_to=dt.date(2026, 11, 30))
+    import_orders(app, orders, clock.now)
+    import_auths(app, [replace(AUTH, auth_number=f"PA-{i}", patient_id=f"P{i:05d}", valid_to=dt.date(2026, 11, 30))
                   for i in range(1, 1050, 4)], clock.now)  # a quarter of the auth orders, valid until today
     result = jobs.reevaluate(app, chunk_size=100)
     assert result.counts["evaluated"] == 1050 and result.counts[watch.FIRST_SEEN] == 1050
@@ -202,14 +205,14 @@ def test_reevaluate_in_chunks_covers_every_order(app, clock):
 
 def test_expiring_auths_warns_once_per_order_auth_and_reason(app, clock, caplog):
     clock.now = dt.datetime(2026, 11, 30, 6, 0)
-    import_orders([
+    import_orders(app, [
         replace(ORDER, accession_number="EXP", scheduled_start=dt.datetime(2026, 12, 5, 9, 0)),
         replace(ORDER, accession_number="OK", patient_id="MRN2", scheduled_start=dt.datetime(2026, 12, 2, 9, 0)),
         replace(ORDER, accession_number="U1", patient_id="MRN3", scheduled_start=dt.datetime(2026, 12, 2, 9, 0)),
         replace(ORDER, accession_number="U2", patient_id="MRN3", scheduled_start=dt.datetime(2026, 12, 4, 9, 0)),
         replace(ORDER, accession_number="FAR", patient_id="MRN4", scheduled_start=dt.datetime(2026, 12, 20, 9, 0)),
     ], clock.now)
-    import_auths([
+    import_auths(app, [
         replace(AUTH, auth_number="PA-EXP", valid_to=dt.date(2026, 12, 3)),  # ends before the exam on 12-05
         replace(AUTH, auth_number="PA-OK", patient_id="MRN2"),
         replace(AUTH, auth_number="PA-U", patient_id="MRN3", units=1),  # one unit, two orders count on it
@@ -239,7 +242,7 @@ def test_expiring_auths_warns_once_per_order_auth_and_reason(app, clock, caplog)
     assert len(events(watch.RISK_ACTIONS[watch.AUTH_WILL_EXPIRE])) == 1
 
     # A new auth number for the same order is a new warning.
-    import_auths([replace(AUTH, auth_number="PA-EXP2", valid_from=dt.date(2026, 11, 25),
+    import_auths(app, [replace(AUTH, auth_number="PA-EXP2", valid_from=dt.date(2026, 11, 25),
                           valid_to=dt.date(2026, 12, 4))], clock.now)
     assert jobs.expiring_auths(app).counts["warned"] == 1
 
@@ -293,7 +296,7 @@ def add_files(archive: Archive, tree: str, study: str, count: int) -> None:
 
 
 def test_rejected_study_past_retention_is_purged_and_one_inside_is_kept(app, clock):
-    archive = Archive(app.settings.storage_root)
+    archive = app.store.archive
     clock.now = dt.datetime(2026, 12, 31, 2, 0)
     add_study(OLD_UID, REJECTED, clock.now - dt.timedelta(days=31), held_at=dt.datetime(2026, 11, 29), instances=3)
     add_files(archive, REJECTED_TREE, OLD_UID, 3)
@@ -327,7 +330,7 @@ def test_rejected_study_past_retention_is_purged_and_one_inside_is_kept(app, clo
 
 
 def test_purge_never_touches_a_study_that_left_the_rejected_state(app, clock, monkeypatch):
-    archive = Archive(app.settings.storage_root)
+    archive = app.store.archive
     clock.now = dt.datetime(2026, 12, 31, 2, 0)
     add_study(OLD_UID, REJECTED, clock.now - dt.timedelta(days=40), instances=1)
     add_files(archive, REJECTED_TREE, OLD_UID, 1)
@@ -390,15 +393,15 @@ def test_the_scheduler_keeps_running_a_job_that_raised(app, caplog):
 
 
 def test_start_jobs_follows_the_settings(app):
-    scheduler = services.start_jobs(app)
+    scheduler = jobs.start(app)
     try:
         assert {j.id for j in scheduler.get_jobs()} == set(jobs.JOBS)
     finally:
         scheduler.shutdown(wait=False)
     disabled = replace(app, settings=replace(app.settings, jobs_enabled=False))
-    assert services.start_jobs(disabled) is None
+    assert jobs.start(disabled) is None
     no_interval = replace(app, settings=replace(app.settings, held_age_minutes=0))
-    scheduler = services.start_jobs(no_interval)
+    scheduler = jobs.start(no_interval)
     try:
         assert {j.id for j in scheduler.get_jobs()} == set(jobs.JOBS) - {"held_age"}
     finally:
@@ -414,8 +417,8 @@ def cli_env(monkeypatch):
 
 
 def test_jobs_run_by_name_from_the_command_line(app, settings_path, cli_env, capsys):
-    import_orders([ORDER], dt.datetime(2026, 11, 30, 7, 0))
-    import_auths([AUTH], dt.datetime(2026, 11, 30, 7, 0))
+    import_orders(app, [ORDER], dt.datetime(2026, 11, 30, 7, 0))
+    import_auths(app, [AUTH], dt.datetime(2026, 11, 30, 7, 0))
     assert main(["--config", str(settings_path), "jobs", "run", "reevaluate"]) == 0
     out = capsys.readouterr().out
     assert out.strip() == "reevaluate: 1 orders evaluated as of 2026-11-30: 0 now withheld, 0 now served, 1 first seen"

@@ -17,14 +17,14 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityPerformedProcedureStep, MRImageStorage
 
-from worklist import mpps, mpps_service
+from worklist import mpps
 from worklist.gating import BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE, Decision, Reason
 from worklist.intake import parse_auths, parse_orders
-from worklist.models import AuditEvent, AuthRow, MppsRow, OrderRow
+from infra.audit import AuditEvent
+from worklist.models import AuthRow, MppsRow, OrderRow
 from worklist.mpps import COMPLETE, COMPLETED, DISCONTINUED, FREE, IN_PROGRESS, NO_EFFECT, START
 from worklist.orders import Override
-from worklist.service import add_override, import_auths, import_orders
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, import_auths, import_orders
 
 # ---------------------------------------------------------------- the state machine, pure
 
@@ -121,8 +121,8 @@ def load_examples(app, auth_units: int | None = None) -> None:
     auths = parse_auths((EXAMPLES / "auths.json").read_text())
     if auth_units is not None:
         auths = [dataclasses.replace(a, units=auth_units) for a in auths]
-    import_orders(orders, app.now())
-    import_auths(auths, app.now())
+    import_orders(app, orders, app.now())
+    import_auths(app, auths, app.now())
 
 
 def order(accession: str) -> OrderRow:
@@ -364,7 +364,7 @@ def test_create_without_status_is_missing_attribute(modality):
 @pytest.mark.parametrize("accession", ["ACC9999", None])
 def test_unscheduled_step_is_recorded_and_warned(modality, caplog, accession):
     uid = generate_uid()
-    with caplog.at_level(logging.WARNING, logger="worklist.mpps_service"):
+    with caplog.at_level(logging.WARNING, logger="worklist.steps"):
         assert modality.create(uid, creation(accession))[0].Status == 0x0000
         assert modality.set(uid, completion())[0].Status == 0x0000
     step = MppsRow.get(MppsRow.sop_instance_uid == uid)
@@ -374,11 +374,11 @@ def test_unscheduled_step_is_recorded_and_warned(modality, caplog, accession):
     assert units_used() == 0
 
 
-def test_an_unexpected_error_is_processing_failure_and_keeps_the_association(modality, monkeypatch):
+def test_an_unexpected_error_is_processing_failure_and_keeps_the_association(app, modality, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(mpps_service, "create_step", broken)
+    monkeypatch.setattr(app.steps, "create", broken)
     assert modality.create(generate_uid(), creation("ACC1001"))[0].Status == 0x0110
     assert modality.assoc.is_established
     monkeypatch.undo()
@@ -387,10 +387,10 @@ def test_an_unexpected_error_is_processing_failure_and_keeps_the_association(mod
 
 def test_one_info_line_per_operation_without_patient_data(modality, caplog):
     uid = generate_uid()
-    with caplog.at_level(logging.INFO, logger="gateway.mpps"):
+    with caplog.at_level(logging.INFO, logger="gateway.dicom.mpps"):
         modality.create(uid, creation("ACC1001"))
         modality.set(uid, completion())
-    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.mpps"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.dicom.mpps"]
     assert len(lines) == 2
     assert "N-CREATE from MR1" in lines[0] and uid in lines[0] and "ACC1001" in lines[0] and "0x0000" in lines[0]
     assert "N-SET from MR1" in lines[1] and "ACC1001" in lines[1]
@@ -402,11 +402,10 @@ def test_one_info_line_per_operation_without_patient_data(modality, caplog):
 
 def test_override_completes_without_a_unit(app):
     load_examples(app)
-    add_override("ACC1002", "dr.who", "emergency", app.now())
+    app.gate.override("ACC1002", user="dr.who", reason="emergency")
     report = mpps.StepReport(generate_uid(), "IN PROGRESS", "ACC1002")
-    mpps_service.create_step(report, "MR1", app.now(), app.settings.policy)
-    done = mpps_service.set_step(dataclasses.replace(report, status="COMPLETED", accession_number=None),
-                                 "MR1", app.now(), app.settings.policy)
+    app.steps.create(report, "MR1")
+    done = app.steps.set(dataclasses.replace(report, status="COMPLETED", accession_number=None), "MR1")
     assert (done.order_status, done.auth_unit_used) == ("completed", None)
     assert units_used("PA-112233") == 0
 
@@ -416,12 +415,12 @@ def test_discontinuing_one_of_two_running_steps_keeps_the_order_in_progress(app)
     first = mpps.StepReport(generate_uid(), "IN PROGRESS", "ACC1001")
     second = mpps.StepReport(generate_uid(), "IN PROGRESS", "ACC1001")
     for report in (first, second):
-        mpps_service.create_step(report, "MR1", app.now(), app.settings.policy)
+        app.steps.create(report, "MR1")
     stop = dataclasses.replace(first, status="DISCONTINUED", discontinuation_reason="Equipment failure")
-    stopped = mpps_service.set_step(stop, "MR1", app.now(), app.settings.policy)
+    stopped = app.steps.set(stop, "MR1")
     assert stopped.order_status == "in-progress"
     stop = dataclasses.replace(second, status="DISCONTINUED")
-    last = mpps_service.set_step(stop, "MR1", app.now(), app.settings.policy)
+    last = app.steps.set(stop, "MR1")
     assert last.order_status == "scheduled"
 
 
@@ -429,7 +428,7 @@ def test_completion_uses_the_auth_that_serves_the_order_at_that_time(app, clock)
     load_examples(app)
     clock.now = dt.datetime(2026, 12, 1, 9, 40)
     report = mpps.StepReport(generate_uid(), "IN PROGRESS", "ACC1001")
-    mpps_service.create_step(report, "MR1", app.now(), app.settings.policy)
-    done = mpps_service.set_step(dataclasses.replace(report, status="COMPLETED"), "MR1", app.now(), app.settings.policy)
+    app.steps.create(report, "MR1")
+    done = app.steps.set(dataclasses.replace(report, status="COMPLETED"), "MR1")
     assert (done.order_status, done.auth_unit_used) == ("completed", "PA-778899")
     assert units_used() == 1

@@ -17,6 +17,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
 
+from infra.errors import InvalidInput
 from worklist.mwl import (
     InvalidQuery, QueryPlan, build_item, build_response, matches, mismatched_key, plan_query,
     validate_query,
@@ -385,7 +386,7 @@ def test_auth_goes_where_settings_say(attribute, in_step):
 
 @pytest.mark.parametrize("attribute", ["NoSuchKeyword", "ScheduledProcedureStepSequence", "PatientBirthDate"])
 def test_auth_attribute_must_be_a_text_keyword(attribute):
-    with pytest.raises(ValueError, match=attribute):
+    with pytest.raises(InvalidInput, match=attribute):
         build_item(ORDER, "PA-1", auth_attribute=attribute)
 
 

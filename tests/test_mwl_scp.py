@@ -8,13 +8,12 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from gateway.app import open_app
 from gateway.settings import load
 from tests.conftest import EXAMPLES, RunningServer, write_settings
-from worklist import service
 from worklist.intake import parse_auths, parse_orders
 
 
 def load_examples(app):
-    service.import_orders(parse_orders((EXAMPLES / "orders.json").read_text()), app.now())
-    service.import_auths(parse_auths((EXAMPLES / "auths.json").read_text()), app.now())
+    app.gate.import_orders(parse_orders((EXAMPLES / "orders.json").read_text()))
+    app.gate.import_auths(parse_auths((EXAMPLES / "auths.json").read_text()))
 
 
 @pytest.fixture
@@ -73,7 +72,7 @@ def test_wildcard_and_case_insensitive_name(mwl):
 
 def test_non_ascii_query_in_iso_ir_192(app, server):
     orders = parse_orders((EXAMPLES / "orders.json").read_text().replace("MUSTERMANN^MAX", "MÜLLER^JÜRGEN"))
-    service.import_orders(orders, app.now())
+    app.gate.import_orders(orders)
     q = query(PatientName="MÜLLER^JÜRGEN", AccessionNumber="")
     q.SpecificCharacterSet = "ISO_IR 192"
     found, status = find(server.port, q)
@@ -88,13 +87,11 @@ def test_bad_identifier_gets_a900_and_server_keeps_serving(mwl):
     assert find(mwl.port, query(AccessionNumber="ACC1003"))[1] == 0x0000
 
 
-def test_failure_while_answering_gets_c000(mwl, monkeypatch):
-    import gateway.mwl_scp
-
+def test_failure_while_answering_gets_c000(app, mwl, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(gateway.mwl_scp, "responses", broken)
+    monkeypatch.setattr(app.query, "find", broken)
     assert find(mwl.port, query(AccessionNumber=""))[1] == 0xC000
 
 
@@ -107,7 +104,7 @@ def test_c_cancel_stops_pending_responses(app, server):
         rec = json.loads(json.dumps(records[2]))  # the chest X-ray needs no auth
         rec["accession_number"] = f"C{i:05d}"
         many.append(rec)
-    service.import_orders(parse_orders(json.dumps(many)), app.now())
+    app.gate.import_orders(parse_orders(json.dumps(many)))
 
     ae = AE(ae_title="DX1")
     ae.add_requested_context(ModalityWorklistInformationFind)
@@ -140,7 +137,7 @@ def test_unnamed_station_restricted_to_caller_when_set(tmp_path, clock):
         assert [d.AccessionNumber for d in found] == ["ACC1001"]
     finally:
         running.stop()
-        app.db.close()
+        app.close()
 
 
 def test_auth_expiring_at_midnight_stops_serving_at_midnight(mwl, clock):

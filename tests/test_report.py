@@ -8,13 +8,15 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.cli import main
-from gateway.report import OrderFact, StudyFact, as_json, as_text, figures
-from gateway.report_query import load_report
-from store.models import ARCHIVED, HELD, PURGED, REJECTED, FindingRow, StudyRow
+from tests.conftest import import_auths, import_orders
+
+from gateway.cli.main import main
+from gateway.cli.workflow import as_text
+from store.report import OrderFact, StudyFact, as_json, figures
+from store.models import FindingRow, StudyRow
+from store.states import ARCHIVED, HELD, PURGED, REJECTED
 from worklist.models import MppsRow, OrderRow, OverrideRow
 from worklist.orders import Auth, Order
-from worklist.service import import_auths, import_orders
 
 NOW = dt.datetime(2026, 11, 30, 8, 0)
 SINCE = dt.date(2026, 11, 1)
@@ -53,7 +55,7 @@ def scenario(app, clock):
     """Known counts: 8 orders in the period (5 open: 3 served, 2 withheld), 2 overrides on 1 order,
     6 studies received (2 clean), 4 held (1 still held), 2 MPPS completed, 2 auth units used."""
     clock.now = NOW
-    import_orders([
+    import_orders(app, [
         ORDER,                                                                 # served on PA-1
         replace(ORDER, accession_number="A2", cpt="71046"),                    # served, no auth needed
         replace(ORDER, accession_number="A3", patient_id="MRN3"),              # withheld: AUTH_MISSING
@@ -64,7 +66,7 @@ def scenario(app, clock):
         replace(ORDER, accession_number="A8", status="completed", scheduled_start=at(21, 9)),
         replace(ORDER, accession_number="A0", scheduled_start=at(15, 9, month=10)),  # before the period
     ], at(1, month=10))
-    import_auths([AUTH], at(1, month=10))
+    import_auths(app, [AUTH], at(1, month=10))
     OrderRow.update(auth_unit_used="PA-1").where(OrderRow.accession_number.in_(["A5", "A8"])).execute()
     for when, acc in ((at(29, 7), "A4"), (at(29, 9), "A4"), (at(15, 9, month=10), "A0")):
         OverrideRow.create(accession_number=acc, user="dr.lee", reason="stroke protocol", at=when)
@@ -88,7 +90,7 @@ def scenario(app, clock):
 
 
 def test_report_figures_from_the_database(scenario):
-    r = load_report(SINCE, NOW, scenario.settings.policy)
+    r = scenario.store.report(SINCE)
     assert r.orders_total == 8
     assert r.orders_by_status == {"scheduled": 5, "in-progress": 0, "completed": 2, "cancelled": 1, "discontinued": 0}
     assert (r.open_orders, r.served, r.withheld) == (5, 3, 2)

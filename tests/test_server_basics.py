@@ -34,7 +34,7 @@ def test_calling_ae_not_on_allow_list_is_rejected(tmp_path, clock):
         assert _echo(running.port, "MR1") == 0x0000
     finally:
         running.stop()
-        app.db.close()
+        app.close()
 
 
 def test_garbage_and_aborted_peers_do_not_stop_the_server(server):

@@ -21,10 +21,9 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 from store.archive import Archive
-from store.models import ARCHIVED, HELD, FindingRow, InstanceRow, StudyRow
-from store.service import Store
+from store.models import FindingRow, InstanceRow, StudyRow
+from store.states import ARCHIVED, HELD
 from tests.dicom_factory import make_instance, make_order, write_instance
-from worklist.service import import_orders
 
 STUDY = "1.2.826.0.1.3680043.8.498.2002"
 SUCCESS, OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
@@ -33,7 +32,7 @@ SUCCESS, OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0
 @pytest.fixture
 def gateway(app, server):
     """The running server, with the order that the factory's instances match (no auth needed)."""
-    import_orders([make_order(payer_id="SELF_PAY", study_instance_uid=STUDY)], app.now())
+    app.gate.import_orders([make_order(payer_id="SELF_PAY", study_instance_uid=STUDY)])
     return server
 
 
@@ -88,7 +87,7 @@ def test_a_matching_study_is_archived(app, gateway):
         stored = dcmread(app.settings.storage_root / row.path)
         assert stored.SOPInstanceUID == ds.SOPInstanceUID and stored.PixelData == ds.PixelData
         assert row.received_from == "MR1"
-    assert list((app.settings.storage_root / "incoming").iterdir()) == []
+    assert list(app.store.archive.incoming.iterdir()) == []
 
 
 def test_a_wrong_birth_date_holds_the_study_with_its_code(app, gateway, caplog):
@@ -132,7 +131,7 @@ def test_a_full_disk_answers_out_of_resources_and_leaves_nothing(app, gateway, m
         assert mr.store(instance()) == SUCCESS  # the sender's retry, once there is space
     assert len(files(app, "archive")) == 1 and files(app, "held") == []
     assert InstanceRow.select().count() == 1
-    assert list((app.settings.storage_root / "incoming").iterdir()) == []
+    assert list(app.store.archive.incoming.iterdir()) == []
 
 
 def test_a_failing_volume_answers_cannot_process_and_leaves_nothing(app, gateway, monkeypatch):
@@ -149,7 +148,7 @@ def test_a_failing_volume_answers_cannot_process_and_leaves_nothing(app, gateway
         monkeypatch.undo()
     assert files(app, "archive") == files(app, "held") == []
     assert InstanceRow.select().count() == StudyRow.select().count() == 0
-    assert list((app.settings.storage_root / "incoming").iterdir()) == []
+    assert list(app.store.archive.incoming.iterdir()) == []
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
@@ -230,18 +229,18 @@ def test_received_files_are_written_in_incoming_and_renamed_into_place(app, gate
     with Modality(gateway) as mr:
         assert mr.store(instance()) == SUCCESS
     [source] = sources
-    assert source.parent == app.settings.storage_root / "incoming" and source.name.startswith("rx-")
+    assert source.parent == app.store.archive.incoming and source.name.startswith("rx-")
 
 
 def test_an_association_looks_each_order_up_once(app, gateway, monkeypatch):
     calls = []
-    real = Store.check_order
+    real = app.store.receiving.authorizer
 
-    def counting(self, accession, day):
+    def counting(accession, day):
         calls.append(accession)
-        return real(self, accession, day)
+        return real(accession, day)
 
-    monkeypatch.setattr(Store, "check_order", counting)
+    monkeypatch.setattr(app.store.receiving, "authorizer", counting)
     for _ in range(2):
         with Modality(gateway) as mr:
             assert [mr.store(instance()) for _ in range(3)] == [SUCCESS] * 3
@@ -266,7 +265,7 @@ def test_an_aborted_transfer_leaves_no_partial_file(app, gateway):
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.dsutils import encode
 
-    incoming = app.settings.storage_root / "incoming"
+    incoming = app.store.archive.incoming
     ds = instance(Rows=1024, Columns=1024)
     ds.PixelData = os.urandom(1024 * 1024 * 2)
     mr = Modality(gateway)

@@ -1,4 +1,4 @@
-"""The store service (SPEC rules 3, 4 and 5) with a real database and storage root, no network.
+"""The store (rules 3, 4 and 5 of docs/rules.md) with a real database and storage root, no network.
 
 Instances come from ``tests.dicom_factory``: patient MRN5001 DOE^JANE^Q 19800203 F,
 accession ACC1001, MR, study date 2025-03-10. The order fixture matches them, under a
@@ -18,14 +18,19 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from gateway.store_scp import build_store
-from store import review, service
-from store.models import ARCHIVED, HELD, REJECTED, FindingRow, InstanceRow, StudyRow
-from store.service import ReceiveFailed, Session, StudyRefused
+from infra.audit import AuditEvent
+from infra.errors import InvalidInput, NotFound, OutOfResources, StorageFailure, Undecodable, WrongState
+from store import review
+from store.index import MOVE
+from store.models import FindingRow, InstanceRow, StudyRow
+from store.receiving import INFLIGHT, DatasetMismatch, Session
+from store.reconcile import CODES
+from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, AUDIT_RELEASED
+from store.states import ARCHIVED, HELD, REJECTED
+from store.store import Store, StoreConfig
 from tests.dicom_factory import make_instance, make_order, write_instance
-from worklist.models import AuditEvent, OrderRow
+from worklist.models import OrderRow
 from worklist.orders import Auth
-from worklist.service import add_override, import_auths, import_orders
 
 STUDY = "1.2.826.0.1.3680043.8.498.1001"
 
@@ -40,9 +45,16 @@ def auth(**overrides) -> Auth:
 
 @pytest.fixture
 def store(app):
-    import_orders([make_order(study_instance_uid=STUDY)], app.now())
-    import_auths([auth()], app.now())
-    return build_store(app)
+    app.gate.import_orders([make_order(study_instance_uid=STUDY)])
+    app.gate.import_auths([auth()])
+    return app.store
+
+
+def restart(app, store) -> Store:
+    """The process dies (its incoming folder and lock are left behind) and a new one starts."""
+    os.close(store.archive._own_lock)
+    store.archive._own = None
+    return Store(app.db, store.config, app.gate, app.now)
 
 
 def send(store, tmp_path, calling="MR1", session=None, **overrides):
@@ -108,8 +120,7 @@ def test_a_warning_code_is_recorded_but_does_not_hold(store, tmp_path):
 
 
 def test_every_code_holds_when_no_code_is_a_warning(app, store, tmp_path):
-    strict = service.Store(store.root, policy=app.settings.policy, hold_codes=frozenset(service.CODES),
-                           ae_title="GK", clock=app.now)
+    strict = Store(app.db, StoreConfig(store.root, ae_title="GK", hold_codes=frozenset(CODES)), app.gate, app.now)
     _, received = send(strict, tmp_path, StudyInstanceUID=generate_uid())
     assert received.state == HELD and received.hold_codes == ("STUDY_UID_MISMATCH",)
 
@@ -131,7 +142,7 @@ def test_an_empty_study_date_is_judged_on_the_receive_date(app, store, tmp_path)
 
 
 def test_the_orders_own_used_unit_is_not_an_exhausted_auth(app, store, tmp_path):
-    import_auths([auth(units_used=1)], app.now())
+    app.gate.import_auths([auth(units_used=1)])
     _, received = send(store, tmp_path)
     assert received.hold_codes == ("ORDER_NOT_AUTHORIZED",)  # the unit went to another exam
     OrderRow.update(auth_unit_used="PA-1", status="completed").execute()
@@ -140,11 +151,11 @@ def test_the_orders_own_used_unit_is_not_an_exhausted_auth(app, store, tmp_path)
 
 
 def test_an_override_or_a_payer_without_auth_needs_authorizes(app, store, tmp_path):
-    import_auths([auth(status="denied")], app.now())
+    app.gate.import_auths([auth(status="denied")])
     assert send(store, tmp_path)[1].hold_codes == ("ORDER_NOT_AUTHORIZED",)
-    add_override("ACC1001", "dr.who", "stroke protocol", app.now())
+    app.gate.override("ACC1001", user="dr.who", reason="stroke protocol")
     assert send(store, tmp_path, StudyInstanceUID=generate_uid())[1].hold_codes == ()
-    import_orders([make_order(accession_number="ACC2", payer_id="SELF_PAY", study_instance_uid="1.2.3.2")], app.now())
+    app.gate.import_orders([make_order(accession_number="ACC2", payer_id="SELF_PAY", study_instance_uid="1.2.3.2")])
     assert send(store, tmp_path, StudyInstanceUID="1.2.3.2", AccessionNumber="ACC2")[1].hold_codes == ()
 
 
@@ -155,12 +166,12 @@ def test_a_cancelled_order_holds(app, store, tmp_path):
 
 def test_a_session_looks_an_accession_up_once_and_a_new_session_sees_changes(app, store, tmp_path, monkeypatch):
     calls = []
-    real = store.check_order
-    monkeypatch.setattr(store, "check_order", lambda acc, day: calls.append(acc) or real(acc, day))
-    import_auths([auth(status="denied")], app.now())
+    real = store.receiving.authorizer
+    monkeypatch.setattr(store.receiving, "authorizer", lambda acc, day: calls.append(acc) or real(acc, day))
+    app.gate.import_auths([auth(status="denied")])
     session = Session()
     assert send(store, tmp_path, session=session)[1].hold_codes == ("ORDER_NOT_AUTHORIZED",)
-    add_override("ACC1001", "dr.who", "urgent", app.now())
+    app.gate.override("ACC1001", user="dr.who", reason="urgent")
     # the same association keeps its decision ...
     assert send(store, tmp_path, session=session, StudyInstanceUID="1.2.3.9")[1].state == HELD
     assert calls == ["ACC1001"]
@@ -224,10 +235,9 @@ def test_a_write_failure_leaves_nothing_and_says_out_of_resources(store, tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(ReceiveFailed) as failed:
+    with pytest.raises(OutOfResources):
         send(store, tmp_path)
     monkeypatch.undo()
-    assert failed.value.kind == service.OUT_OF_RESOURCES
     assert files(store, "archive") == files(store, "held") == []
     assert list(store.archive.incoming.iterdir()) == []
     assert InstanceRow.select().count() == StudyRow.select().count() == 0
@@ -237,10 +247,9 @@ def test_an_index_failure_takes_the_file_back_out(store, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(service.Store, "_index", broken)
-    with pytest.raises(ReceiveFailed) as failed:
+    monkeypatch.setattr(store.index, "record_instance", broken)
+    with pytest.raises(StorageFailure, match="database is locked"):
         send(store, tmp_path)
-    assert failed.value.kind == service.CANNOT_PROCESS
     assert files(store, "archive") == [] and list(store.archive.incoming.iterdir()) == []
 
 
@@ -248,20 +257,17 @@ def test_an_index_failure_takes_the_file_back_out(store, tmp_path, monkeypatch):
 def test_an_unreadable_file_cannot_be_processed(store, tmp_path):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all" * 10)
-    with pytest.raises(ReceiveFailed) as failed:
+    with pytest.raises(Undecodable):
         store.receive(junk, "MR1")
-    assert failed.value.kind == service.CANNOT_PROCESS
-    with pytest.raises(ReceiveFailed) as failed:
+    with pytest.raises(Undecodable, match="malformed"):
         send(store, tmp_path, SeriesInstanceUID="1.2.x")
-    assert failed.value.kind == service.CANNOT_PROCESS and "malformed" in str(failed.value)
 
 
 def test_the_dataset_must_be_the_instance_the_request_names(store, tmp_path):
     ds = make_instance(StudyInstanceUID=STUDY)
     path = write_instance(tmp_path / "x.dcm", ds)
-    with pytest.raises(ReceiveFailed) as failed:
+    with pytest.raises(DatasetMismatch):
         store.receive(path, "MR1", sop_instance_uid="1.2.3.4", sop_class_uid=ds.SOPClassUID)
-    assert failed.value.kind == service.DOES_NOT_MATCH
     assert InstanceRow.select().count() == 0
 
 
@@ -290,7 +296,7 @@ def test_release_archives_the_study_as_it_is(app, store, tmp_path):
     assert (study.state, study.state_changed_at, study.pending_files) == (ARCHIVED, app.now(), None)
     assert study.held_at is not None  # kept for the held-time figures
     assert all(r.path.startswith("archive/") for r in InstanceRow.select())
-    [(user, _, subject, reason, detail)] = audit_rows(service.AUDIT_RELEASED)
+    [(user, _, subject, reason, detail)] = audit_rows(AUDIT_RELEASED)
     assert (user, subject, reason) == ("tech.anna", STUDY, "birth date confirmed with patient")
     assert detail["codes"] == ["BIRTH_DATE_MISMATCH"] and detail["instances"] == len(sent)
 
@@ -302,7 +308,7 @@ def test_reject_moves_the_study_to_rejected_and_stamps_the_time(app, store, tmp_
     assert result.state == REJECTED
     assert files(store, "held") == [] and len(files(store, "rejected")) == 2
     assert StudyRow.get().state_changed_at == app.now()
-    assert [a[1] for a in audit_rows(service.AUDIT_REJECTED)] == [service.AUDIT_REJECTED]
+    assert [a[1] for a in audit_rows(AUDIT_REJECTED)] == [AUDIT_REJECTED]
 
 
 def test_correct_sets_the_orders_values_and_keeps_the_originals(app, store, tmp_path):
@@ -324,15 +330,15 @@ def test_correct_sets_the_orders_values_and_keeps_the_originals(app, store, tmp_
         assert item.ModifyingSystem == app.settings.ae_title and item.SourceOfPreviousValues == "MR1"
         previous = item.ModifiedAttributesSequence[0]
         assert (previous.PatientBirthDate, str(previous.PatientName)) == ("19800302", "DOE^JAIN")
-    [(user, _, _, reason, detail)] = audit_rows(service.AUDIT_CORRECTED)
+    [(user, _, _, reason, detail)] = audit_rows(AUDIT_CORRECTED)
     assert (user, reason, detail["changed"], detail["instances"]) == ("tech.anna", "typo at the console",
                                                                      ["PatientBirthDate", "PatientName"], 2)
     assert StudyRow.get().state == ARCHIVED and list(store.archive.incoming.iterdir()) == []
 
 
 def test_correct_can_reassign_the_study_to_another_order(app, store, tmp_path):
-    import_orders([make_order(accession_number="ACC2", patient_id="MRN7", patient_name="ROE^RICHARD",
-                              birth_date=dt.date(1955, 7, 19), sex="M", payer_id="SELF_PAY")], app.now())
+    app.gate.import_orders([make_order(accession_number="ACC2", patient_id="MRN7", patient_name="ROE^RICHARD",
+                              birth_date=dt.date(1955, 7, 19), sex="M", payer_id="SELF_PAY")])
     held_study(store, tmp_path, AccessionNumber="ACC404")
     result = store.correct(STUDY, user="tech.anna", reason="wrong order picked", accession="ACC2")
     assert result.accession_number == "ACC2"
@@ -352,10 +358,10 @@ def test_correct_reports_what_it_cannot_fix(app, store, tmp_path):
 
 @pytest.mark.parametrize("action", ["release", "reject", "correct"])
 def test_actions_on_an_unknown_or_archived_study_are_refused_and_change_nothing(store, tmp_path, action):
-    with pytest.raises(StudyRefused, match="no study"):
+    with pytest.raises(NotFound, match="no study"):
         getattr(store, action)("1.2.3.404", user="u", reason="r")
     send(store, tmp_path)
-    with pytest.raises(StudyRefused, match="archived, not held"):
+    with pytest.raises(WrongState, match="archived, not held"):
         getattr(store, action)(STUDY, user="u", reason="r")
     assert StudyRow.get().state == ARCHIVED and len(files(store, "archive")) == 1
     assert AuditEvent.select().where(AuditEvent.subject == STUDY).count() == 0
@@ -363,18 +369,18 @@ def test_actions_on_an_unknown_or_archived_study_are_refused_and_change_nothing(
 
 def test_actions_need_a_user_and_a_reason(store, tmp_path):
     held_study(store, tmp_path, count=1)
-    with pytest.raises(StudyRefused, match="--user"):
+    with pytest.raises(InvalidInput, match="--user"):
         store.release(STUDY, user="", reason="r")
-    with pytest.raises(StudyRefused, match="--reason"):
+    with pytest.raises(InvalidInput, match="--reason"):
         store.reject(STUDY, user="u", reason="  ")
     assert StudyRow.get().state == HELD
 
 
 def test_correct_without_an_order_is_refused(store, tmp_path):
     held_study(store, tmp_path, count=1, AccessionNumber="")
-    with pytest.raises(StudyRefused, match="--accession"):
+    with pytest.raises(InvalidInput, match="--accession"):
         store.correct(STUDY, user="u", reason="r")
-    with pytest.raises(StudyRefused, match="ACC999"):
+    with pytest.raises(NotFound, match="ACC999"):
         store.correct(STUDY, user="u", reason="r", accession="ACC999")
     assert StudyRow.get().state == HELD and len(files(store, "held")) == 1 and files(store, "archive") == []
 
@@ -388,11 +394,11 @@ def test_a_failed_correction_changes_nothing(store, tmp_path, monkeypatch):
     def second_fails(*args):
         calls.append(args)
         if len(calls) == 2:
-            raise service.ArchiveWriteError(service.OUT_OF_RESOURCES, "disk full")
+            raise OutOfResources("disk full")
         return real(*args)
 
     monkeypatch.setattr(store.archive, "write_new", second_fails)
-    with pytest.raises(StudyRefused, match="still held"):
+    with pytest.raises(OutOfResources, match="still held"):
         store.correct(STUDY, user="u", reason="r")
     assert {p: p.read_bytes() for p in files(store, "held")} == before
     assert files(store, "archive") == [] and list(store.archive.incoming.iterdir()) == []
@@ -416,14 +422,15 @@ class Crash(BaseException):
     """Stands for the process dying: nothing catches it."""
 
 
-def test_a_crash_between_filing_and_indexing_is_repaired_at_start(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(service.Store, "_index", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+def test_a_crash_between_filing_and_indexing_is_repaired_at_start(app, store, tmp_path, monkeypatch):
+    monkeypatch.setattr(store.index, "record_instance", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         send(store, tmp_path)
     monkeypatch.undo()
     [placed] = files(store, "archive")
     assert InstanceRow.select().count() == 0  # written, not indexed, not acknowledged
-    assert [p.name.startswith(service.INFLIGHT) for p in store.archive.incoming.iterdir()] == [True]
+    assert [p.name.startswith(INFLIGHT) for p in store.archive.incoming.iterdir()] == [True]
+    store = restart(app, store)
     done = store.recover()
     assert done.refiled == (placed.stem,)
     row = InstanceRow.get()
@@ -431,20 +438,21 @@ def test_a_crash_between_filing_and_indexing_is_repaired_at_start(store, tmp_pat
     assert StudyRow.get().state == ARCHIVED and list(store.archive.incoming.iterdir()) == []
 
 
-def test_recovery_removes_partial_files_and_keeps_indexed_ones(store, tmp_path):
+def test_recovery_removes_partial_files_and_keeps_indexed_ones(app, store, tmp_path):
     ds, received = send(store, tmp_path)
     (store.archive.incoming / "rx-partial.dcm").write_bytes(b"\0" * 300)
     # a link left after the index committed (crash just before it was removed)
-    os.link(store.root / received.stored.path, store.archive.incoming / (service.INFLIGHT + "rx-done.dcm"))
+    os.link(store.root / received.stored.path, store.archive.incoming / (INFLIGHT + "rx-done.dcm"))
+    store = restart(app, store)
     done = store.recover()
-    assert (done.refiled, done.leftovers) == ((), 2)
+    assert (done.refiled, done.leftovers) == ((), 1)
     assert list(store.archive.incoming.iterdir()) == [] and InstanceRow.select().count() == 1
     assert (store.root / received.stored.path).is_file()
 
 
-def test_a_crash_in_the_middle_of_a_release_is_finished_at_start(store, tmp_path, monkeypatch):
+def test_a_crash_in_the_middle_of_a_release_is_finished_at_start(app, store, tmp_path, monkeypatch):
     held_study(store, tmp_path, count=3)
-    monkeypatch.setattr(service.Store, "_settle_or_log", lambda self, study: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(store.placement, "settle_or_log", lambda study: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         store.release(STUDY, user="u", reason="r")
     monkeypatch.undo()
@@ -452,22 +460,24 @@ def test_a_crash_in_the_middle_of_a_release_is_finished_at_start(store, tmp_path
     first = files(store, "held")[0]
     os.makedirs(store.root / "archive" / STUDY / first.parent.name, exist_ok=True)
     os.replace(first, store.root / "archive" / STUDY / first.parent.name / first.name)
-    assert StudyRow.get().pending_files == service.MOVE
+    assert StudyRow.get().pending_files == MOVE
+    store = restart(app, store)
     assert store.recover().settled == (STUDY,)
     assert files(store, "held") == [] and len(files(store, "archive")) == 3
     assert all((store.root / r.path).is_file() for r in InstanceRow.select())
     assert StudyRow.get().pending_files is None
 
 
-def test_a_crash_before_a_correction_switches_the_index_leaves_the_study_held(store, tmp_path, monkeypatch):
+def test_a_crash_before_a_correction_switches_the_index_leaves_the_study_held(app, store, tmp_path, monkeypatch):
     held_study(store, tmp_path)
     originals = {p: p.read_bytes() for p in files(store, "held")}
-    monkeypatch.setattr(review, "audit", lambda *a, **k: (_ for _ in ()).throw(Crash()))
+    monkeypatch.setattr(review.audit, "record", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
         store.correct(STUDY, user="u", reason="r")
     monkeypatch.undo()
     assert len(files(store, "archive")) == 2  # corrected copies in place, index not switched
+    store = restart(app, store)
     store.recover()
     assert files(store, "archive") == [] and {p: p.read_bytes() for p in files(store, "held")} == originals
     assert StudyRow.get().state == HELD and StudyRow.get().pending_files is None
-    assert AuditEvent.select().where(AuditEvent.action == service.AUDIT_CORRECTED).count() == 0
+    assert AuditEvent.select().where(AuditEvent.action == AUDIT_CORRECTED).count() == 0

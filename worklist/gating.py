@@ -1,12 +1,21 @@
-"""SPEC rule 1: which orders the worklist serves, and why the others are withheld.
+"""Rule 1 (docs/rules.md): which orders the worklist serves, and why the others are withheld.
 
 Pure functions over :mod:`worklist.orders` types. The caller passes the candidate
 auths (normally every auth on file for the order's patient) and today's date; no
 clock is read here.
 
+Two questions, one answer: :func:`authorize` says whether the payer side of rule 1
+lets an order be performed on a given day (NPIs, auth, override); :func:`decide` adds
+the order's status and is what the worklist serves. The store asks :func:`authorize`
+with the study date (``ORDER_NOT_AUTHORIZED``), so the worklist and the store always
+agree on an order's authorization.
+
 The date an auth must cover is the order's scheduled date, or today when the order
 is overdue (scheduled in the past and still open): an exam is performed on the day
 the console starts it, so an auth that expires at midnight stops serving at midnight.
+
+To add a reason code: a constant here, in :data:`REASON_CODES`, with its sentence where
+it is found; then its row in docs/rules.md and a case in tests/test_gating.py.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from worklist.npi import is_valid_npi
 from worklist.orders import WORKABLE_STATUSES, Auth, Order, Override
 from worklist.policy import PayerPolicy
 
-# Reason codes (SPEC rule 1), in the order they are reported.
+# Reason codes (docs/rules.md, rule 1), in the order they are reported.
 ORDER_NOT_SCHEDULED = "ORDER_NOT_SCHEDULED"
 INVALID_NPI = "INVALID_NPI"
 AUTH_MISSING = "AUTH_MISSING"
@@ -36,8 +45,6 @@ REASON_CODES = (
     AUTH_FACILITY_MISMATCH, AUTH_ORDERING_NPI_MISMATCH, AUTH_DATE_OUT_OF_RANGE,
     AUTH_EXHAUSTED, AUTH_LATERALITY_MISMATCH,
 )
-#: Reasons an override can set aside. A cancelled or completed order stays off the list.
-OVERRIDABLE = frozenset(REASON_CODES) - {ORDER_NOT_SCHEDULED}
 
 # How a served order is covered.
 BASIS_AUTH = "auth"
@@ -91,7 +98,11 @@ def auth_date(order: Order, today: dt.date) -> dt.date:
 
 
 def auth_problems(order: Order, auth: Auth, on: dt.date) -> tuple[Reason, ...]:
-    """Every way ``auth`` fails to cover ``order`` on day ``on``; empty when it covers it."""
+    """Every way ``auth`` fails to cover ``order`` on day ``on``; empty when it covers it.
+
+    An auth whose last unit this very order used (its exam completed, ``order.auth_unit_used``)
+    still covers the order: images and re-queries of a performed exam come after that.
+    """
     found = []
     if auth.status != "approved":
         found.append(Reason(AUTH_NOT_APPROVED, f"Auth {auth.auth_number} is {auth.status}, not approved; ask the payer for its decision."))
@@ -103,12 +114,16 @@ def auth_problems(order: Order, auth: Auth, on: dt.date) -> tuple[Reason, ...]:
         found.append(Reason(AUTH_ORDERING_NPI_MISMATCH, f"Auth {auth.auth_number} names ordering NPI {auth.ordering_npi}, the order was placed by {order.ordering_npi}; the payer must amend the auth's ordering provider."))
     if not auth.valid_from <= on <= auth.valid_to:
         found.append(Reason(AUTH_DATE_OUT_OF_RANGE, f"Auth {auth.auth_number} is valid {auth.valid_from} to {auth.valid_to}, the exam is on {on}; reschedule inside that window or ask the payer to extend it."))
-    if auth.units_used >= auth.units:
-        found.append(Reason(AUTH_EXHAUSTED, f"Auth {auth.auth_number} has used all {auth.units} approved unit(s); ask the payer for more units."))
+    if auth.units_used >= auth.units and order.auth_unit_used != auth.auth_number:
+        found.append(Reason(AUTH_EXHAUSTED, f"Auth {auth.auth_number} has used all {auth.units} approved {_units(auth.units)}; ask the payer for more units."))
     if auth.laterality and auth.laterality != (order.laterality or None):
         side = order.laterality or "no side"
         found.append(Reason(AUTH_LATERALITY_MISMATCH, f"Auth {auth.auth_number} is for laterality {auth.laterality}, the order is for {side}; correct the order or request an auth for the right side."))
     return tuple(found)
+
+
+def _units(n: int) -> str:
+    return "unit" if n == 1 else "units"
 
 
 def closest_auth(order: Order, auths: Iterable[Auth], on: dt.date) -> tuple[Auth | None, tuple[Reason, ...]]:
@@ -135,6 +150,49 @@ def closest_auth(order: Order, auths: Iterable[Auth], on: dt.date) -> tuple[Auth
     return best, problems
 
 
+@dataclass(frozen=True)
+class Authorization:
+    """The payer side of rule 1 for one order on one day: may it be performed?
+
+    ``authorized`` with ``basis`` (auth, no auth needed, override) and the auth used;
+    otherwise every reason, from the closest auth (``auth_number``). With an override
+    the reasons it set aside are kept.
+    """
+
+    authorized: bool
+    basis: str | None
+    auth_number: str | None
+    reasons: tuple[Reason, ...]
+    override: Override | None = None
+
+
+def authorize(order: Order, auths: Iterable[Auth], policy: PayerPolicy, on: dt.date,
+              override: Override | None = None) -> Authorization:
+    """May ``order`` be performed on day ``on`` as far as its payer goes (rule 1 but the status)?
+
+    Both NPIs must be valid; when the payer policy lists the order's CPT code, an auth
+    must cover it on ``on`` (:func:`closest_auth`). An override sets every such reason aside.
+    """
+    reasons: list[Reason] = []
+    bad = [f"{label} {npi!r}" for label, npi in (("ordering NPI", order.ordering_npi), ("facility NPI", order.facility_npi)) if not is_valid_npi(npi)]
+    if bad:
+        reasons.append(Reason(INVALID_NPI, f"The order's {' and '.join(bad)} is not a valid NPI (ten digits with a check digit); correct it in the RIS."))
+    auth_number = None
+    needs_auth = policy.requires_auth(order.payer_id, order.cpt)
+    if needs_auth:
+        best, problems = closest_auth(order, auths, on)
+        if best is None:
+            reasons.append(Reason(AUTH_MISSING, f"CPT {order.cpt} needs a prior authorization from payer {order.payer_id} and none is on file for patient {order.patient_id}; request one, or import it if it was granted."))
+        else:
+            auth_number = best.auth_number
+            reasons.extend(problems)
+    if not reasons:
+        return Authorization(True, BASIS_AUTH if needs_auth else BASIS_NOT_REQUIRED, auth_number, ())
+    if override is not None:
+        return Authorization(True, BASIS_OVERRIDE, None, tuple(reasons), override)
+    return Authorization(False, None, auth_number, tuple(reasons))
+
+
 def decide(
     order: Order,
     auths: Iterable[Auth],
@@ -142,27 +200,14 @@ def decide(
     today: dt.date,
     override: Override | None = None,
 ) -> Decision:
-    """SPEC rule 1 for one order: served (how) or withheld (every reason, from the closest auth)."""
-    reasons: list[Reason] = []
+    """Rule 1 for one order: served (how) or withheld (every reason, from the closest auth).
+
+    The order must be scheduled or in progress, and :func:`authorize` must let it be
+    performed on :func:`auth_date`. An override cannot put a closed order back on the list.
+    """
     if order.status not in WORKABLE_STATUSES:
-        reasons.append(Reason(ORDER_NOT_SCHEDULED, f"The order is {order.status}; only scheduled or in-progress orders go on the worklist."))
-    bad = [f"{label} {npi!r}" for label, npi in (("ordering NPI", order.ordering_npi), ("facility NPI", order.facility_npi)) if not is_valid_npi(npi)]
-    if bad:
-        reasons.append(Reason(INVALID_NPI, f"The order's {' and '.join(bad)} is not a valid NPI (ten digits with a check digit); correct it in the RIS."))
-
-    auth_number = None
-    needs_auth = policy.requires_auth(order.payer_id, order.cpt)
-    if needs_auth:
-        best, problems = closest_auth(order, auths, auth_date(order, today))
-        if best is None:
-            reasons.append(Reason(AUTH_MISSING, f"CPT {order.cpt} needs a prior authorization from payer {order.payer_id} and none is on file for patient {order.patient_id}; request one, or import it if it was granted."))
-        else:
-            auth_number = best.auth_number
-            reasons.extend(problems)
-
-    if not reasons:
-        basis = BASIS_AUTH if needs_auth else BASIS_NOT_REQUIRED
-        return Decision(order.accession_number, True, basis, auth_number, ())
-    if override is not None and all(r.code in OVERRIDABLE for r in reasons):
-        return Decision(order.accession_number, True, BASIS_OVERRIDE, None, tuple(reasons), override)
-    return Decision(order.accession_number, False, None, auth_number, tuple(reasons))
+        payer = authorize(order, auths, policy, auth_date(order, today))  # an override cannot reopen it
+        closed = Reason(ORDER_NOT_SCHEDULED, f"The order is {order.status}; only scheduled or in-progress orders go on the worklist.")
+        return Decision(order.accession_number, False, None, payer.auth_number, (closed, *payer.reasons))
+    auth = authorize(order, auths, policy, auth_date(order, today), override)
+    return Decision(order.accession_number, auth.authorized, auth.basis, auth.auth_number, auth.reasons, auth.override)

@@ -1,18 +1,14 @@
-"""Peewee models for orders, auths, overrides, MPPS steps and the audit log.
+"""Peewee models for orders, auths, overrides and MPPS steps.
 
 Rows convert to and from the plain types of :mod:`worklist.orders`; rules never see a
-row. The audit log is append-only: the product has no code path that edits it, and
-:func:`protect_audit_log` makes the database refuse UPDATE and DELETE on it.
+row. Only :mod:`worklist.records` queries them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-
 import peewee as pw
 
-from worklist.db import BaseModel
+from infra.db import BaseModel
 from worklist.orders import Auth, Order, Override
 
 
@@ -86,11 +82,13 @@ class OrderRow(BaseModel):
             study_instance_uid=self.study_instance_uid,
             requested_procedure_id=self.requested_procedure_id,
             scheduled_procedure_step_id=self.scheduled_procedure_step_id,
+            auth_unit_used=self.auth_unit_used or None,
         )
 
 
 def order_columns(order: Order) -> dict:
-    """Column values of an order row (without timestamps and bookkeeping)."""
+    """Column values of an order row as imported (without timestamps and bookkeeping:
+    ``auth_unit_used`` is MPPS's to set, never an import's)."""
     return {
         "accession_number": order.accession_number,
         "status": order.status,
@@ -206,46 +204,4 @@ class MppsRow(BaseModel):
         table_name = "mpps"
 
 
-class AuditEvent(BaseModel):
-    """Who did what, when and why. Never updated or deleted."""
-
-    at = pw.DateTimeField(index=True)
-    user = pw.CharField()
-    action = pw.CharField(index=True)
-    subject = pw.CharField(index=True)  # an accession number, auth number or Study Instance UID
-    reason = pw.TextField(default="")
-    detail = pw.TextField(default="{}")  # JSON
-
-    class Meta:
-        table_name = "audit_log"
-
-
-def audit(at: dt.datetime, user: str, action: str, subject: str, reason: str = "", **detail) -> AuditEvent:
-    """Append one event to the audit log."""
-    return AuditEvent.create(
-        at=at, user=user, action=action, subject=subject, reason=reason,
-        detail=json.dumps(detail, sort_keys=True, default=str),
-    )
-
-
-def protect_audit_log(db: pw.Database) -> None:
-    """Make the database itself refuse UPDATE and DELETE on the audit log."""
-    if isinstance(db, pw.SqliteDatabase):
-        for verb in ("UPDATE", "DELETE"):
-            db.execute_sql(
-                f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
-                f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
-            )
-    else:
-        db.execute_sql(
-            "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
-            "BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql"
-        )
-        db.execute_sql("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
-        db.execute_sql(
-            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-            "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
-        )
-
-
-MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow, AuditEvent]
+MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow]

@@ -2,19 +2,20 @@
 
 PS3.4 F.1.5 defines three states: a step is created IN PROGRESS (F.7.2.1.3, N-CREATE) and
 ends COMPLETED or DISCONTINUED (F.7.2.2.3, N-SET); a step in a final state may no longer
-be updated. SPEC rule 6 gives the order its part: IN PROGRESS marks the order
+be updated. Rule 6 (docs/rules.md) gives the order its part: IN PROGRESS marks the order
 in-progress, COMPLETED marks it completed and uses one auth unit (once per order),
 DISCONTINUED frees it to be performed again.
 
 Pure functions over plain values: no pynetdicom, no database, no clock. A refused
-request raises an :class:`MppsError` subclass; the gateway turns each into its DICOM
-status.
+request raises one of the named errors below (each a kind of :mod:`infra.errors` error);
+the DICOM front end turns each into its status (:mod:`gateway.dicom.status`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infra.errors import AlreadyExists, InvalidInput, MissingValue, NotFound, WrongState
 from worklist.gating import BASIS_AUTH, Decision
 
 # Performed Procedure Step Status (0040,0252) values, PS3.4 F.1.5 (Table F.1-3).
@@ -36,27 +37,23 @@ _EFFECT_OF = {IN_PROGRESS: START, COMPLETED: COMPLETE, DISCONTINUED: FREE}
 AUDIT_ACTIONS = {START: "mpps.start", COMPLETE: "mpps.complete", FREE: "mpps.discontinue"}
 
 
-class MppsError(Exception):
-    """A request the MPPS SOP class refuses (PS3.4 F.7.2). The message says why."""
-
-
-class MissingStatus(MppsError):
+class MissingStatus(MissingValue):
     """N-CREATE without Performed Procedure Step Status (0040,0252), a type 1 attribute."""
 
 
-class InvalidStatus(MppsError):
+class InvalidStatus(InvalidInput):
     """A status the request may not carry: N-CREATE not IN PROGRESS (F.7.2.1.3), or an unknown value."""
 
 
-class StepFinal(MppsError):
+class StepFinal(WrongState):
     """N-SET on a step already COMPLETED or DISCONTINUED (F.7.2.2.3): it may no longer be updated."""
 
 
-class NoSuchStep(MppsError):
+class NoSuchStep(NotFound):
     """N-SET naming a SOP Instance this SCP never created."""
 
 
-class DuplicateStep(MppsError):
+class DuplicateStep(AlreadyExists):
     """N-CREATE with a SOP Instance UID that already exists."""
 
 
@@ -125,7 +122,7 @@ def on_set(current: str, requested: str | None) -> Transition:
 
 
 def order_status_after(order_status: str, effect: str, other_steps_in_progress: bool = False) -> str:
-    """The order's status once a step's transition has taken effect (SPEC rule 6).
+    """The order's status once a step's transition has taken effect (docs/rules.md, rule 6).
 
     Only open orders move: a completed, cancelled or discontinued order keeps its
     status whatever a modality reports. A discontinued step frees an in-progress order

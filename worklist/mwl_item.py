@@ -15,6 +15,7 @@ import re
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from infra.errors import InvalidInput
 from worklist.orders import Order
 
 #: Coding Scheme Designator of CPT-4 (PS3.16 Table 8-1).
@@ -54,14 +55,19 @@ def describe(order: Order) -> str:
     return description
 
 
-def _put_auth(item: Dataset, step: Dataset, keyword: str, auth_number: str | None) -> None:
+def check_auth_attribute(keyword: str) -> None:
+    """Refuse a ``worklist.auth_attribute`` that cannot show ``AUTH <number>`` (checked at start)."""
     tag = tag_for_keyword(keyword)
     if tag is None:
-        raise ValueError(f"auth attribute '{keyword}' is not a DICOM keyword; use one such as "
-                         "RequestedProcedureComments or CommentsOnTheScheduledProcedureStep")
+        raise InvalidInput(f"auth attribute '{keyword}' is not a DICOM keyword; use one such as "
+                           "RequestedProcedureComments or CommentsOnTheScheduledProcedureStep")
     if dictionary_VR(tag) not in _TEXT_VRS:
-        raise ValueError(f"auth attribute '{keyword}' has VR {dictionary_VR(tag)}, which cannot hold "
-                         "'AUTH <number>'; choose a text attribute (LO, LT, SH, ST, UC or UT)")
+        raise InvalidInput(f"auth attribute '{keyword}' has VR {dictionary_VR(tag)}, which cannot hold "
+                           "'AUTH <number>'; choose a text attribute (LO, LT, SH, ST, UC or UT)")
+
+
+def _put_auth(item: Dataset, step: Dataset, keyword: str, auth_number: str | None) -> None:
+    check_auth_attribute(keyword)
     target = step if keyword in STEP_LEVEL else item
     text = f"AUTH {auth_number}" if auth_number else ""
     existing = str(target.get(keyword) or "")
@@ -72,7 +78,7 @@ def build_item(order: Order, auth_number: str | None, *,
                auth_attribute: str = "RequestedProcedureComments") -> Dataset:
     """The worklist item of a served order (PS3.4 Table K.6-1, IHE RAD-5).
 
-    The auth is shown as ``AUTH <number>`` in ``auth_attribute`` (SPEC rule 1),
+    The auth is shown as ``AUTH <number>`` in ``auth_attribute`` (docs/rules.md, rule 1),
     a pydicom keyword, top level or in the step item for step attributes; the
     attribute is present and empty when ``auth_number`` is None. If it already
     holds text (a description), the auth is appended to it.

@@ -21,7 +21,7 @@ the SCU sent, so explicit-VR mistakes do not change the semantics):
   ``0930`` matches ``093015``; an upper bound covers its whole precision, so
   ``-10`` ends at 10:59:59.999999. Time ranges do not cross midnight
   (C.2.2.2.5.2): ``2200-0600`` alone matches nothing. Offsets from UTC in DT
-  values are ignored: order times are naive local times (SPEC "Words").
+  values are ignored: order times are naive local times (docs/rules.md, "Words").
 - Combined date and time (C.2.2.2.5.4): when a date key and its time key (for
   example ScheduledProcedureStepStartDate and ScheduledProcedureStepStartTime)
   are both ranges of the same form, they are matched as one datetime range:
@@ -56,6 +56,8 @@ from pydicom.dataelem import DataElement
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.multival import MultiValue
 
+from infra.errors import InvalidInput
+
 #: VRs for which ``*`` and ``?`` are wild cards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 #: VRs that take range matching (PS3.4 C.2.2.2.5).
@@ -83,7 +85,7 @@ RANGE_HINT = {
 }
 
 
-class InvalidQuery(ValueError):
+class InvalidQuery(InvalidInput):
     """The C-FIND identifier cannot be matched as it stands.
 
     The DICOM handler answers it with status 0xA900 (Identifier does not match

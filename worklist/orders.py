@@ -2,8 +2,8 @@
 
 These are the shapes every rule in the project works on. They carry no database
 or DICOM machinery: the peewee models in ``worklist.models`` convert to and from
-them, and the intake module builds them from the JSON shapes in
-``shared/schemas/order.schema.json`` and ``auth.schema.json``.
+them, and :mod:`worklist.intake` builds them from the JSON shapes described in
+``examples/README.md``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-#: Order statuses (SPEC "Words").
+#: Order statuses (docs/rules.md, "Words").
 ORDER_STATUSES = ("scheduled", "in-progress", "completed", "cancelled", "discontinued")
-#: Statuses under which an order may appear on the worklist (SPEC rule 1).
+#: Statuses under which an order may appear on the worklist (docs/rules.md, rule 1).
 WORKABLE_STATUSES = ("scheduled", "in-progress")
 #: Authorization statuses (auth.schema.json).
 AUTH_STATUSES = ("approved", "pended", "denied", "cancelled")
@@ -55,6 +55,8 @@ class Order:
     study_instance_uid: str = ""
     requested_procedure_id: str = ""
     scheduled_procedure_step_id: str = ""
+    #: The auth whose unit this order used when its exam completed (MPPS), once per order.
+    auth_unit_used: str | None = None
 
     @property
     def scheduled_date(self) -> dt.date:
@@ -86,7 +88,7 @@ class Auth:
 
 @dataclass(frozen=True)
 class Override:
-    """An operator's audited decision to serve a withheld order (SPEC rule 1)."""
+    """An operator's audited decision to serve a withheld order (docs/rules.md, rule 1)."""
 
     accession_number: str
     user: str

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from infra.errors import InvalidInput
+
 DEFAULT_PAYER = "default"
 _CPT = re.compile(r"^[0-9]{4}[0-9A-Z]$")
 
@@ -38,16 +40,16 @@ class PayerPolicy:
 
 
 def parse_ranges(entries: list, where: str) -> tuple[CodeRange, ...]:
-    """Parse ``["70553", "70450-70498"]``; raise ValueError naming the bad entry."""
+    """Parse ``["70553", "70450-70498"]``; raise InvalidInput naming the bad entry."""
     if not isinstance(entries, list):
-        raise ValueError(f"{where}.requires_auth must be a list of CPT codes or ranges")
+        raise InvalidInput(f"{where}.requires_auth must be a list of CPT codes or ranges")
     ranges = []
     for entry in entries:
         text = str(entry).strip()
         first, dash, last = (part.strip() for part in text.partition("-"))
         last = last if dash else first
         if not (_CPT.match(first) and _CPT.match(last)) or first > last:
-            raise ValueError(
+            raise InvalidInput(
                 f"{where}.requires_auth has {entry!r}; write a CPT code like \"70553\" "
                 f"or an ascending range like \"70450-70498\""
             )
@@ -58,11 +60,11 @@ def parse_ranges(entries: list, where: str) -> tuple[CodeRange, ...]:
 def parse_policy(table: dict) -> PayerPolicy:
     """Build a policy from the ``[payers]`` table of settings.toml."""
     if not isinstance(table, dict):
-        raise ValueError("must be a table of [payers.<payer id>] tables")
+        raise InvalidInput("must be a table of [payers.<payer id>] tables")
     payers = {}
     for payer_id, entry in table.items():
         if not isinstance(entry, dict) or set(entry) - {"requires_auth"}:
-            raise ValueError(f"payers.{payer_id} takes one key, requires_auth = [...]")
+            raise InvalidInput(f"payers.{payer_id} takes one key, requires_auth = [...]")
         payers[payer_id] = parse_ranges(entry.get("requires_auth", []), f"payers.{payer_id}")
     default = payers.pop(DEFAULT_PAYER, ())
     return PayerPolicy(default=default, payers=payers)

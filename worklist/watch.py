@@ -1,4 +1,4 @@
-"""SPEC rule 6, worklist side: what the scheduled jobs look for, as pure functions.
+"""Rule 6 (docs/rules.md), worklist side: what the scheduled jobs look for, as pure functions.
 
 Two questions, answered over plain types with today's date passed in:
 
@@ -8,7 +8,7 @@ Two questions, answered over plain types with today's date passed in:
 - :func:`auth_risks`: which orders due in the next few days will find their auth expired
   or its units used up by the time they are performed.
 
-No database, no clock, no logging: ``gateway.jobs`` loads the rows and records the results.
+No database, no clock, no logging: :class:`worklist.gate.Gate` loads the rows and records the results.
 """
 
 from __future__ import annotations

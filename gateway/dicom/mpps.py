@@ -1,9 +1,10 @@
 """Modality Performed Procedure Step SCP (PS3.4 F.7): N-CREATE and N-SET.
 
 Thin handlers: decode the request into a :class:`~worklist.mpps.StepReport`, make one
-call into :mod:`worklist.mpps_service`, answer with a status. A refused request gets
-the standard failure status (below); anything unexpected is logged and answered with
-0x0110 Processing failure, never a dropped association.
+call into :class:`worklist.steps.Steps`, answer with a status. A refused request gets
+the standard failure status (below, mapped in :mod:`gateway.dicom.status`); anything
+unexpected is logged and answered with 0x0110 Processing failure, never a dropped
+association.
 
 | refusal | status |
 |---|---|
@@ -23,33 +24,20 @@ from pydicom.uid import generate_uid
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from gateway import status as st
-from worklist import mpps, mpps_service
+from gateway.dicom import status as st
 from worklist.mpps import PerformedSeries, StepReport
+from worklist.steps import Steps
 
-log = logging.getLogger("gateway.mpps")
-
-#: Each refusal of the state machine and its DICOM status.
-_REFUSALS = {
-    mpps.MissingStatus: st.MISSING_ATTRIBUTE,
-    mpps.InvalidStatus: st.INVALID_ATTRIBUTE_VALUE,
-    mpps.DuplicateStep: st.DUPLICATE_SOP_INSTANCE,
-    mpps.NoSuchStep: st.NO_SUCH_SOP_INSTANCE,
-    mpps.StepFinal: st.MPPS_MAY_NO_LONGER_BE_UPDATED,
-}
+log = logging.getLogger("gateway.dicom.mpps")
 
 
 def add_to(ae, app) -> list:
     """Add the MPPS SOP class (SCP role); return the N-CREATE and N-SET handlers."""
     ae.add_supported_context(ModalityPerformedProcedureStep)
-    return [(evt.EVT_N_CREATE, on_n_create, [app]), (evt.EVT_N_SET, on_n_set, [app])]
+    return [(evt.EVT_N_CREATE, on_n_create, [app.steps]), (evt.EVT_N_SET, on_n_set, [app.steps])]
 
 
-def on_start(app) -> None:
-    """Nothing to prepare: steps live in the database."""
-
-
-def on_n_create(event, app):
+def on_n_create(event, steps: Steps):
     """EVT_N_CREATE: a modality started a step (PS3.4 F.7.2.1)."""
     calling = event.assoc.requestor.ae_title
     uid = event.request.AffectedSOPInstanceUID
@@ -58,15 +46,15 @@ def on_n_create(event, app):
         attrs = event.attribute_list
         report = step_report(str(uid) if uid else generate_uid(), attrs, scheduled=True)
         uid, accession = report.sop_instance_uid, report.accession_number
-        mpps_service.create_step(report, calling, app.now(), app.settings.policy)
+        steps.create(report, calling)
         status, reply = st.SUCCESS, _created(attrs, uid, assigned=event.request.AffectedSOPInstanceUID is None)
     except Exception as exc:  # the one outer guard
-        status, reply = _refusal(exc, "N-CREATE", uid), None
+        status, reply = st.failure(st.MPPS, exc, log, f"MPPS N-CREATE of {uid}"), None
     _log(calling, "N-CREATE", uid, accession, status)
     return status, reply
 
 
-def on_n_set(event, app):
+def on_n_set(event, steps: Steps):
     """EVT_N_SET: a modality updated, completed or discontinued a step (PS3.4 F.7.2.2)."""
     calling = event.assoc.requestor.ae_title
     uid = str(event.request.RequestedSOPInstanceUID or "")
@@ -74,11 +62,11 @@ def on_n_set(event, app):
     try:
         changes = event.modification_list
         report = step_report(uid, changes, scheduled=False)
-        outcome = mpps_service.set_step(report, calling, app.now(), app.settings.policy)
+        outcome = steps.set(report, calling)
         accession = outcome.accession_number
         status, reply = st.SUCCESS, changes
     except Exception as exc:  # the one outer guard
-        status, reply = _refusal(exc, "N-SET", uid), None
+        status, reply = st.failure(st.MPPS, exc, log, f"MPPS N-SET of {uid}"), None
     _log(calling, "N-SET", uid, accession, status)
     return status, reply
 
@@ -128,22 +116,6 @@ def _created(attrs: Dataset, uid: str, assigned: bool) -> Dataset:
     if assigned:
         # The SCU sent no UID: pynetdicom moves this into the response's Affected SOP Instance UID.
         reply.AffectedSOPInstanceUID = uid
-    return reply
-
-
-def _refusal(exc: Exception, operation: str, uid) -> Dataset:
-    """The status dataset for a refused request; unexpected errors are logged in full."""
-    code = next((c for kind, c in _REFUSALS.items() if isinstance(exc, kind)), None)
-    if code is None:
-        log.exception("MPPS %s of %s failed; answered 0x%04X processing failure", operation, uid, st.PROCESSING_FAILURE)
-        code = st.PROCESSING_FAILURE
-    reply = Dataset()
-    reply.Status = code
-    if isinstance(exc, mpps.StepFinal):
-        reply.ErrorComment = st.MPPS_MAY_NO_LONGER_BE_UPDATED_COMMENT
-        reply.ErrorID = st.MPPS_MAY_NO_LONGER_BE_UPDATED_ERROR_ID
-    elif isinstance(exc, mpps.MppsError):
-        reply.ErrorComment = str(exc)[:64]  # LO: 64 characters at most
     return reply
 
 

@@ -1,8 +1,8 @@
 """Storage Commitment Push Model SCP (PS3.4 J.3): N-ACTION in, N-EVENT-REPORT out.
 
-The N-ACTION handler decodes the request, judges each referenced instance against the
-store index and disk (:mod:`store.commitment` decides), answers 0x0000 (request received,
-J.3.2.1.3) and hands the report to a background thread.
+The N-ACTION handler decodes the request, asks the store which referenced instances are
+durably kept (:meth:`store.store.Store.commitment`; :mod:`store.commitment` decides),
+answers 0x0000 (request received, J.3.2.1.3) and hands the report to a background thread.
 
 Where the report goes (J.3.3.1.2 and its note 1): the thread waits until the N-ACTION
 response is on the wire, then a short grace (:data:`SAME_ASSOCIATION_GRACE`) so that a
@@ -35,13 +35,14 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_ACTION_RSP
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
-from gateway import status as st
 from gateway.app import App
+from gateway.dicom import status as st
 from gateway.settings import Peer
-from store import commitment, index
+from infra.errors import NotFound, NotSupported
+from store import commitment
 from store.commitment import CommitmentReport, CommitmentRequest, Reference
 
-log = logging.getLogger("gateway.commit")
+log = logging.getLogger("gateway.dicom.commitment")
 
 #: Seconds to wait after the N-ACTION response before reusing the association: a
 #: requester that does not want the report there releases within milliseconds.
@@ -58,20 +59,10 @@ _FAILURE_REASONS = {
 }
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, comment: str):
-        super().__init__(comment)
-        self.status = status
-
-
 def add_to(ae, app) -> list:
     """Add the Storage Commitment Push Model SOP class (SCP role); return the N-ACTION handler."""
     ae.add_supported_context(StorageCommitmentPushModel)
     return [(evt.EVT_N_ACTION, on_n_action, [app])]
-
-
-def on_start(app) -> None:
-    """Nothing to prepare: commitment is judged from the store index on each request."""
 
 
 def on_n_action(event, app: App):
@@ -81,33 +72,32 @@ def on_n_action(event, app: App):
     try:
         request = decode(event)
         transaction = request.transaction_uid
-        report = commitment.assess(request, index.stored_instances(app.settings.storage_root, request.references))
+        report = app.store.commitment(request)
         summary = f", {len(report.committed)} committed, {len(report.failed)} failed"
         report_later(app, event.assoc, calling, report)
         status = st.SUCCESS
     except Exception as exc:  # the one outer guard
-        status = _refusal(exc)
+        status = st.failure(st.N_ACTION, exc, log, f"storage commitment N-ACTION from {calling}")
     code = status.Status if isinstance(status, Dataset) else status
     log.info("storage commitment N-ACTION from %s: transaction %s%s, status 0x%04X", calling, transaction, summary, code)
     return status, None
 
 
 def decode(event) -> CommitmentRequest:
-    """The request from the N-ACTION, or :class:`_Refused` with its status."""
+    """The request from the N-ACTION; :class:`~infra.errors.NotSupported` (0x0123),
+    :class:`~infra.errors.NotFound` (0x0112) or a
+    :class:`~store.commitment.CommitmentRequestError` (0x0115) otherwise."""
     req = event.request
     if req.ActionTypeID != REQUEST_COMMITMENT:
-        raise _Refused(st.NO_SUCH_ACTION_TYPE, f"action type {req.ActionTypeID} unknown; use 1")
+        raise NotSupported(f"action type {req.ActionTypeID} unknown; use 1")
     if str(req.RequestedSOPInstanceUID) != StorageCommitmentPushModelInstance:
-        raise _Refused(st.NO_SUCH_SOP_INSTANCE, f"use SOP Instance {StorageCommitmentPushModelInstance}")
+        raise NotFound(f"use SOP Instance {StorageCommitmentPushModelInstance}")
     info = event.action_information
     items = info.get("ReferencedSOPSequence", [])
-    try:
-        return commitment.request_from(
-            info.get("TransactionUID"),
-            [(i.get("ReferencedSOPClassUID"), i.get("ReferencedSOPInstanceUID")) for i in items],
-        )
-    except commitment.CommitmentRequestError as exc:
-        raise _Refused(st.INVALID_ARGUMENT_VALUE, str(exc)) from None
+    return commitment.request_from(
+        info.get("TransactionUID"),
+        [(i.get("ReferencedSOPClassUID"), i.get("ReferencedSOPInstanceUID")) for i in items],
+    )
 
 
 def event_information(report: CommitmentReport) -> tuple[int, Dataset]:
@@ -215,14 +205,3 @@ def _item(ref: Reference) -> Dataset:
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid
     return item
-
-
-def _refusal(exc: Exception) -> Dataset:
-    reply = Dataset()
-    if isinstance(exc, _Refused):
-        reply.Status = exc.status
-        reply.ErrorComment = str(exc)[:64]  # LO: 64 characters at most
-    else:
-        log.exception("storage commitment N-ACTION failed; answered 0x%04X processing failure", st.PROCESSING_FAILURE)
-        reply.Status = st.PROCESSING_FAILURE
-    return reply

@@ -1,18 +1,18 @@
-"""Command-line verbs of the store: review held studies, list archived ones.
+"""Command-line verbs of the store: review held studies, list archived ones. Parsing and printing only.
 
 ``gatekeeper held list|show|release|correct|reject`` and ``gatekeeper studies list``.
-The logic is in :mod:`store.review` (through :class:`store.service.Store`); this module
-parses, calls and prints.
-``--json`` output is a stable interface (README.md, "Store JSON").
+The logic is in :mod:`store.review` (through :class:`store.store.Store`). A held study
+is named by its Study Instance UID or by its accession number.
+``--json`` output is a stable interface (README.md).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
-from gateway.errors import Refused
-from gateway.store_scp import build_store
-from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, ArchivedStudy, HeldStudy, ReviewResult, StudyRefused
+from gateway.cli.text import plural
+from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, AmbiguousAccession, ArchivedStudy, HeldStudy, ReviewResult
 from worklist.orders import Order
 
 _ACTIONS = {
@@ -22,19 +22,20 @@ _ACTIONS = {
 }
 
 
-def register(verbs) -> None:
-    held = verbs.add_parser("held", help="review held studies: list, show, release, correct, reject")
+def register(verbs, common) -> None:
+    held = verbs.add_parser("held", parents=[common], help="review held studies: list, show, release, correct, reject")
     sub = held.add_subparsers(dest="held_verb", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="held studies, oldest first, with the codes that hold them")
+    listing = sub.add_parser("list", parents=[common], help="held studies, oldest first, with the codes that hold them")
     listing.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     listing.set_defaults(run=held_list)
-    show = sub.add_parser("show", help="one held study: each finding, instance value against order value")
-    show.add_argument("study", metavar="STUDY_UID")
+    show = sub.add_parser("show", parents=[common],
+                          help="one held study: each finding, instance value against order value")
+    show.add_argument("study", metavar="STUDY_UID_OR_ACC")
     show.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     show.set_defaults(run=held_show)
     for name, text in _ACTIONS.items():
-        action = sub.add_parser(name, help=f"{text} (audited)")
-        action.add_argument("study", metavar="STUDY_UID")
+        action = sub.add_parser(name, parents=[common], help=f"{text} (audited)")
+        action.add_argument("study", metavar="STUDY_UID_OR_ACC")
         if name == "correct":
             action.add_argument("--accession", metavar="ACC",
                                 help="reassign the study to this order first (default: its own order)")
@@ -42,9 +43,9 @@ def register(verbs) -> None:
         action.add_argument("--reason", required=True, help="why (for the audit log)")
         action.set_defaults(run=held_action, action=name)
 
-    studies = verbs.add_parser("studies", help="list archived studies with their orders")
+    studies = verbs.add_parser("studies", parents=[common], help="list archived studies with their orders")
     sub = studies.add_subparsers(dest="studies_verb", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", help="archived studies, newest first")
+    listing = sub.add_parser("list", parents=[common], help="archived studies, newest first")
     listing.add_argument("--accession", metavar="ACC", help="only the studies of this accession number")
     listing.add_argument("--json", action="store_true", help="machine-readable output (see README)")
     listing.set_defaults(run=studies_list)
@@ -82,26 +83,40 @@ def order_json(order: Order | None) -> dict | None:
 
 
 def held_list(app, args) -> int:
-    studies = build_store(app).held_studies()
+    studies = app.store.held_studies()
     if args.json:
         print(json.dumps({"held": [held_json(s) for s in studies]}, indent=2))
         return 0
     if not studies:
         print("No held studies.")
         return 0
-    print(f"{len(studies)} held stud{'y' if len(studies) == 1 else 'ies'}, oldest first:")
-    for s in studies:
-        print(f"  {s.held_since:%Y-%m-%d %H:%M}  {s.study_instance_uid}  {s.accession_number or '(no accession)':<16} "
-              f"{s.instance_count:>5} inst.  {' '.join(s.codes)}")
-    print("Run 'gatekeeper held show STUDY_UID' to compare a study with its order.")
+    print(f"{plural(len(studies), 'held study', 'held studies')}, oldest first:")
+    _print_held(studies)
+    print("Run 'gatekeeper held show STUDY_UID' (or the accession number) to compare a study with its order.")
     return 0
 
 
-def held_show(app, args) -> int:
+def _print_held(studies: list[HeldStudy]) -> None:
+    for s in studies:
+        print(f"  {s.held_since:%Y-%m-%d %H:%M}  {s.study_instance_uid}  {s.accession_number or '(no accession)':<16} "
+              f"{s.instance_count:>5} inst.  {' '.join(s.codes)}")
+
+
+def _study(app, named: str) -> str:
+    """The Study Instance UID a person named (a UID, or the accession number of one held study)."""
     try:
-        detail = build_store(app).held_study(args.study)
-    except StudyRefused as exc:
-        raise Refused(str(exc)) from None
+        return app.store.find_held(named)
+    except AmbiguousAccession as exc:
+        print(f"Accession {exc.accession} has {plural(len(exc.studies), 'held study', 'held studies')}:",
+              file=sys.stderr)
+        for s in exc.studies:
+            print(f"  {s.held_since:%Y-%m-%d %H:%M}  {s.study_instance_uid}  {s.instance_count:>5} inst.  "
+                  f"{' '.join(s.codes)}", file=sys.stderr)
+        raise
+
+
+def held_show(app, args) -> int:
+    detail = app.store.held_study(_study(app, args.study))
     if args.json:
         entry = held_json(detail.study)
         entry["received_from"] = list(detail.received_from)
@@ -116,7 +131,7 @@ def held_show(app, args) -> int:
     s = detail.study
     senders = ", ".join(detail.received_from) or "unknown"
     print(f"Study {s.study_instance_uid}: accession {s.accession_number or '(none)'}, held since "
-          f"{s.held_since:%Y-%m-%d %H:%M}, {s.instance_count} instance(s) from {senders}.")
+          f"{s.held_since:%Y-%m-%d %H:%M}, {plural(s.instance_count, 'instance')} from {senders}.")
     o = detail.order
     if o is None:
         print("Order: none matches this accession number.")
@@ -130,32 +145,30 @@ def held_show(app, args) -> int:
     for f in detail.findings:
         note = "" if f.holds else "  (warning only)"
         print(f"  {f.code:<22} {f.instance_value or '(empty)':<{width}} | {f.order_value or '(empty)'}"
-              f"   {f.instances} instance(s){note}")
+              f"   {plural(f.instances, 'instance')}{note}")
         print(f"  {'':<22} {f.message}")
     print(f"Decide: gatekeeper held release|correct|reject {s.study_instance_uid} --user NAME --reason TEXT")
     return 0
 
 
 def held_action(app, args) -> int:
-    store = build_store(app)
-    try:
-        if args.action == "release":
-            result = store.release(args.study, user=args.user, reason=args.reason)
-        elif args.action == "reject":
-            result = store.reject(args.study, user=args.user, reason=args.reason)
-        else:
-            result = store.correct(args.study, user=args.user, reason=args.reason, accession=args.accession)
-    except StudyRefused as exc:
-        raise Refused(str(exc)) from None
+    store = app.store
+    study = _study(app, args.study)
+    if args.action == "release":
+        result = store.release(study, user=args.user, reason=args.reason)
+    elif args.action == "reject":
+        result = store.reject(study, user=args.user, reason=args.reason)
+    else:
+        result = store.correct(study, user=args.user, reason=args.reason, accession=args.accession)
     print(_done(result, app.settings.rejected_retention_days))
     return 0
 
 
 def _done(result: ReviewResult, retention_days: int) -> str:
-    study = f"Study {result.study_instance_uid} ({result.instances} instance(s))"
+    study = f"Study {result.study_instance_uid} ({plural(result.instances, 'instance')})"
     if result.action == AUDIT_REJECTED:
-        return (f"{study} rejected: moved to rejected/, deleted after {retention_days} days unless it is "
-                "received again.")
+        return (f"{study} rejected: moved to rejected/, deleted after {plural(retention_days, 'day')} unless "
+                "it is received again.")
     if result.action == AUDIT_CORRECTED:
         text = (f"{study} corrected from order {result.accession_number} and archived; changed: "
                 f"{', '.join(result.changed) or 'nothing (the images already matched)'}.")
@@ -178,12 +191,12 @@ def studies_json(study: ArchivedStudy) -> dict:
 
 
 def studies_list(app, args) -> int:
-    studies = build_store(app).archived_studies(args.accession)
+    studies = app.store.archived_studies(args.accession)
     if args.json:
         print(json.dumps({"studies": [studies_json(s) for s in studies]}, indent=2))
         return 0
     where = f" for accession {args.accession}" if args.accession else ""
-    print(f"{len(studies)} archived stud{'y' if len(studies) == 1 else 'ies'}{where}, newest first:")
+    print(f"{plural(len(studies), 'archived study', 'archived studies')}{where}, newest first:")
     for s in studies:
         o = s.order
         order = f"{o.accession_number} CPT {o.cpt} {o.modality} {o.status}" if o else "no order"

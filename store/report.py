@@ -1,8 +1,9 @@
-"""``gatekeeper report``: the figures a practice manager asks for, as pure functions.
+"""The practice report: the figures a practice manager asks for.
 
-:func:`figures` computes a :class:`Report` from plain rows (the query layer in
-:mod:`gateway.report_query` loads them); :func:`as_json` and :func:`as_text` render it.
-The JSON keys are a stable interface (README.md, "Report JSON").
+:func:`figures` computes a :class:`Report` from plain facts (pure); :func:`load_report`
+gathers the facts from the worklist gate and the store index; :func:`as_json` renders
+it as one JSON object whose keys are a stable interface (README.md, "Report JSON") for
+every front end.
 
 Scope: orders scheduled on or after the ``since`` day (any time after, including days
 still to come), overrides recorded since then, studies first received since then, MPPS
@@ -17,10 +18,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
-from store.models import ARCHIVED, HELD, REJECTED, STUDY_STATES
+from store.index import Index
 from store.reconcile import CODES as FINDING_CODES
+from store.states import ARCHIVED, HELD, REJECTED, STUDY_STATES
+from worklist.gate import Gate
 from worklist.gating import BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE, REASON_CODES
-from worklist.orders import ORDER_STATUSES
+from worklist.orders import ORDER_STATUSES, WORKABLE_STATUSES
 
 BASES = (BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE)
 #: States a held study ends its hold in; its held time runs to ``state_changed_at``.
@@ -201,35 +204,31 @@ def as_json(r: Report) -> dict:
     }
 
 
-def _hours(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} h"
+def load_report(gate: Gate, index: Index, since: dt.date) -> Report:
+    """The report for the period from ``since`` (00:00) to the gate's clock's now."""
+    now = gate.clock()
+    start = dt.datetime.combine(since, dt.time.min)
+    return figures(since, now, order_facts(gate, start), gate.override_accessions_since(start),
+                   [StudyFact(r.study_instance_uid, r.state, r.first_received_at, r.state_changed_at, r.held_at, codes)
+                    for r, codes in index.studies_since(start)],
+                   gate.completed_steps_since(start))
 
 
-def as_text(r: Report) -> str:
-    """The report for people: one figure a line, reasons and states with a count only when non-zero."""
-    rate = "n/a (no studies received)" if r.clean_match_rate is None else f"{r.clean_match_rate:.1%}"
-    lines = [
-        f"Report since {r.since} (as of {r.generated_at:%Y-%m-%d %H:%M})",
-        "",
-        f"Orders scheduled since {r.since}: {r.orders_total} "
-        f"({', '.join(f'{n} {s}' for s, n in r.orders_by_status.items() if n) or 'none'})",
-        f"  open orders: {r.open_orders}, served {r.served}, withheld {r.withheld}",
-    ]
-    lines += [f"    served {basis}: {n}" for basis, n in r.served_by_basis.items() if n]
-    lines += [f"    withheld {code}: {n}" for code, n in r.withheld_by_reason.items() if n]
-    lines += [
-        f"Overrides: {r.overrides} (on {r.overridden_orders} orders)",
-        f"Studies received: {r.studies_received} "
-        f"({', '.join(f'{n} {s}' for s, n in r.studies_by_state.items() if n) or 'none'})",
-        f"  clean match (archived, never held): {r.clean}, rate {rate}",
-        f"Held studies: {r.held_studies} (still held {r.still_held}), median time held {_hours(r.median_hours_held)}",
-    ]
-    lines += [
-        f"    {code}: {h.studies} studies, median held {_hours(h.median_hours_held)}"
-        for code, h in r.held_by_reason.items() if h.studies
-    ]
-    lines += [
-        f"MPPS completed: {r.mpps_completed}",
-        f"Auth units used: {r.auth_units_used} (on {r.auths_drawn_on} auths)",
-    ]
-    return "\n".join(lines)
+def order_facts(gate: Gate, start: dt.datetime, chunk: int = 2000) -> list[OrderFact]:
+    """Orders scheduled from ``start`` on; the open ones with their decision as of today."""
+    orders = gate.orders_since(start)
+    facts = []
+    for first in range(0, len(orders), chunk):
+        part = orders[first:first + chunk]
+        open_orders = [o for o in part if o.status in WORKABLE_STATUSES]
+        decided = {d.accession_number: d for d in gate.decide(open_orders)}
+        for o in part:
+            d = decided.get(o.accession_number)
+            facts.append(OrderFact(
+                o.accession_number, o.status,
+                served=None if d is None else d.served,
+                basis=None if d is None else d.basis,
+                codes=() if d is None else d.codes,
+                auth_unit_used=o.auth_unit_used or None,
+            ))
+    return facts

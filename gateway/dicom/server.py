@@ -1,29 +1,34 @@
-"""``gatekeeper serve``: one pynetdicom AE carrying every service, until SIGTERM.
+"""``gatekeeper serve``: one pynetdicom AE carrying every DICOM service, until SIGTERM.
 
-Wiring only. Each capability module (``mwl_scp``, ``store_scp``, ...) adds its
-presentation contexts to the AE and returns its event handlers, bound to the app;
-this module adds C-ECHO, association logging, TCP_NODELAY, the calling-AE allow
-list and a clean shutdown.
+Wiring only. Each service module (:mod:`.worklist`, :mod:`.storage`, :mod:`.mpps`,
+:mod:`.commitment`) adds its presentation contexts to the AE and returns its event
+handlers, bound to the use cases of the app; this module adds C-ECHO, association
+logging, TCP_NODELAY, the calling-AE allow list, the scheduled jobs and a clean shutdown.
 """
 
 from __future__ import annotations
 
-import copy
+import errno
 import logging
 import signal
 import socket
 import threading
 import time
 
-from pydicom.uid import UID
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from gateway import services
+from gateway import jobs
 from gateway.app import App
-from gateway.status import SUCCESS
+from gateway.dicom import commitment, mpps, storage, tuning, worklist
+from gateway.dicom.status import SUCCESS
+from infra.db import redacted
+from infra.errors import GatekeeperError
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("gateway.dicom.server")
+
+#: The services the AE carries, each a module with ``add_to(ae, app) -> handlers``.
+SERVICES = (worklist, storage, mpps, commitment)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1).
 MAX_PDU_SIZE = 256 * 1024
@@ -66,15 +71,7 @@ def _on_rejected(event) -> None:
 
 def build_ae(app: App) -> tuple[AE, list]:
     """The AE with every service's contexts, and the handlers to start it with."""
-    # pynetdicom formats every request and response identifier for its debug log by
-    # default: patient data in the log, and about a millisecond per worklist item.
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    # pynetdicom deep-copies the supported contexts for every association: with every
-    # storage class and its transfer syntaxes that is ~6,000 UIDs, each rebuilt and
-    # re-validated, about 90 ms before a console's query or a modality's first image.
-    # UIDs are immutable strings, so a copy can share them (about 7 ms).
-    copy._deepcopy_dispatch.setdefault(UID, lambda uid, memo: uid)
+    tuning.apply()
     s = app.settings
     if s.log_level != "DEBUG":
         # pynetdicom logs every pending response at INFO; our handlers log one line per
@@ -99,7 +96,7 @@ def build_ae(app: App) -> tuple[AE, list]:
         (evt.EVT_ABORTED, _on_ended("aborted")),
         (evt.EVT_REJECTED, _on_rejected),
     ]
-    for service in services.ALL:
+    for service in SERVICES:
         handlers.extend(service.add_to(ae, app))
     return ae, handlers
 
@@ -107,17 +104,19 @@ def build_ae(app: App) -> tuple[AE, list]:
 def serve(app: App, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set, for in-process use)."""
     s = app.settings
-    for service in services.ALL:
-        service.on_start(app)
+    storage.on_start(app)
     ae, handlers = build_ae(app)
-    server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
+    try:
+        server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise GatekeeperError(_listen_error(exc, s.bind_address, s.port, s.source)) from None
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    scheduler = services.start_jobs(app)
+    scheduler = jobs.start(app)
     log.info("listening as %s on %s:%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
-             _safe_url(s.database_url), s.storage_root)
+             redacted(s.database_url), s.storage_root)
     if ready is not None:
         ready.set()
     try:
@@ -131,10 +130,10 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     return 0
 
 
-def _safe_url(url: str) -> str:
-    """The database URL without a password, for the log."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':')[0]}@{host}"
-    return url
+def _listen_error(exc: OSError, address: str, port: int, source) -> str:
+    where = f"server.port = {port} (with server.bind_address = {address!r}) in {source}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use: stop the program that holds it, or change {where}"
+    if exc.errno == errno.EACCES:
+        return f"port {port} needs privileges this user lacks: use a port above 1023, or change {where}"
+    return f"cannot listen on {address}:{port} ({exc.strerror or exc}): check {where}"

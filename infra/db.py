@@ -1,40 +1,47 @@
-"""The database: one peewee proxy shared by every model, opened from a URL.
+"""The database, opened from a URL and passed down: SQLite by default, PostgreSQL by URL.
 
-SQLite (the default) runs in WAL mode with ``synchronous=FULL`` so that a row
-committed before a C-STORE success status survives a power cut; PostgreSQL works the
-same through a ``postgresql://`` URL. :func:`migrate` brings any existing database up
-to the models: it creates missing tables, columns and indexes, so an upgrade never
-needs the database wiped by hand. A column added later must be nullable or carry a
-default.
+SQLite runs in WAL mode with ``synchronous=FULL`` so that a row committed before a
+C-STORE success status survives a power cut; PostgreSQL works the same through a
+``postgresql://`` URL.
+
+There is no process-wide handle: :func:`open_database` returns the database, the
+composition root (:mod:`gateway.app`) binds the models to it and hands it to every use
+case, which opens its transactions with ``db.atomic()``. Peewee keeps the binding on the
+model classes, so one process works on one database at a time.
+
+:func:`migrate` brings any existing database up to the models: it creates missing
+tables, columns and indexes, so an upgrade never needs the database wiped by hand. A
+column added later must be nullable or carry a default.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import peewee
 from playhouse import db_url
 from playhouse.migrate import PostgresqlMigrator, SqliteMigrator, migrate as run_migrations
 
-log = logging.getLogger(__name__)
+from infra.errors import InvalidInput
 
-#: Every model binds to this proxy; :func:`open_database` points it at a real database.
-database = peewee.DatabaseProxy()
+log = logging.getLogger(__name__)
 
 
 class BaseModel(peewee.Model):
+    """Every table's model; bound to a database by :func:`bind`."""
+
     class Meta:
-        database = database
         legacy_table_names = False
 
 
 def open_database(url: str) -> peewee.Database:
-    """Open ``sqlite:///path`` or ``postgresql://...`` and bind every model to it."""
+    """Open ``sqlite:///path`` or ``postgresql://...`` (not yet connected, no models bound)."""
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = peewee.SqliteDatabase(
+        return peewee.SqliteDatabase(
             str(path),
             pragmas={
                 "journal_mode": "wal",
@@ -43,18 +50,20 @@ def open_database(url: str) -> peewee.Database:
                 "busy_timeout": 15000,
             },
         )
-    elif url.startswith(("postgres://", "postgresql://")):
-        db = db_url.connect(url)
-    else:
-        raise ValueError(
-            f"database.url {url!r} is not supported; use sqlite:///path/to/file.db or "
-            f"postgresql://user@host:port/database"
-        )
-    database.initialize(db)
-    return db
+    if url.startswith(("postgres://", "postgresql://")):
+        return db_url.connect(url)
+    raise InvalidInput(
+        f"database.url {url!r} is not supported; use sqlite:///path/to/file.db or "
+        f"postgresql://user@host:port/database"
+    )
 
 
-def migrate(db: peewee.Database, models: list[type[peewee.Model]]) -> list[str]:
+def bind(db: peewee.Database, models: Sequence[type[peewee.Model]]) -> None:
+    """Point ``models`` at ``db`` (the only place a model learns its database)."""
+    db.bind(models, bind_refs=False, bind_backrefs=False)
+
+
+def migrate(db: peewee.Database, models: Sequence[type[peewee.Model]]) -> list[str]:
     """Create what is missing (tables, columns, indexes); return what was done."""
     done = []
     migrator = SqliteMigrator(db) if isinstance(db, peewee.SqliteDatabase) else PostgresqlMigrator(db)
@@ -82,18 +91,17 @@ def migrate(db: peewee.Database, models: list[type[peewee.Model]]) -> list[str]:
     return done
 
 
-def upsert_many(model: type[peewee.Model], rows: list[dict], key: str, keep: tuple[str, ...] = ()) -> None:
+def upsert_many(db: peewee.Database, model: type[peewee.Model], rows: list[dict], key: str,
+                keep: tuple[str, ...] = ()) -> None:
     """INSERT ... ON CONFLICT (key) DO UPDATE for many rows with one prepared statement.
 
     Peewee builds SQL per row, which costs more than the database itself for bulk
     imports; this builds it once and hands the rows to ``executemany``. Columns named
     in ``keep``, and those the rows leave out (written with their defaults), are set on
-    insert but left alone on update. Works on SQLite and
-    PostgreSQL alike.
+    insert but left alone on update. Works on SQLite and PostgreSQL alike.
     """
     if not rows:
         return
-    db = model._meta.database
     q = db.quote[0] + "{}" + db.quote[1]  # the database's identifier quotes
     # Columns the rows do not name are written with their defaults on insert only.
     defaults = {
@@ -116,3 +124,18 @@ def upsert_many(model: type[peewee.Model], rows: list[dict], key: str, keep: tup
     )
     params = [tuple(f.db_value(row[f.name]) for f in fields) for row in rows]
     db.cursor().executemany(sql, params)
+
+
+def batches(items: Sequence, size: int = 500):
+    """``items`` in slices of ``size`` (for ``IN (...)`` lists and bulk writes)."""
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def redacted(url: str) -> str:
+    """The database URL without its password, for logs and messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}@{host}"
+    return url

@@ -1,0 +1,50 @@
+"""Modality Worklist C-FIND SCP (PS3.4 K.4, Modality Worklist Information Model - FIND).
+
+The handler hands the identifier to :class:`worklist.query.WorklistQuery` and encodes
+statuses: a pending response per served, matching order; 0xA900 for an identifier the
+model cannot answer; 0xC000 for one that cannot be decoded or any failure while
+answering; 0xFE00 when the console cancels. One INFO line per query.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pynetdicom import evt
+from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+from gateway.dicom import status as st
+from worklist.query import WorklistQuery
+
+log = logging.getLogger("gateway.dicom.worklist")
+
+
+def add_to(ae, app) -> list:
+    """Support the MWL FIND SOP class; return the C-FIND handler bound to the worklist query."""
+    ae.add_supported_context(ModalityWorklistInformationFind)
+    return [(evt.EVT_C_FIND, on_find, [app.query])]
+
+
+def on_find(event, query: WorklistQuery):
+    """EVT_C_FIND handler: a generator of (status, identifier) pairs."""
+    started = time.monotonic()
+    calling = event.assoc.requestor.ae_title
+    count, outcome = 0, "success"
+    try:
+        for response in query.find(event.identifier, calling):
+            if event.is_cancelled:
+                outcome = "cancelled"
+                yield st.CANCEL, None
+                return
+            count += 1
+            yield st.PENDING, response
+    except Exception as exc:  # the one outer guard
+        reply = st.failure(st.C_FIND, exc, log, f"worklist query from {calling}")
+        outcome = f"refused (0x{reply.Status:04X})"
+        if reply.Status == st.DOES_NOT_MATCH_SOP_CLASS:
+            log.warning("worklist query from %s refused: %s", calling, exc)
+        yield reply, None
+    finally:
+        log.info("worklist query from %s: %s, %d %s, %.0f ms", calling, outcome, count,
+                 "match" if count == 1 else "matches", (time.monotonic() - started) * 1000)

@@ -1,0 +1,72 @@
+"""The audit log: who did what, when and why. Append-only.
+
+The product has no code path that edits it, and :func:`protect` makes the database
+itself refuse UPDATE and DELETE on it. ``user`` is the person (or ``job:NAME``, or the
+calling AE title of a modality); ``subject`` an accession number, auth number or Study
+Instance UID; ``detail`` a JSON object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Iterable, Iterator
+
+import peewee as pw
+
+from infra.db import BaseModel, batches
+
+
+class AuditEvent(BaseModel):
+    """Who did what, when and why. Never updated or deleted."""
+
+    at = pw.DateTimeField(index=True)
+    user = pw.CharField()
+    action = pw.CharField(index=True)
+    subject = pw.CharField(index=True)  # an accession number, auth number or Study Instance UID
+    reason = pw.TextField(default="")
+    detail = pw.TextField(default="{}")  # JSON
+
+    class Meta:
+        table_name = "audit_log"
+
+
+def record(at: dt.datetime, user: str, action: str, subject: str, reason: str = "", **detail) -> AuditEvent:
+    """Append one event to the audit log (inside the caller's transaction)."""
+    return AuditEvent.create(
+        at=at, user=user, action=action, subject=subject, reason=reason,
+        detail=json.dumps(detail, sort_keys=True, default=str),
+    )
+
+
+def details(actions: Iterable[str], subjects: Iterable[str]) -> Iterator[tuple[str, dict]]:
+    """(subject, detail) of every event with one of ``actions`` about one of ``subjects``."""
+    actions = list(actions)
+    for batch in batches(sorted(set(subjects))):
+        query = (AuditEvent.select(AuditEvent.subject, AuditEvent.detail)
+                 .where(AuditEvent.action.in_(actions) & AuditEvent.subject.in_(batch)))
+        for subject, detail in query.tuples():
+            yield subject, json.loads(detail or "{}")
+
+
+def protect(db: pw.Database) -> None:
+    """Make the database itself refuse UPDATE and DELETE on the audit log."""
+    if isinstance(db, pw.SqliteDatabase):
+        for verb in ("UPDATE", "DELETE"):
+            db.execute_sql(
+                f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{verb.lower()} BEFORE {verb} ON audit_log "
+                f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+            )
+    else:
+        db.execute_sql(
+            "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql"
+        )
+        db.execute_sql("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
+        db.execute_sql(
+            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+            "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+        )
+
+
+MODELS = [AuditEvent]

@@ -1,0 +1,98 @@
+"""The store: the use cases of received studies, put together from their parts.
+
+:class:`Store` is what every front end uses for studies (C-STORE, storage commitment,
+the review commands, the jobs). It is composed, not inherited, of one part per module:
+
+==================================  ==========================================================
+part                                what it does
+==================================  ==========================================================
+:class:`store.archive.Archive`      durable files under the storage root
+:class:`store.index.Index`          the studies, instances and findings in the database
+:class:`store.placement.Placement`  the per-study lock; each study's files in its state's tree
+:class:`store.receiving.Receiving`  reconcile, file and index one received instance
+:class:`store.review.Review`        held studies: list, show, release, correct, reject
+:class:`store.recovery.Recovery`    finish at start what a crash interrupted
+:class:`store.housekeeping.Housekeeping`  aged holds, purge of rejected studies
+==================================  ==========================================================
+
+The authorization of an order comes from the worklist gate
+(:meth:`worklist.gate.Gate.authorization`), so the store and the worklist agree.
+Nothing here logs patient names, IDs or birth dates at INFO.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import peewee as pw
+
+from infra.clock import Clock
+from store import commitment
+from store.archive import Archive
+from store.commitment import CommitmentReport, CommitmentRequest
+from store.housekeeping import Housekeeping
+from store.index import Index
+from store.placement import Placement
+from store.receiving import Receiving
+from store.reconcile import DEFAULT_HOLD_CODES
+from store.recovery import Recovery
+from store.report import Report, load_report
+from store.review import Review
+from worklist.gate import Gate
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The settings the store works by (``[storage]``, ``[reconcile]`` and the AE title)."""
+
+    root: os.PathLike[str] | str
+    ae_title: str = "GATEKEEPER"
+    hold_codes: frozenset[str] = DEFAULT_HOLD_CODES
+    rejected_retention_days: int = 30
+    held_alert_hours: int = 48
+
+
+class Store:
+    """Received studies over one database and one storage root."""
+
+    def __init__(self, db: pw.Database, config: StoreConfig, gate: Gate, clock: Clock) -> None:
+        self.config = config
+        self.gate = gate
+        self.clock = clock
+        self.archive = Archive(config.root)
+        self.root = self.archive.root
+        self.index = Index(db)
+        self.placement = Placement(self.archive, self.index)
+        self.receiving = Receiving(self.archive, self.index, self.placement, gate.authorization,
+                                   hold_codes=config.hold_codes, clock=clock)
+        self.review = Review(self.archive, self.index, self.placement, self.receiving, gate,
+                             ae_title=config.ae_title, clock=clock)
+        self.recovery = Recovery(self.archive, self.index, self.placement, self.receiving)
+        self.housekeeping = Housekeeping(db, self.archive, self.index, self.placement, clock=clock,
+                                         held_alert_hours=config.held_alert_hours,
+                                         rejected_retention_days=config.rejected_retention_days)
+        # The use cases, by name.
+        self.receive = self.receiving.receive
+        self.recover = self.recovery.run
+        self.held_studies = self.review.held_studies
+        self.find_held = self.review.find_held
+        self.held_study = self.review.held_study
+        self.release = self.review.release
+        self.correct = self.review.correct
+        self.reject = self.review.reject
+        self.archived_studies = self.review.archived_studies
+        self.flag_aged_holds = self.housekeeping.flag_aged_holds
+        self.purge_rejected = self.housekeeping.purge_rejected
+
+    def commitment(self, request: CommitmentRequest) -> CommitmentReport:
+        """Which referenced instances are durably kept (storage commitment, PS3.4 J.3)."""
+        return commitment.assess(request, self.index.stored_instances(self.root, request.references))
+
+    def report(self, since) -> Report:
+        """The practice report from day ``since`` to now."""
+        return load_report(self.gate, self.index, since)
+
+    def close(self) -> None:
+        """Give up this process's incoming folder (at a clean stop)."""
+        self.archive.close()

@@ -1,0 +1,249 @@
+"""Orders, auths, overrides and MPPS steps in the database: every query and write of the worklist.
+
+The rows are :mod:`worklist.models`; what leaves this module is plain types of
+:mod:`worklist.orders`. The use cases (:mod:`worklist.gate`, :mod:`worklist.query`,
+:mod:`worklist.steps`) decide what a transaction holds; the functions that write take
+the database so that they can open one. Times are passed in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import peewee as pw
+from pydicom.uid import generate_uid
+
+from infra import audit
+from infra.db import batches, upsert_many
+from worklist.gating import Decision, decide
+from worklist.models import AuthRow, MppsRow, OrderRow, OverrideRow, auth_columns, order_columns
+from worklist.orders import WORKABLE_STATUSES, Auth, Order, Override
+from worklist.policy import PayerPolicy
+
+#: Statuses set by the modality (MPPS) that a re-imported "scheduled" must not undo.
+MPPS_STATUSES = ("in-progress", "completed")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    updated: int
+
+    def __str__(self) -> str:
+        return f"{self.created} created, {self.updated} updated"
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def upsert_orders(db: pw.Database, orders: Sequence[Order], now: dt.datetime, *, user: str,
+                  source: str) -> ImportResult:
+    """Upsert orders by accession number, all in one transaction, and audit the import.
+
+    An order without a Study Instance UID gets one on first import; later imports
+    keep it, so the worklist and the archive agree on it. A file that still says
+    "scheduled" does not undo what the modality reported by MPPS: an order already
+    in progress or completed keeps that status (cancelling it still works).
+    """
+    created = updated = 0
+    with db.atomic():
+        for batch in batches(orders):
+            existing = {
+                acc: (uid, status)
+                for acc, uid, status in OrderRow.select(
+                    OrderRow.accession_number, OrderRow.study_instance_uid, OrderRow.status
+                ).where(OrderRow.accession_number.in_([o.accession_number for o in batch])).tuples()
+            }
+            rows = []
+            for order in batch:
+                cols = order_columns(order)
+                old_uid, old_status = existing.get(order.accession_number, ("", ""))
+                if not cols["study_instance_uid"]:
+                    cols["study_instance_uid"] = old_uid or generate_uid()
+                if order.status == "scheduled" and old_status in MPPS_STATUSES:
+                    cols["status"] = old_status
+                cols["imported_at"] = cols["updated_at"] = now
+                rows.append(cols)
+                if order.accession_number in existing:
+                    updated += 1
+                else:
+                    created += 1
+            upsert_many(db, OrderRow, rows, "accession_number", keep=("imported_at",))
+        audit.record(now, user, "orders.import", source or "orders", created=created, updated=updated)
+    return ImportResult(created, updated)
+
+
+def upsert_auths(db: pw.Database, auths: Sequence[Auth], now: dt.datetime, *, user: str,
+                 source: str) -> ImportResult:
+    """Upsert auths by auth number, all in one transaction, and audit the import.
+
+    Units used are the larger of the file's and the database's, so re-importing a
+    portal export never gives back a unit that a completed exam has used.
+    """
+    created = updated = 0
+    with db.atomic():
+        for batch in batches(auths):
+            used = dict(
+                AuthRow.select(AuthRow.auth_number, AuthRow.units_used)
+                .where(AuthRow.auth_number.in_([a.auth_number for a in batch]))
+                .tuples()
+            )
+            rows = []
+            for auth in batch:
+                cols = auth_columns(auth)
+                if auth.auth_number in used:
+                    cols["units_used"] = max(cols["units_used"], used[auth.auth_number])
+                    updated += 1
+                else:
+                    created += 1
+                cols["imported_at"] = cols["updated_at"] = now
+                rows.append(cols)
+            upsert_many(db, AuthRow, rows, "auth_number", keep=("imported_at",))
+        audit.record(now, user, "auths.import", source or "auths", created=created, updated=updated)
+    return ImportResult(created, updated)
+
+
+def add_override(db: pw.Database, accession_number: str, user: str, reason: str, now: dt.datetime) -> Override | None:
+    """Record an override and audit it; None when no order has that accession number."""
+    with db.atomic():
+        if not OrderRow.select().where(OrderRow.accession_number == accession_number).exists():
+            return None
+        row = OverrideRow.create(accession_number=accession_number, user=user, reason=reason, at=now)
+        audit.record(now, user, "order.override", accession_number, reason)
+    return row.to_override()
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+def order(accession_number: str) -> Order | None:
+    """The order with this accession number; None for none or an empty one."""
+    if not accession_number:
+        return None
+    row = OrderRow.get_or_none(OrderRow.accession_number == accession_number)
+    return row.to_order() if row else None
+
+
+def orders_by_accession(accessions: Iterable[str]) -> dict[str, Order]:
+    """The orders with these accession numbers, keyed by accession number."""
+    found = {}
+    for batch in batches(sorted(set(accessions) - {""})):
+        for row in OrderRow.select().where(OrderRow.accession_number.in_(batch)):
+            found[row.accession_number] = row.to_order()
+    return found
+
+
+def orders_scheduled(start: dt.datetime, end: dt.datetime, *, station_ae: str | None = None,
+                     open_only: bool = False) -> list[Order]:
+    """Orders scheduled in [start, end), by time then accession number."""
+    query = OrderRow.select().where((OrderRow.scheduled_start >= start) & (OrderRow.scheduled_start < end))
+    if station_ae:
+        query = query.where(OrderRow.station_ae == station_ae)
+    if open_only:
+        query = query.where(OrderRow.status.in_(WORKABLE_STATUSES))
+    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number)]
+
+
+def open_orders_of(patient_ids: Iterable[str]) -> list[Order]:
+    """Every open order of these patients."""
+    found = []
+    for batch in batches(sorted(set(patient_ids))):
+        query = OrderRow.select().where(OrderRow.status.in_(WORKABLE_STATUSES) & OrderRow.patient_id.in_(batch))
+        found.extend(row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number))
+    return found
+
+
+def orders_since(start: dt.datetime) -> list[Order]:
+    """Orders scheduled from ``start`` on (the report's period), in import order."""
+    return [row.to_order() for row in OrderRow.select().where(OrderRow.scheduled_start >= start).order_by(OrderRow.id)]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """An order with the state the re-evaluation job last recorded for it."""
+
+    id: int
+    order: Order
+    last_decision: str | None
+    last_reasons: str
+
+
+def orders_to_reevaluate(since: dt.datetime, after_id: int, limit: int) -> list[Recorded]:
+    """Open orders scheduled from ``since`` on, and every order with a recorded state; by id."""
+    selected = ((OrderRow.status.in_(WORKABLE_STATUSES) & (OrderRow.scheduled_start >= since))
+                | OrderRow.last_decision.is_null(False))
+    rows = OrderRow.select().where(selected & (OrderRow.id > after_id)).order_by(OrderRow.id).limit(limit)
+    return [Recorded(r.id, r.to_order(), r.last_decision, r.last_reasons) for r in rows]
+
+
+def record_state(row_id: int, last_decision: str | None, last_reasons: str, *, if_was: str | None = None) -> bool:
+    """Write an order's recorded state; with ``if_was``, only if it still holds that (compare-and-set)."""
+    query = OrderRow.update(last_decision=last_decision, last_reasons=last_reasons).where(OrderRow.id == row_id)
+    if if_was is not None:
+        query = query.where(OrderRow.last_decision == if_was)
+    return query.execute() == 1
+
+
+def record_states(row_ids: Sequence[int], last_decision: str | None, last_reasons: str) -> None:
+    for batch in batches(list(row_ids)):
+        OrderRow.update(last_decision=last_decision, last_reasons=last_reasons).where(OrderRow.id.in_(batch)).execute()
+
+
+def served_candidates(where: Sequence[pw.Expression]) -> Iterator[Order]:
+    """Open orders matching the MWL query plan's conditions (see :mod:`worklist.query`), streamed."""
+    rows = OrderRow.select().where(OrderRow.status.in_(WORKABLE_STATUSES), *where)
+    for row in rows.order_by(OrderRow.scheduled_start, OrderRow.id).iterator():
+        yield row.to_order()
+
+
+# ------------------------------------------------------------------------ auths, overrides
+
+
+def auth(auth_number: str) -> Auth | None:
+    row = AuthRow.get_or_none(AuthRow.auth_number == auth_number)
+    return row.to_auth() if row else None
+
+
+def auths_for_patients(patient_ids: Iterable[str]) -> dict[str, list[Auth]]:
+    """Every auth on file for these patients, grouped by patient ID."""
+    found: dict[str, list[Auth]] = defaultdict(list)
+    for batch in batches(sorted(set(patient_ids))):
+        for row in AuthRow.select().where(AuthRow.patient_id.in_(batch)):
+            found[row.patient_id].append(row.to_auth())
+    return found
+
+
+def overrides_for(accessions: Iterable[str]) -> dict[str, Override]:
+    """The latest override of each of these orders."""
+    found: dict[str, Override] = {}
+    for batch in batches(sorted(set(accessions))):
+        query = OverrideRow.select().where(OverrideRow.accession_number.in_(batch)).order_by(OverrideRow.at, OverrideRow.id)
+        for row in query:
+            found[row.accession_number] = row.to_override()
+    return found
+
+
+def override_accessions_since(start: dt.datetime) -> list[str]:
+    """One accession number per override recorded from ``start`` on."""
+    return [acc for (acc,) in OverrideRow.select(OverrideRow.accession_number).where(OverrideRow.at >= start).tuples()]
+
+
+def decide_all(orders: Sequence[Order], policy: PayerPolicy, today: dt.date) -> list[Decision]:
+    """Rule 1 for each order, loading auths and overrides in a few batched queries."""
+    auths = auths_for_patients(o.patient_id for o in orders)
+    overrides = overrides_for(o.accession_number for o in orders)
+    return [
+        decide(o, auths.get(o.patient_id, ()), policy, today, overrides.get(o.accession_number))
+        for o in orders
+    ]
+
+
+# ------------------------------------------------------------------------------- MPPS
+
+
+def completed_steps_since(start: dt.datetime) -> int:
+    """MPPS steps completed from ``start`` on."""
+    return MppsRow.select().where((MppsRow.status == "COMPLETED") & (MppsRow.updated_at >= start)).count()
