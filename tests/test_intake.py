@@ -59,9 +59,9 @@ def test_bad_order_field_rejects_the_whole_file(path, value, field, words):
     with pytest.raises(IntakeError) as err:
         parse_orders(text, "orders.json")
     (problem,) = err.value.problems
-    assert (problem.index, problem.field) == (1, field)
+    assert (problem.record, problem.field) == (2, field)
     assert words in problem.message
-    # The line named is where record 1 starts in the file.
+    # The line named is where record 2 starts in the file.
     assert text.splitlines()[problem.line - 1].strip() == "{"
     assert text.splitlines()[problem.line].strip().startswith('"accession_number"')
     assert "nothing imported" in str(err.value) and "orders.json" in str(err.value)
@@ -71,24 +71,81 @@ def test_ndjson_problem_names_its_line():
     text = json.dumps(ORDERS[0]) + "\n\n" + json.dumps(_with(ORDERS[1], "patient.sex", "X")) + "\n"
     with pytest.raises(IntakeError) as err:
         parse_orders(text)
-    assert (err.value.problems[0].index, err.value.problems[0].line, err.value.problems[0].field) == (1, 3, "patient.sex")
+    assert (err.value.problems[0].record, err.value.problems[0].line, err.value.problems[0].field) == (2, 3, "patient.sex")
 
 
 def test_duplicate_accession_in_one_file_is_rejected():
-    with pytest.raises(IntakeError, match="already appears in record 0"):
+    with pytest.raises(IntakeError, match="already appears in record 1"):
         parse_orders(json.dumps([ORDERS[0], ORDERS[0]]))
 
 
+def test_records_are_numbered_from_1_in_what_a_person_reads():
+    text = json.dumps([ORDERS[0], _with(ORDERS[1], "facility_npi", "1"), ORDERS[0]], indent=2)
+    _, second, third = [n for n, line in enumerate(text.splitlines(), 1) if line == "  {"]  # record starts
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text, "orders.json")
+    shown = str(err.value).splitlines()[1:]
+    assert shown[0].startswith(f"  record 2 (line {second}), field facility_npi: '1' is not a valid NPI")
+    assert shown[1] == f"  record 3 (line {third}), field accession_number: 'ACC1001' already appears in record 1"
+
+
 def test_broken_json_is_rejected_with_its_line():
-    with pytest.raises(IntakeError, match="not valid JSON"):
+    with pytest.raises(IntakeError, match=r"record 1 \(line 3, column 1\), field \(record\): not valid JSON"):
         parse_orders('[\n{"accession_number": "A1",\n')
+
+
+def test_broken_json_in_an_array_names_its_line_and_column():
+    text = json.dumps(ORDERS, indent=2).replace('"ACC1002",', '"ACC1002"')
+    broken = next(n for n, line in enumerate(text.splitlines(), 1) if '"ACC1002"' in line) + 1
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text)
+    (problem,) = err.value.problems
+    assert str(problem) == f"record 2 (line {broken}, column 5), field (record): not valid JSON: Expecting ',' delimiter"
+
+
+def test_broken_ndjson_names_its_record_line_and_column():
+    text = json.dumps(ORDERS[0]) + "\n\n\n" + '{"accession_number": "A2" "status": "scheduled"}\n'
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text)
+    (problem,) = err.value.problems
+    assert str(problem) == "record 2 (line 4, column 27), field (line): not valid JSON: Expecting ',' delimiter"
+
+
+def test_ndjson_lines_are_counted_at_newlines_only():
+    # U+2028 may stand unescaped in a JSON string; it does not end an NDJSON line.
+    first = json.dumps(_with(ORDERS[0], "patient.name", "DOE\u2028JANE"), ensure_ascii=False)
+    text = first + "\n" + json.dumps(_with(ORDERS[1], "patient.sex", "X")) + "\n"
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text)
+    (problem,) = err.value.problems
+    assert (problem.record, problem.line, problem.field) == (2, 2, "patient.sex")
+
+
+@pytest.mark.parametrize("ending", ["\n", ""])
+def test_unclosed_array_names_the_line_where_the_file_ends(ending):
+    text = json.dumps(ORDERS[:2], indent=2).rstrip("]").rstrip() + ending
+    last = len(text.splitlines())
+    with pytest.raises(IntakeError) as err:
+        parse_orders(text)
+    (problem,) = err.value.problems
+    assert (problem.line, problem.field) == (last, "(file)")
+    assert str(problem).startswith(f"line {last}, field (file): the file ends at line {last} without the ]")
+
+
+def test_at_most_20_problems_are_shown():
+    bad = [_with(ORDERS[0], "accession_number", f"A{i}") | {"facility_npi": "1"} for i in range(25)]
+    with pytest.raises(IntakeError) as err:
+        parse_orders(json.dumps(bad))
+    shown = str(err.value).splitlines()[1:]
+    assert len(shown) == 21 and shown[-1] == "  ... and 5 more"
+    assert shown[0].startswith("  record 1 (") and shown[19].startswith("  record 20 (")
 
 
 def test_every_bad_record_is_listed():
     bad = [_with(o, "facility_npi", "1") for o in ORDERS]
     with pytest.raises(IntakeError) as err:
         parse_orders(json.dumps(bad))
-    assert [p.index for p in err.value.problems] == [0, 1, 2]
+    assert [p.record for p in err.value.problems] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("key, value, words", [
@@ -106,7 +163,7 @@ def test_bad_auth_field_rejects_the_whole_file(key, value, words):
     with pytest.raises(IntakeError) as err:
         parse_auths(json.dumps([AUTHS[0], _with(AUTHS[1], key, value)]))
     (problem,) = err.value.problems
-    assert problem.index == 1 and problem.field.startswith(key) and words in problem.message
+    assert problem.record == 2 and problem.field.startswith(key) and words in problem.message
 
 
 CSV = """auth_number,payer_id,patient_id,cpt_codes,facility_npi,ordering_npi,valid_from,valid_to,units,units_used,laterality,status
@@ -126,9 +183,80 @@ def test_csv_problem_names_the_line_and_column():
     with pytest.raises(IntakeError) as err:
         parse_auths(text)
     (problem,) = err.value.problems
-    assert (problem.index, problem.line, problem.field) == (1, 3, "ordering_npi")
+    assert (problem.record, problem.line, problem.field) == (2, 3, "ordering_npi")
 
 
 def test_orders_are_not_read_from_csv():
     with pytest.raises(IntakeError, match="JSON"):
         parse_orders("accession_number,patient\nA,B\n")
+
+
+def _csv_with(header_from: str, header_to: str) -> str:
+    lines = CSV.splitlines(keepends=True)
+    return lines[0].replace(header_from, header_to) + "".join(lines[1:])
+
+
+def test_csv_missing_column_is_one_problem_on_the_header_line():
+    text = _csv_with(",valid_to,", ",")
+    with pytest.raises(IntakeError) as err:
+        parse_auths(text, "auths.csv")
+    (problem,) = err.value.problems
+    assert (problem.record, problem.line, problem.field) == (None, 1, "(header)")
+    assert str(problem) == (
+        "line 1, field (header): missing column valid_to; add it and import the file again (the header has "
+        "auth_number, payer_id, patient_id, cpt_codes, facility_npi, ordering_npi, valid_from, units, units_used, "
+        "laterality, status)"
+    )
+
+
+def test_csv_missing_columns_are_named_together():
+    with pytest.raises(IntakeError) as err:
+        parse_auths("auth_number,payer_id,patient_id,cpt_codes,facility_npi,ordering_npi\nPA-1,ACME,MRN1,70553,1,2\n")
+    (problem,) = err.value.problems
+    assert problem.message.startswith("missing columns valid_from, valid_to; add them")
+
+
+def test_csv_unknown_column_is_named_on_the_header_line():
+    text = _csv_with(",status", ",status,notes").replace(",approved\n", ",approved,call first\n")
+    with pytest.raises(IntakeError) as err:
+        parse_auths(text)
+    (problem,) = err.value.problems
+    assert (problem.line, problem.field) == (1, "(header)")
+    assert problem.message == (
+        "unknown column notes; rename or remove it and import the file again (accepted columns: auth_number, "
+        "payer_id, patient_id, cpt_codes, facility_npi, ordering_npi, valid_from, valid_to, units, units_used, "
+        "laterality, body_part, status)"
+    )
+
+
+def test_csv_misspelt_column_is_both_missing_and_unknown():
+    with pytest.raises(IntakeError) as err:
+        parse_auths(_csv_with(",valid_to,", ",valid_too,"))
+    missing, unknown = err.value.problems
+    assert [(p.line, p.field) for p in (missing, unknown)] == [(1, "(header)"), (1, "(header)")]
+    assert missing.message.startswith("missing column valid_to;") and "valid_too" in missing.message
+    assert unknown.message.startswith("unknown column valid_too;")
+
+
+def test_csv_header_is_found_after_blank_lines_and_a_byte_order_mark():
+    assert len(parse_auths("\ufeff" + CSV)) == 2
+    assert len(parse_auths("\n" + CSV)) == 2
+    with pytest.raises(IntakeError) as err:
+        parse_auths("\n" + _csv_with(",valid_to,", ","))
+    assert [(p.line, p.field) for p in err.value.problems] == [(2, "(header)")]
+
+
+def test_csv_problem_names_the_line_where_a_multiline_row_starts():
+    text = CSV.replace("1234567893", '"123456789\n3"', 1)  # a quoted cell over lines 2 and 3
+    with pytest.raises(IntakeError) as err:
+        parse_auths(text)
+    (problem,) = err.value.problems
+    assert (problem.record, problem.line, problem.field) == (1, 2, "ordering_npi")
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_empty_csv_is_rejected_as_empty(text):
+    with pytest.raises(IntakeError) as err:
+        parse_auths(text, "auths.csv")
+    (problem,) = err.value.problems
+    assert str(problem).startswith("line 1, field (file): the file is empty")

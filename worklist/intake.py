@@ -2,12 +2,12 @@
 
 Accepted forms: a JSON array, NDJSON (one object a line), and for auths also CSV
 (payer portals export CSV; columns named as the JSON keys, CPT codes separated by
-``;``). Shapes are those of ``shared/schemas/order.schema.json`` and
-``auth.schema.json``.
+``;``). The shapes of an order and an auth are described in ``examples/README.md``.
 
 A file is all or nothing: :func:`parse_orders` and :func:`parse_auths` either return
-every record or raise :class:`IntakeError` listing each bad record by index and line
-with the field at fault.
+every record or raise :class:`IntakeError` listing each bad record by number (the first
+is record 1) and line, with the field at fault. A CSV whose header lacks a required
+column or names an unknown one is rejected once, naming the header line, not row by row.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from infra.errors import InvalidInput
 from worklist.npi import is_valid_npi
 from worklist.orders import AUTH_STATUSES, LATERALITIES, ORDER_STATUSES, Auth, Order
 
@@ -27,22 +28,32 @@ _CPT = re.compile(r"^[0-9]{4}[0-9A-Z]$")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _ICD10 = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
 _MAX_ERRORS = 20
+#: CSV columns for auths: the keys of an auth (examples/README.md); the first eight are required.
+AUTH_REQUIRED = ("auth_number", "payer_id", "patient_id", "cpt_codes", "facility_npi", "ordering_npi",
+                 "valid_from", "valid_to")
+AUTH_COLUMNS = AUTH_REQUIRED + ("units", "units_used", "laterality", "body_part", "status")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad field of one record. ``index`` counts records from 0; ``line`` from 1."""
+    """One bad field of one record, numbered as a person counts: ``record`` from 1 (None when
+    the fault is the file's, not a record's: a CSV header, an unclosed array); ``line`` and
+    ``column`` from 1, as editors show them (``column`` only for broken JSON)."""
 
-    index: int
+    record: int | None
     line: int
     field: str
     message: str
+    column: int | None = None
 
     def __str__(self) -> str:
-        return f"record {self.index} (line {self.line}), field {self.field}: {self.message}"
+        where = f"line {self.line}" if self.column is None else f"line {self.line}, column {self.column}"
+        if self.record is None:
+            return f"{where}, field {self.field}: {self.message}"
+        return f"record {self.record} ({where}), field {self.field}: {self.message}"
 
 
-class IntakeError(Exception):
+class IntakeError(InvalidInput):
     """The file was rejected whole; nothing was imported."""
 
     def __init__(self, source: str, problems: list[Problem]):
@@ -68,23 +79,32 @@ def records(text: str, *, allow_csv: bool, source: str) -> Iterator[tuple[int, d
     stripped = text.lstrip("\ufeff \t\r\n")
     if stripped.startswith("["):
         yield from _json_array(text, source)
-    elif stripped.startswith("{") or not stripped:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise IntakeError(source, [Problem(number - 1, number, "(line)", f"not valid JSON: {exc.msg}")]) from None
+    elif stripped.startswith("{"):
+        yield from _ndjson(text, source)
     elif allow_csv:
-        yield from _csv_rows(text)
-    else:
-        raise IntakeError(source, [Problem(0, 1, "(file)", "expected a JSON array or one JSON object per line")])
+        yield from _csv_rows(text, source)  # an empty file too: a CSV needs its header
+    elif stripped:
+        raise IntakeError(source, [Problem(None, 1, "(file)", "expected a JSON array or one JSON object per line")])
+
+
+def _ndjson(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    record = 0
+    # Lines end at "\n" only, as in _json_array: str.splitlines() would also split at
+    # characters JSON strings may hold (U+2028, form feed), misnumbering the lines after.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            record += 1
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                problem = Problem(record, number, "(line)", f"not valid JSON: {exc.msg}", exc.colno)
+                raise IntakeError(source, [problem]) from None
 
 
 def _json_array(text: str, source: str) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
-    index = 0
+    record = 1  # the number of the next record
     ws = re.compile(r"[\s,]*")
     line, counted = 1, 0  # line number at offset `counted`, advanced as we go
     while True:
@@ -92,34 +112,77 @@ def _json_array(text: str, source: str) -> Iterator[tuple[int, Any]]:
         line += text.count("\n", counted, pos)
         counted = pos
         if pos >= len(text):
-            raise IntakeError(source, [Problem(index, line, "(file)", "the JSON array is not closed with ]")])
+            last = line - 1 if text.endswith("\n") else line  # a final newline ends the last line
+            message = (f"the file ends at line {last} without the ] that closes the JSON array; "
+                       "check the file was copied whole")
+            raise IntakeError(source, [Problem(None, last, "(file)", message)])
         if text[pos] == "]":
             return
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            raise IntakeError(source, [Problem(index, exc.lineno, "(record)", f"not valid JSON: {exc.msg}")]) from None
+            problem = Problem(record, exc.lineno, "(record)", f"not valid JSON: {exc.msg}", exc.colno)
+            raise IntakeError(source, [problem]) from None
         yield line, value
-        index += 1
+        record += 1
 
 
-def _csv_rows(text: str) -> Iterator[tuple[int, dict]]:
-    reader = csv.DictReader(io.StringIO(text))
+def _csv_rows(text: str, source: str) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line, record)`` per row, the line where the row starts, after checking the header."""
+    reader = csv.reader(io.StringIO(text))
+    header = next((row for row in reader if any(cell.strip() for cell in row)), None)
+    if header is None:
+        message = "the file is empty; export the auths again, with a header line naming the columns"
+        raise IntakeError(source, [Problem(None, 1, "(file)", message)])
+    names = [name.strip().lstrip("\ufeff") for name in header]
+    problems = [Problem(None, reader.line_num, "(header)", m) for m in _header_faults(names)]
+    if problems:
+        raise IntakeError(source, problems)
+    start = reader.line_num + 1
     for row in reader:
-        record: dict[str, Any] = {}
-        for key, value in row.items():
-            if key is None:
-                continue
-            key, value = key.strip(), (value or "").strip()
-            if value == "":
-                continue
-            if key == "cpt_codes":
-                record[key] = [c.strip() for c in value.split(";") if c.strip()]
-            elif key in ("units", "units_used"):
-                record[key] = int(value) if value.lstrip("-").isdigit() else value
-            else:
-                record[key] = value
-        yield reader.line_num, record
+        if row:  # a blank line is no row
+            yield start, _csv_record(names, row)
+        start = reader.line_num + 1
+
+
+def _header_faults(names: list[str]) -> list[str]:
+    """What is wrong with a CSV header: required columns it lacks, columns no auth has.
+    Unnamed columns (a trailing comma) are ignored."""
+    faults = []
+    missing = [c for c in AUTH_REQUIRED if c not in names]
+    if missing:
+        has = ", ".join(n for n in names if n) or "no named columns"
+        faults.append(f"missing {_columns(missing)}; add {_it(missing)} and import the file again "
+                      f"(the header has {has})")
+    unknown = [n for n in names if n and n not in AUTH_COLUMNS]
+    if unknown:
+        faults.append(f"unknown {_columns(unknown)}; rename or remove {_it(unknown)} and import the file again "
+                      f"(accepted columns: {', '.join(AUTH_COLUMNS)})")
+    return faults
+
+
+def _columns(names: list[str]) -> str:
+    return ("column " if len(names) == 1 else "columns ") + ", ".join(names)
+
+
+def _it(names: list[str]) -> str:
+    return "it" if len(names) == 1 else "them"
+
+
+def _csv_record(names: list[str], row: list[str]) -> dict[str, Any]:
+    """One CSV row as an auth record: blank cells left out, CPT codes split at ``;``."""
+    record: dict[str, Any] = {}
+    for key, value in zip(names, row):
+        value = value.strip()
+        if not key or value == "":
+            continue
+        if key == "cpt_codes":
+            record[key] = [c.strip() for c in value.split(";") if c.strip()]
+        elif key in ("units", "units_used"):
+            record[key] = int(value) if value.lstrip("-").isdigit() else value
+        else:
+            record[key] = value
+    return record
 
 
 # ---------------------------------------------------------------- field checks
@@ -194,7 +257,7 @@ def _int(rec: dict, path: str, default: int, minimum: int) -> int:
 
 
 def order_from_record(rec: Any) -> Order:
-    """One order record (order.schema.json) to an :class:`Order`; raises _Bad."""
+    """One order record (examples/README.md) to an :class:`Order`; raises _Bad."""
     if not isinstance(rec, dict):
         raise _Bad("(record)", "must be a JSON object")
     accession = _text(rec, "accession_number", max_len=16)
@@ -248,7 +311,7 @@ def order_from_record(rec: Any) -> Order:
 
 
 def auth_from_record(rec: Any) -> Auth:
-    """One auth record (auth.schema.json) to an :class:`Auth`; raises _Bad."""
+    """One auth record (examples/README.md) to an :class:`Auth`; raises _Bad."""
     if not isinstance(rec, dict):
         raise _Bad("(record)", "must be a JSON object")
     codes = _get(rec, "cpt_codes")
@@ -277,18 +340,18 @@ def auth_from_record(rec: Any) -> Auth:
 
 
 def _parse(text: str, source: str, build: Callable[[Any], Any], key: str, allow_csv: bool) -> list:
-    items, problems, seen = [], [], {}
-    for index, (line, rec) in enumerate(records(text, allow_csv=allow_csv, source=source)):
+    items, problems, seen = [], [], {}  # seen: identifier -> number of the record that has it
+    for number, (line, rec) in enumerate(records(text, allow_csv=allow_csv, source=source), start=1):
         try:
             item = build(rec)
         except _Bad as bad:
-            problems.append(Problem(index, line, bad.field, bad.message))
+            problems.append(Problem(number, line, bad.field, bad.message))
             continue
         ident = getattr(item, key)
         if ident in seen:
-            problems.append(Problem(index, line, key, f"{ident!r} already appears in record {seen[ident]}"))
+            problems.append(Problem(number, line, key, f"{ident!r} already appears in record {seen[ident]}"))
             continue
-        seen[ident] = index
+        seen[ident] = number
         items.append(item)
     if problems:
         raise IntakeError(source, problems)
