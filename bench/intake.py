@@ -17,11 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.synthetic import orders_and_auths  # noqa: E402
-from store import models as store_models  # noqa: E402
-from worklist import models as wm  # noqa: E402
-from worklist import service  # noqa: E402
-from worklist.db import migrate, open_database  # noqa: E402
+from gateway.app import MODELS  # noqa: E402
+from infra.db import bind, migrate, open_database  # noqa: E402
+from worklist.gate import Gate  # noqa: E402
 from worklist.intake import parse_auths, parse_orders  # noqa: E402
+from worklist.policy import PayerPolicy  # noqa: E402
 
 
 def run(count: int) -> None:
@@ -30,19 +30,21 @@ def run(count: int) -> None:
         order_text = "\n".join(json.dumps(o) for o in orders)
         auth_text = json.dumps(auths)
         db = open_database(f"sqlite:///{folder}/bench.db")
-        migrate(db, wm.MODELS + store_models.MODELS)
+        bind(db, MODELS)
+        migrate(db, MODELS)
         now = dt.datetime(2026, 11, 30, 8, 0)
+        gate = Gate(db, PayerPolicy(), lambda: now)
         t0 = time.perf_counter()
         parsed_orders = parse_orders(order_text)
         t1 = time.perf_counter()
-        service.import_orders(parsed_orders, now)
+        gate.import_orders(parsed_orders)
         t2 = time.perf_counter()
         parsed_auths = parse_auths(auth_text)
         t3 = time.perf_counter()
-        service.import_auths(parsed_auths, now)
+        gate.import_auths(parsed_auths)
         t4 = time.perf_counter()
         again = time.perf_counter()
-        service.import_orders(parsed_orders, now)  # the same file again: every record an update
+        gate.import_orders(parsed_orders)  # the same file again: every record an update
         t5 = time.perf_counter()
         db.close()
     print(f"{count:>7} orders: parse {t1 - t0:6.2f}s  write {t2 - t1:6.2f}s  "

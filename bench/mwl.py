@@ -45,7 +45,6 @@ from bench.synthetic import STATIONS, orders_and_auths  # noqa: E402
 from gateway.app import open_app  # noqa: E402
 from gateway.settings import load  # noqa: E402
 from tests.conftest import free_port, write_settings  # noqa: E402
-from worklist import service  # noqa: E402
 from worklist.intake import auth_from_record, order_from_record  # noqa: E402
 
 FIRST_DAY = dt.date(2026, 12, 1)
@@ -186,11 +185,10 @@ def run(count: int) -> float:
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         settings_path = write_settings(Path(folder), port=port)
-        app = open_app(load(settings_path, environ={}))
-        now = dt.datetime.fromisoformat(NOW)
-        service.import_orders([order_from_record(r) for r in order_records], now)
-        service.import_auths([auth_from_record(r) for r in auth_records], now)
-        app.db.close()
+        app = open_app(load(settings_path, environ={}), clock=lambda: dt.datetime.fromisoformat(NOW))
+        app.gate.import_orders([order_from_record(r) for r in order_records])
+        app.gate.import_auths([auth_from_record(r) for r in auth_records])
+        app.close()
         env = {**os.environ, "GATEKEEPER_CONFIG": str(settings_path), "GATEKEEPER_NOW": NOW}
         env.pop("GATEKEEPER_DATABASE_URL", None)
         serve = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT,

@@ -5,7 +5,7 @@
 Both servers run as child processes on loopback, each on its own store folder:
 
 - the gatekeeper is ``gatekeeper serve`` (``python -m gateway.cli serve``) with the shipped
-  settings, the shared examples imported (order ACC1001, auth PA-778899) and
+  settings, the examples imported (order ACC1001, auth PA-778899) and
   GATEKEEPER_NOW=2026-11-30T08:00:00, so every instance is reconciled against a real
   order with an auth look-up, fsynced, renamed into place and indexed in SQLite
   (``synchronous=FULL``) before its 0x0000. Scheduled jobs are off (``jobs.enabled = false``)
@@ -48,7 +48,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # 
 from pynetdicom import AE, _config, evt  # noqa: E402
 from pynetdicom.sop_class import Verification  # noqa: E402
 
-EXAMPLES = ROOT.parent / "shared" / "examples"
+EXAMPLES = ROOT / "examples"
 NOW = "2026-11-30T08:00:00"
 STUDY_SIZE = 50
 
@@ -143,7 +143,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def header(study: str, series: str, rows: int, columns: int, number: int) -> Dataset:
-    """An MR image of patient MRN5001 for order ACC1001 (the shared examples), no pixel data."""
+    """An MR image of patient MRN5001 for order ACC1001 (examples/), no pixel data."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]

@@ -12,12 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-import peewee
-
 from gateway.settings import Settings
 from infra import audit
 from infra.clock import Clock, clock_from_env
-from infra.db import bind, migrate, open_database
+from infra.db import Database, bind, migrate, open_database
 from store import models as store_models
 from store.reconcile import hold_codes_from_warn_codes
 from store.store import Store, StoreConfig
@@ -35,7 +33,7 @@ class App:
     """The settings, the database, the clock, and the core's use cases built on them."""
 
     settings: Settings
-    db: peewee.Database
+    db: Database
     clock: Clock
     gate: Gate = field(init=False)
     query: WorklistQuery = field(init=False)
@@ -64,7 +62,7 @@ class App:
         self.db.close()
 
 
-def open_database_of(settings: Settings) -> peewee.Database:
+def open_database_of(settings: Settings) -> Database:
     """Open (and bring up to date) the database named in settings, with every model bound to it."""
     db = open_database(settings.database_url)
     bind(db, MODELS)

@@ -29,6 +29,10 @@ from infra.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 
+#: The type of an open database, for the use cases' signatures.
+Database = peewee.Database
+
+
 class BaseModel(peewee.Model):
     """Every table's model; bound to a database by :func:`bind`."""
 

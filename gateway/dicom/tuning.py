@@ -16,7 +16,8 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
    incoming folder instead, so filing it is a rename on one file system, never a copy.
    Only the AEs registered here are redirected; every other caller is left as it was.
 4. **UIDs are not copied when contexts are.** pynetdicom deep-copies the supported
-   presentation contexts for every association (``transport.RequestHandler.handle``):
+   presentation contexts for every association
+   (``transport.RequestHandler._create_association``):
    with every storage class and its transfer syntaxes that is about 6,000 UIDs, each
    rebuilt and re-validated, some 90 ms before a console's query or a modality's first
    image. A UID is an immutable string, so a copy may share it (about 7 ms).
