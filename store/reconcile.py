@@ -1,4 +1,4 @@
-"""Reconciliation of one received instance against its RIS order (SPEC rule 3).
+"""Reconciliation of one received instance against its RIS order (rule 3 of docs/rules.md).
 
 The instance is matched to its order by Accession Number (0008,0050); the caller looks the
 order up with :func:`accession_of` and passes it in, with whether an auth was valid on the
@@ -39,7 +39,7 @@ STUDY_UID_MISMATCH = "STUDY_UID_MISMATCH"
 ORDER_NOT_AUTHORIZED = "ORDER_NOT_AUTHORIZED"
 ORDER_CANCELLED = "ORDER_CANCELLED"
 
-#: Every finding code, in the order of the SPEC rule 3 table (findings come in this order).
+#: Every finding code, in the order of the rule 3 table of docs/rules.md (findings come in this order).
 CODES = (
     ACCESSION_MISSING,
     ACCESSION_UNKNOWN,
@@ -188,7 +188,7 @@ def reconcile(
     order_authorized: bool,
     hold_codes: frozenset[str] = DEFAULT_HOLD_CODES,
 ) -> Reconciliation:
-    """Check one instance against the order found by :func:`accession_of` (SPEC rule 3).
+    """Check one instance against the order found by :func:`accession_of` (rule 3 of docs/rules.md).
 
     ``order`` is None when no order has that accession number. ``order_authorized`` is False
     when the order needs an auth and none was valid on the study date. Without an accession
@@ -235,7 +235,7 @@ def reconcile(
 def study_state(previous_state: str | None, reconciliation: Reconciliation) -> str:
     """The study's state once this instance is filed: ``'held'`` or ``'archived'``.
 
-    The study is the unit (SPEC rule 3): a held study stays held whatever the new instance
+    The study is the unit (rule 3 of docs/rules.md): a held study stays held whatever the new instance
     is, and an instance that holds makes its study held. A study archived earlier that gets
     a holding instance becomes held as a whole: the store files the new instance in the held
     area and moves the files already archived there with it (every file of a study lives in
@@ -255,11 +255,11 @@ def study_state(previous_state: str | None, reconciliation: Reconciliation) -> s
 
 
 def normalised_name(person_name: str) -> tuple[str, str]:
-    """(family, given) of a PN value, compared as SPEC rule 3 says.
+    """(family, given) of a PN value, compared as rule 3 says.
 
     Only the alphabetic component group (before the first ``=``, PS3.5 6.2.1) is used, and
     only its family and given components: middle name, prefix and suffix are ignored,
-    because the SPEC compares family and given names and consoles often drop the rest.
+    because the rule compares family and given names and consoles often drop the rest.
     Each component is case-folded, stripped of accents (consoles often cannot type them)
     and reduced to its letters and digits, so spaces, ``.``, ``,``, ``-`` and apostrophes
     make no difference: ``O'Brien-Smith`` equals ``OBRIEN SMITH``.

@@ -1,4 +1,4 @@
-"""SPEC rule 4: files are written whole and durably, or not at all; header reads stay cheap."""
+"""Rule 4 of docs/rules.md: files are written whole and durably, or not at all; header reads stay cheap."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Storage commitment (PS3.4 J.3, SPEC rule 6): the judgement alone, then the SCP end to end.
+"""Storage commitment (PS3.4 J.3, rule 6 of docs/rules.md): the judgement alone, then the SCP end to end.
 
 Stored instances are made by writing index rows and files directly under the storage
 root, so these tests do not depend on the Storage SCP.

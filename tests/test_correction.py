@@ -1,4 +1,4 @@
-"""SPEC rule 5 / PS3.3 C.12.1: correcting a held instance from its order."""
+"""Rule 5 of docs/rules.md / PS3.3 C.12.1: correcting a held instance from its order."""
 
 from __future__ import annotations
 

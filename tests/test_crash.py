@@ -1,4 +1,4 @@
-"""SPEC rule 4 under a crash: SIGKILL `gatekeeper serve` while a modality is sending.
+"""Rule 4 of docs/rules.md under a crash: SIGKILL `gatekeeper serve` while a modality is sending.
 
 A separate process sends a few hundred small instances on two associations and writes
 down each SOP Instance UID the gatekeeper acknowledged (flushed after each success). The

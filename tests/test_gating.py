@@ -1,4 +1,4 @@
-"""SPEC rule 1: every reason code, choosing among auths, overrides, NPI checks."""
+"""Rule 1 of docs/rules.md: every reason code, choosing among auths, overrides, NPI checks."""
 
 import datetime as dt
 from dataclasses import replace

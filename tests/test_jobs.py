@@ -1,4 +1,4 @@
-"""SPEC rule 6: the scheduled jobs, each with a controlled clock, the guard, the scheduler and the CLI."""
+"""Rule 6 of docs/rules.md: the scheduled jobs, each with a controlled clock, the guard, the scheduler and the CLI."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ def test_expiring_auths_warns_once_per_order_auth_and_reason(app, clock, caplog)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert any("EXP" in w and "auth PA-EXP expires on 2026-12-03, before the exam on 2026-12-05" in w for w in warnings)
-    assert any("U2" in w and "auth PA-U has 1 unit(s) left and 2 open orders count on it" in w for w in warnings)
+    assert any("U2" in w and "auth PA-U has 1 unit left and 2 open orders count on it" in w for w in warnings)
     assert not any("MRN" in w or "DOE" in w for w in warnings)  # no patient identifiers in the log
     [expiring] = events(watch.RISK_ACTIONS[watch.AUTH_WILL_EXPIRE])
     assert expiring.subject == "EXP" and json.loads(expiring.detail)["auth_number"] == "PA-EXP"

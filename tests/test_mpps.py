@@ -1,4 +1,4 @@
-"""MPPS (PS3.4 F.7, SPEC rule 6): the state machine alone, then the SCP end to end.
+"""MPPS (PS3.4 F.7, rule 6 of docs/rules.md): the state machine alone, then the SCP end to end.
 
 The SCU tests drive the in-process server with a pynetdicom SCU, as a modality does:
 N-CREATE IN PROGRESS, then N-SET COMPLETED or DISCONTINUED.

@@ -1,4 +1,4 @@
-"""SPEC rule 3: reconciliation of one instance against its order, and the study as the unit."""
+"""Rule 3 of docs/rules.md: reconciliation of one instance against its order, and the study as the unit."""
 
 from __future__ import annotations
 

@@ -146,13 +146,13 @@ def test_report_text_from_the_command_line(scenario, settings_path, cli_env, cap
     assert "open orders: 5, served 3, withheld 2" in out
     assert "withheld AUTH_MISSING: 2" in out and "withheld INVALID_NPI: 1" in out
     assert "withheld AUTH_EXHAUSTED" not in out  # zero counts are left out of the text
-    assert "Overrides: 2 (on 1 orders)" in out
+    assert "Overrides: 2 (on 1 order)" in out
     assert "Studies received: 6 (3 archived, 1 held, 1 rejected, 1 purged)" in out
     assert "clean match (archived, never held): 2, rate 33.3%" in out
     assert "Held studies: 4 (still held 1), median time held 12.0 h" in out
     assert "PATIENT_ID_MISMATCH: 2 studies, median held 9.0 h" in out
     assert "MPPS completed: 2" in out
-    assert "Auth units used: 2 (on 1 auths)" in out
+    assert "Auth units used: 2 (on 1 auth)" in out
     assert "DOE" not in out and "MRN" not in out
 
 

@@ -209,7 +209,7 @@ def auth_risks(
                 continue
             risks.append(AuthRisk(
                 order.accession_number, order.scheduled_date, auth_number, AUTH_UNITS_SHORT,
-                f"auth {auth_number} has {left} unit(s) left and {len(queue)} open orders count on it; "
+                f"auth {auth_number} has {left} {'unit' if left == 1 else 'units'} left and {len(queue)} open orders count on it; "
                 f"the earlier ones will use them before this exam on {order.scheduled_date}. "
                 f"Ask the payer for more units, or cover this order with another auth.",
             ))

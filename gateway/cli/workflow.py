@@ -11,6 +11,7 @@ import json
 import logging
 
 from gateway import jobs
+from gateway.cli.text import plural
 from infra.errors import GatekeeperError, InvalidInput
 from store.report import Report, as_json
 
@@ -94,18 +95,18 @@ def as_text(r: Report) -> str:
     lines += [f"    served {basis}: {n}" for basis, n in r.served_by_basis.items() if n]
     lines += [f"    withheld {code}: {n}" for code, n in r.withheld_by_reason.items() if n]
     lines += [
-        f"Overrides: {r.overrides} (on {r.overridden_orders} orders)",
+        f"Overrides: {r.overrides} (on {plural(r.overridden_orders, 'order')})",
         f"Studies received: {r.studies_received} "
         f"({', '.join(f'{n} {s}' for s, n in r.studies_by_state.items() if n) or 'none'})",
         f"  clean match (archived, never held): {r.clean}, rate {rate}",
         f"Held studies: {r.held_studies} (still held {r.still_held}), median time held {_hours(r.median_hours_held)}",
     ]
     lines += [
-        f"    {code}: {h.studies} studies, median held {_hours(h.median_hours_held)}"
+        f"    {code}: {plural(h.studies, 'study')}, median held {_hours(h.median_hours_held)}"
         for code, h in r.held_by_reason.items() if h.studies
     ]
     lines += [
         f"MPPS completed: {r.mpps_completed}",
-        f"Auth units used: {r.auth_units_used} (on {r.auths_drawn_on} auths)",
+        f"Auth units used: {r.auth_units_used} (on {plural(r.auths_drawn_on, 'auth')})",
     ]
     return "\n".join(lines)
