@@ -18,7 +18,7 @@ AUDIT_PURGED = "study.purged"
 
 
 @dataclass(frozen=True)
-class HeldStudy:
+class Hold:
     """A study in the held state, as the held-age check needs it."""
 
     study_instance_uid: str
@@ -55,7 +55,7 @@ def hours_between(start: dt.datetime, end: dt.datetime) -> float:
     return (end - start).total_seconds() / 3600
 
 
-def aged_holds(studies: Iterable[HeldStudy], now: dt.datetime, alert_hours: int) -> list[AgedHold]:
+def aged_holds(studies: Iterable[Hold], now: dt.datetime, alert_hours: int) -> list[AgedHold]:
     """Held studies held at least ``alert_hours`` and not flagged yet, oldest first."""
     limit = dt.timedelta(hours=alert_hours)
     found = [

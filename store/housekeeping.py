@@ -61,7 +61,7 @@ class Housekeeping:
         """Flag held studies older than ``storage.held_alert_hours``: WARNING, ``age_flagged_at``, one audit."""
         now = self.clock()
         hours = self.held_alert_hours
-        held = [aging.HeldStudy(r.study_instance_uid, r.accession_number, r.held_at or r.state_changed_at)
+        held = [aging.Hold(r.study_instance_uid, r.accession_number, r.held_at or r.state_changed_at)
                 for r in self.index.held_not_flagged()]
         flagged = 0
         for aged in aging.aged_holds(held, now, hours):

@@ -37,7 +37,7 @@ from infra.clock import Clock
 from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.archive import RESOURCE_ERRNOS, WRITE_ERRORS, Archive, StoredFile, unlink_quietly
 from store.header import InstanceHeader, read_header
-from store.index import Index, IndexedInstance, IndexedStudy
+from store.index import Index, IndexedInstance
 from store.placement import TREE_OF, Placement
 from store.reconcile import Reconciliation, accession_of, reconcile, study_state
 from store.states import HELD

@@ -132,3 +132,27 @@ def import_orders(app: App, orders, at: dt.datetime | None = None):
 def import_auths(app: App, auths, at: dt.datetime | None = None):
     """Import checked auths as the gate does, stamped ``at`` (default: the app's clock)."""
     return records.upsert_auths(app.db, auths, at or app.now(), user="import", source="test")
+
+
+@pytest.fixture
+def run(settings_path, capsys, monkeypatch):
+    """The ``gatekeeper`` command in process, as of the examples' morning: (exit code, stdout, stderr)."""
+    from gateway.cli.main import main
+
+    monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
+
+    def call(*args, config_first=True):
+        argv = ["--config", str(settings_path), *args] if config_first else [*args, "--config", str(settings_path)]
+        code = main(argv)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return call
+
+
+@pytest.fixture
+def loaded(run):
+    """:func:`run` with the example orders and auths imported."""
+    assert run("orders", "import", str(EXAMPLES / "orders.json"))[0] == 0
+    assert run("auths", "import", str(EXAMPLES / "auths.json"))[0] == 0
+    return run

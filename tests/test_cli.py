@@ -13,26 +13,6 @@ from tests.conftest import EXAMPLES, pg_unavailable
 from tests.dicom_factory import make_instance, make_order, write_instance
 
 
-@pytest.fixture
-def run(settings_path, capsys, monkeypatch):
-    monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
-
-    def call(*args, config_first=True):
-        argv = ["--config", str(settings_path), *args] if config_first else [*args, "--config", str(settings_path)]
-        code = main(argv)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
-
-
-@pytest.fixture
-def loaded(run):
-    assert run("orders", "import", str(EXAMPLES / "orders.json"))[0] == 0
-    assert run("auths", "import", str(EXAMPLES / "auths.json"))[0] == 0
-    return run
-
-
 @pytest.mark.parametrize("args", [("worklist", "--date", "2026-12-01", "--json"), ("held", "list"),
                                   ("jobs", "list"), ("worklist", "why", "ACC1002")])
 def test_config_is_accepted_after_the_command(loaded, args):

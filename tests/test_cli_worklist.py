@@ -2,29 +2,9 @@
 
 import json
 
-import pytest
 
 from gateway.cli.main import main
 from tests.conftest import EXAMPLES
-
-
-@pytest.fixture
-def run(settings_path, capsys, monkeypatch):
-    monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
-
-    def call(*args):
-        code = main(["--config", str(settings_path), *args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return call
-
-
-@pytest.fixture
-def loaded(run):
-    assert run("orders", "import", str(EXAMPLES / "orders.json"))[0] == 0
-    assert run("auths", "import", str(EXAMPLES / "auths.json"))[0] == 0
-    return run
 
 
 def test_import_reports_counts(run):

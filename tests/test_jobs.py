@@ -16,7 +16,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from gateway import jobs
 from gateway.cli.main import main
 from store import aging
-from store.archive import ARCHIVE_TREE, REJECTED_TREE
+from store.archive import ARCHIVE_TREE, REJECTED_TREE, Archive
 from store.models import FindingRow, InstanceRow, StudyRow
 from store.states import ARCHIVED, HELD, PURGED, REJECTED
 from worklist import watch
@@ -91,7 +91,7 @@ NOW = dt.datetime(2026, 11, 30, 8, 0)
     (100, NOW - dt.timedelta(hours=1), False),  # flagged already: once only
 ])
 def test_aged_holds_threshold(held_hours, flagged_at, expected):
-    study = aging.HeldStudy("1.2.3", "ACC1", NOW - dt.timedelta(hours=held_hours), flagged_at)
+    study = aging.Hold("1.2.3", "ACC1", NOW - dt.timedelta(hours=held_hours), flagged_at)
     found = aging.aged_holds([study], NOW, 48)
     assert bool(found) == expected
     if expected:
