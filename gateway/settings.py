@@ -48,11 +48,14 @@ DECLARED: tuple[Declared, ...] = (
     Declared("server.allowed_calling_aets", list, [], "Calling AE titles accepted; empty accepts any caller."),
     Declared("server.max_associations", int, 20, "Associations served at once; more are rejected (transient)."),
     Declared("server.network_timeout", int, 60, "Seconds of silence before an association is aborted."),
+    Declared("server.associate_timeout", int, 10, "Seconds a peer has, in all, to deliver its A-ASSOCIATE-RQ after connecting."),
+    Declared("server.max_associations_per_address", int, 10, "Associations at once from one network address; 0 = no cap of its own."),
     Declared("server.log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
     Declared("database.url", str, "sqlite:///var/gatekeeper.db", "Database: sqlite:///relative/or/absolute/path or postgresql://user@host:port/db."),
     Declared("storage.root", str, "var/store", "Folder holding archive/, held/, rejected/ and incoming/."),
     Declared("storage.rejected_retention_days", int, 30, "Days a rejected study is kept before the purge job deletes it."),
     Declared("storage.held_alert_hours", int, 48, "A held study older than this is flagged by the held-age job."),
+    Declared("storage.min_free_mb", int, 1024, "Free space (MiB) kept on the storage volume; below it C-STORE is refused with 0xA700."),
     Declared("worklist.auth_attribute", str, "RequestedProcedureComments", "DICOM keyword that carries 'AUTH <number>' on the console."),
     Declared("worklist.restrict_unnamed_station_to_caller", bool, False, "A query naming no station sees only the calling AE's own items."),
     Declared("reconcile.warn_codes", list, ["STUDY_UID_MISMATCH"], "Reconciliation codes that only warn; every other code holds the study."),
@@ -85,11 +88,14 @@ class Settings:
     allowed_calling_aets: tuple[str, ...]
     max_associations: int
     network_timeout: int
+    associate_timeout: int
+    max_associations_per_address: int
     log_level: str
     database_url: str
     storage_root: Path
     rejected_retention_days: int
     held_alert_hours: int
+    min_free_mb: int
     auth_attribute: str
     restrict_unnamed_station_to_caller: bool
     warn_codes: frozenset[str]
@@ -160,11 +166,14 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         ),
         max_associations=values["server.max_associations"],
         network_timeout=values["server.network_timeout"],
+        associate_timeout=values["server.associate_timeout"],
+        max_associations_per_address=values["server.max_associations_per_address"],
         log_level=level,
         database_url=resolve_database_url(url, folder),
         storage_root=(folder / values["storage.root"]).resolve(),
         rejected_retention_days=values["storage.rejected_retention_days"],
         held_alert_hours=values["storage.held_alert_hours"],
+        min_free_mb=values["storage.min_free_mb"],
         auth_attribute=values["worklist.auth_attribute"],
         restrict_unnamed_station_to_caller=values["worklist.restrict_unnamed_station_to_caller"],
         warn_codes=warn_codes,

@@ -51,6 +51,7 @@ class StoreConfig:
     hold_codes: frozenset[str] = DEFAULT_HOLD_CODES
     rejected_retention_days: int = 30
     held_alert_hours: int = 48
+    min_free_mb: int = 0
 
 
 class Store:
