@@ -38,6 +38,10 @@ class WrongState(GatekeeperError):
     """The thing exists but its state does not allow the action (a study not held, a step ended)."""
 
 
+class Refused(GatekeeperError):
+    """The action is not allowed as asked: it is unsafe, or needs a confirmation it lacks."""
+
+
 class NotSupported(GatekeeperError):
     """The action asked for is not one the gatekeeper offers."""
 

@@ -137,6 +137,8 @@ class Index:
                 changes["order_accession"] = order_accession
             if moves_to:
                 changes.update(state=state, state_changed_at=now, pending_files=MOVE, held_at=now, age_flagged_at=None)
+                if row.state == ARCHIVED:
+                    changes["reopened_at"] = now
             self._update(StudyRow, row.id, changes, add={"instance_count": 1} if counts else {})
         columns = dict(
             study_instance_uid=study, series_instance_uid=header.series_instance_uid,
@@ -152,12 +154,21 @@ class Index:
             if existing.study_instance_uid != study:
                 StudyRow.update(instance_count=StudyRow.instance_count - 1).where(
                     StudyRow.study_instance_uid == existing.study_instance_uid).execute()
+        self._insert_findings(study, sop, found, now)
+        if moves_to:
+            self.repath(study, moves_to)
+
+    def _insert_findings(self, study: str, sop: str, found: Reconciliation, now: dt.datetime) -> None:
         for f in found.findings:
             self._insert(FindingRow, dict(
                 study_instance_uid=study, sop_instance_uid=sop, code=f.code, instance_value=f.instance_value[:255],
                 order_value=f.order_value[:255], message=f.message, holds=f.code in found.hold_codes, found_at=now))
-        if moves_to:
-            self.repath(study, moves_to)
+
+    def replace_findings(self, study: str, found: Iterable[tuple[str, Reconciliation]], now: dt.datetime) -> None:
+        """The findings of ``study`` become those of its files as they are now (after a correction)."""
+        FindingRow.delete().where(FindingRow.study_instance_uid == study).execute()
+        for sop, reconciliation in found:
+            self._insert_findings(study, sop, reconciliation, now)
 
     # -------------------------------------------------------------- studies and their state
 
@@ -280,6 +291,10 @@ class Index:
         return InstanceRow.delete().where(InstanceRow.study_instance_uid == study).execute()
 
     # --------------------------------------------------------------------------- the report
+
+    def reopened_since(self, start: dt.datetime) -> int:
+        """Archived studies that a non-matching instance moved back to held, from ``start`` on."""
+        return StudyRow.select().where(StudyRow.reopened_at >= start).count()
 
     def studies_since(self, start: dt.datetime) -> list[tuple[StudyRow, tuple[str, ...]]]:
         """Studies first received from ``start`` on, each with the codes of its holding findings."""

@@ -25,6 +25,9 @@ class StudyRow(BaseModel):
     # When the study was first held (kept after release, for the held-time figures).
     held_at = pw.DateTimeField(null=True)
     state_changed_at = pw.DateTimeField()
+    # When an instance that does not match moved the archived study back to held (it is
+    # then equal to held_at while that hold lasts).
+    reopened_at = pw.DateTimeField(null=True)
     # Set by the held-age job once the study crossed storage.held_alert_hours.
     age_flagged_at = pw.DateTimeField(null=True)
     instance_count = pw.IntegerField(default=0)

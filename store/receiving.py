@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from infra import audit
 from infra.clock import Clock
 from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.archive import RESOURCE_ERRNOS, WRITE_ERRORS, Archive, StoredFile, unlink_quietly
@@ -40,7 +41,7 @@ from store.header import InstanceHeader, read_header
 from store.index import Index, IndexedInstance
 from store.placement import TREE_OF, Placement
 from store.reconcile import Reconciliation, accession_of, reconcile, study_state
-from store.states import HELD
+from store.states import ARCHIVED, HELD
 from worklist.gating import Authorization
 from worklist.orders import Order
 
@@ -48,6 +49,8 @@ log = logging.getLogger("store.receiving")
 
 #: Prefix of the second name a received file has in ``incoming/`` until it is indexed.
 INFLIGHT = "inflight-"
+#: Audit action when a non-matching instance moves an archived study back to held.
+AUDIT_REOPENED = "study.reopened"
 
 #: The worklist's question: the order with an accession number and its authorization on a day
 #: (:meth:`worklist.gate.Gate.authorization`).
@@ -210,6 +213,12 @@ class Receiving:
                 with self.index.one_writer, self.index.transaction():
                     self.index.record_instance(row, existing, header, found, order_accession, state, stored,
                                                calling_ae, now, tree if changes_state else None)
+                    reopened = previous == ARCHIVED and state == HELD
+                    if reopened:
+                        audit.record(now, calling_ae or "modality", AUDIT_REOPENED, study,
+                                     "an instance that does not match its order arrived for the archived study",
+                                     accession_number=found.accession_used, sop_instance_uid=sop,
+                                     codes=[f.code for f in found.hold_findings])
             except Exception as exc:
                 self._undo_write(existing, stored, header, link)
                 text = str(exc).lower()
@@ -217,6 +226,11 @@ class Receiving:
                 raise kind(f"could not index instance {sop} ({exc}); it was not stored. "
                            "Check the database; the sender will retry.") from exc
             unlink_quietly(link)
+            if reopened:
+                log.warning("archived study %s (accession %s) is held again: instance %s from %s does not match "
+                            "its order (%s); review it with 'gatekeeper held show %s'", study,
+                            found.accession_used or "none", sop, calling_ae or "unknown",
+                            " ".join(f.code for f in found.hold_findings), study)
             old = Path(existing.path) if existing is not None else None
             if old is not None and old != stored.path and not (changes_state and existing.study_instance_uid == study):
                 self.placement.remove_file(old)  # a re-send filed under another study or series

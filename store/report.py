@@ -100,6 +100,7 @@ class Report:
     still_held: int
     median_hours_held: float | None
     held_by_reason: dict[str, HoldReason]
+    reopened: int
     mpps_completed: int
     auth_units_used: int
     auths_drawn_on: int
@@ -117,6 +118,7 @@ def figures(
     override_accessions: Iterable[str],
     studies: Iterable[StudyFact],
     mpps_completed: int,
+    reopened: int = 0,
 ) -> Report:
     """Every figure of the report from plain rows (already limited to the period by the caller).
 
@@ -157,6 +159,7 @@ def figures(
         still_held=sum(s.state == HELD for s in held),
         median_hours_held=_median(s.hours_held(now) for s in held),
         held_by_reason=by_reason,
+        reopened=reopened,
         mpps_completed=mpps_completed,
         auth_units_used=len(units),
         auths_drawn_on=len(set(units)),
@@ -198,6 +201,7 @@ def as_json(r: Report) -> dict:
                 code: {"studies": h.studies, "median_hours_held": h.median_hours_held}
                 for code, h in r.held_by_reason.items()
             },
+            "reopened": r.reopened,
         },
         "mpps": {"completed": r.mpps_completed},
         "auth_units": {"used": r.auth_units_used, "auths": r.auths_drawn_on},
@@ -211,7 +215,7 @@ def load_report(gate: Gate, index: Index, since: dt.date) -> Report:
     return figures(since, now, order_facts(gate, start), gate.override_accessions_since(start),
                    [StudyFact(r.study_instance_uid, r.state, r.first_received_at, r.state_changed_at, r.held_at, codes)
                     for r, codes in index.studies_since(start)],
-                   gate.completed_steps_since(start))
+                   gate.completed_steps_since(start), index.reopened_since(start))
 
 
 def order_facts(gate: Gate, start: dt.datetime, chunk: int = 2000) -> list[OrderFact]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infra import audit
 from infra.clock import Clock
-from infra.errors import InvalidInput, NotFound, StorageFailure, WrongState
+from infra.errors import InvalidInput, NotFound, Refused, StorageFailure, WrongState
 from store import archive as trees
 from store.archive import WRITE_ERRORS, Archive, StoredFile, unlink_quietly
 from store.correction import correct_file
@@ -24,6 +24,7 @@ from store.index import PRUNE, Index
 from store.models import InstanceRow, StudyRow
 from store.placement import TREE_OF, Placement
 from store.receiving import OrderCheck, Receiving
+from store.reconcile import MODALITY_MISMATCH, Reconciliation
 from store.states import ARCHIVED, HELD, REJECTED
 from worklist.gate import Gate
 from worklist.orders import Order
@@ -45,6 +46,7 @@ class HeldStudy:
     held_since: dt.datetime
     instance_count: int
     codes: tuple[str, ...]
+    reopened: bool = False  # archived before: a non-matching instance moved it back to held
 
 
 @dataclass(frozen=True)
@@ -185,15 +187,19 @@ class Review:
         log.info("study %s (accession %s) %s by %s", study, row.accession_number or "none", state, user)
         return ReviewResult(study, action, state, row.instance_count, row.accession_number)
 
-    def correct(self, study: str, *, user: str, reason: str, accession: str | None = None) -> ReviewResult:
+    def correct(self, study: str, *, user: str, reason: str, accession: str | None = None,
+                patient_change: bool = False) -> ReviewResult:
         """Set every instance's patient and accession attributes from the order, and archive.
 
         The order is the study's own, or the one ``accession`` names (the study is then
-        reassigned to it). Originals are kept in Original Attributes Sequence
-        (PS3.3 C.12.1, :mod:`store.correction`). All corrected files are written and
-        synced first; then they are renamed into ``archive/`` and the index switches in
-        one transaction; then the held copies are deleted. A crash before the switch
-        leaves the study held as it was; after it, the start finishes the clean-up.
+        reassigned to it). Reassigning images to another patient's order is refused unless
+        ``patient_change`` confirms it, and refused outright when the images' modality is
+        not the order's either: then they are almost certainly another exam. Originals are
+        kept in Original Attributes Sequence (PS3.3 C.12.1, :mod:`store.correction`), and
+        the study's findings become those of the corrected files. All corrected files are
+        written and synced first; then they are renamed into ``archive/`` and the index
+        switches in one transaction; then the held copies are deleted. A crash before the
+        switch leaves the study held as it was; after it, the start finishes the clean-up.
         """
         _need_who_and_why(user, reason)
         with self.placement.lock(study):
@@ -206,25 +212,54 @@ class Review:
             if order is None:
                 raise NotFound(f"no order has accession number {wanted!r}; check the number, or import the "
                                "order, then correct the study again")
-            now = self.clock()
             instances = self.index.study_instances(study)
+            previous_patient = self._check_patient_change(row, instances, order, patient_change)
+            now = self.clock()
             written = self._write_corrections(instances, order, reason, now)
             changed = sorted({c.keyword for _, _, changes in written for c in changes})
-            remaining = self._remaining_codes([temp for _, temp, _ in written], order)
+            found = self._reconcile_files([(i.sop_instance_uid, temp) for i, temp, _ in written], order)
+            remaining = tuple(sorted({f.code for _, r in found for f in r.hold_findings}))
             self.index.mark_pending(row.id, PRUNE)
             stored = self._install_corrections(study, written)
             with self.index.transaction():
+                codes = list(self.index.hold_codes([study]).get(study, ()))
                 self.index.set_corrected(row.id, order.accession_number, order.patient_id, now,
                                          [(instance.id, new) for (instance, _, _), new in zip(written, stored)])
+                self.index.replace_findings(study, found, now)
                 audit.record(now, user, AUDIT_CORRECTED, study, reason, accession_number=order.accession_number,
                              previous_accession=row.accession_number, instances=len(written), changed=changed,
-                             codes=list(self.index.hold_codes([study]).get(study, ())),
-                             remaining_codes=list(remaining))
+                             codes=codes, remaining_codes=list(remaining),
+                             patient_change=previous_patient is not None, previous_patient_id=previous_patient)
             self.placement.settle_or_log(study)
-        log.info("study %s corrected from order %s by %s and archived (%d instances)", study,
-                 order.accession_number, user, len(written))
+        log.info("study %s corrected from order %s by %s and archived (%d instances)%s", study,
+                 order.accession_number, user, len(written), ", moved to another patient" if previous_patient else "")
         return ReviewResult(study, AUDIT_CORRECTED, ARCHIVED, len(written), order.accession_number,
                             tuple(changed), remaining)
+
+    def _check_patient_change(self, row: StudyRow, instances: list[InstanceRow], order: Order,
+                              confirmed: bool) -> str | None:
+        """The patient ID the images leave, when the correction moves them to another patient; else None.
+
+        The images' patient is their own order's (the console picked it by accession), or,
+        without one, the Patient ID they carry. Moving them to another patient needs the
+        confirmation; when their modality is not the new order's either, it is refused.
+        """
+        own = self.gate.find_order(row.order_accession or row.accession_number)
+        if own is not None and own.accession_number == order.accession_number:
+            return None
+        current = own.patient_id if own is not None else row.patient_id
+        if current == order.patient_id:
+            return None
+        held = [(i.sop_instance_uid, self.archive.root / i.path) for i in instances]
+        if any(f.code == MODALITY_MISMATCH for _, r in self._reconcile_files(held, order) for f in r.findings):
+            raise Refused(f"order {order.accession_number} is for another patient and another modality "
+                          f"({order.modality}) than study {study_name(row)}: these images are not that exam. "
+                          "Find the right order, or reject the study")
+        if not confirmed:
+            raise Refused(f"order {order.accession_number} is for another patient than study {study_name(row)} "
+                          f"(patient ID {current or '(none)'} on its images or order, {order.patient_id} on the "
+                          "order): moving images to another patient needs --patient-change, with the reason")
+        return current
 
     def _write_corrections(self, instances: list[InstanceRow], order: Order, reason: str,
                            now: dt.datetime) -> list[tuple[InstanceRow, Path, tuple]]:
@@ -261,18 +296,17 @@ class Review:
                             "is still held.") from exc
         return stored
 
-    def _remaining_codes(self, files: list[Path], order: Order) -> tuple[str, ...]:
-        """Codes the corrected files still have against the order (what correction cannot fix)."""
-        remaining: set[str] = set()
+    def _reconcile_files(self, files: list[tuple[str, Path]], order: Order) -> list[tuple[str, Reconciliation]]:
+        """(SOP Instance UID, rule 3 against ``order``) for each file, as the files are now."""
         checks: dict = {}
-        for path in files:
+        found = []
+        for sop, path in files:
             header = read_header(path)
             day = self.receiving.study_day(header)
             if day not in checks:
                 checks[day] = OrderCheck(*self.gate.authorization(order.accession_number, day))
-            found = self.receiving.reconcile(header, checks[day])
-            remaining.update(f.code for f in found.hold_findings)
-        return tuple(sorted(remaining))
+            found.append((sop, self.receiving.reconcile(header, checks[day])))
+        return found
 
     def _row_in(self, study: str, state: str, *, settle: bool = False) -> StudyRow:
         """The study's row when it is in ``state``; refuses otherwise.
@@ -293,7 +327,14 @@ class Review:
 
 
 def _held(row: StudyRow, codes: tuple[str, ...]) -> HeldStudy:
-    return HeldStudy(row.study_instance_uid, row.accession_number, row.state_changed_at, row.instance_count, codes)
+    reopened = row.reopened_at is not None and row.reopened_at == row.held_at
+    return HeldStudy(row.study_instance_uid, row.accession_number, row.state_changed_at, row.instance_count, codes,
+                     reopened)
+
+
+def study_name(row: StudyRow) -> str:
+    """A study as a person names it: its UID and accession number."""
+    return f"{row.study_instance_uid} (accession {row.accession_number or 'none'})"
 
 
 def _need_who_and_why(user: str, reason: str) -> None:

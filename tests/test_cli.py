@@ -124,3 +124,27 @@ def test_a_bad_clock_override_is_blamed_on_itself(settings_path, capsys, monkeyp
 def test_postgres_unavailable_is_explained():
     assert "not set" in pg_unavailable(None)
     assert "no PostgreSQL server answers" in pg_unavailable("postgresql://postgres@127.0.0.1:1/test")
+
+
+def test_moving_images_to_another_patient_needs_patient_change(app, run, tmp_path):
+    app.gate.import_orders([make_order(payer_id="SELF_PAY"),
+                            make_order(accession_number="ACC7", patient_id="MRN7", patient_name="ROE^RICHARD",
+                                       payer_id="SELF_PAY")])
+    _held_study(app, tmp_path, "1.2.826.0.1.3680043.8.498.701")
+    code, out, err = run("held", "correct", "ACC1001", "--accession", "ACC7", "--user", "tech", "--reason", "r")
+    assert code == 1 and out == "" and "needs --patient-change" in err
+    code, out, _ = run("held", "correct", "1.2.826.0.1.3680043.8.498.701", "--accession", "ACC7",
+                       "--patient-change", "--user", "tech", "--reason", "wrong patient picked at the console")
+    assert code == 0 and "corrected from order ACC7 and archived" in out
+
+
+def test_held_list_marks_a_reopened_study(app, run, tmp_path):
+    app.gate.import_orders([make_order(payer_id="SELF_PAY")])
+    study = "1.2.826.0.1.3680043.8.498.801"
+    ds = make_instance(StudyInstanceUID=study)
+    app.store.receive(write_instance(tmp_path / "first.dcm", ds), "MR1")
+    _held_study(app, tmp_path, study)
+    code, out, _ = run("held", "list")
+    assert "(reopened: was archived)" in out
+    code, out, _ = run("held", "list", "--json")
+    assert json.loads(out)["held"][0]["reopened"] is True

@@ -11,6 +11,7 @@ import datetime as dt
 import errno
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from infra.audit import AuditEvent
-from infra.errors import InvalidInput, NotFound, OutOfResources, StorageFailure, Undecodable, WrongState
+from infra.errors import InvalidInput, NotFound, OutOfResources, Refused, StorageFailure, Undecodable, WrongState
 from store import review
 from store.index import MOVE
 from store.models import FindingRow, InstanceRow, StudyRow
@@ -340,7 +341,11 @@ def test_correct_can_reassign_the_study_to_another_order(app, store, tmp_path):
     app.gate.import_orders([make_order(accession_number="ACC2", patient_id="MRN7", patient_name="ROE^RICHARD",
                               birth_date=dt.date(1955, 7, 19), sex="M", payer_id="SELF_PAY")])
     held_study(store, tmp_path, AccessionNumber="ACC404")
-    result = store.correct(STUDY, user="tech.anna", reason="wrong order picked", accession="ACC2")
+    with pytest.raises(Refused, match="--patient-change"):
+        store.correct(STUDY, user="tech.anna", reason="wrong order picked", accession="ACC2")
+    assert StudyRow.get().state == HELD and files(store, "archive") == []
+    result = store.correct(STUDY, user="tech.anna", reason="wrong order picked", accession="ACC2",
+                           patient_change=True)
     assert result.accession_number == "ACC2"
     ds = dcmread(files(store, "archive")[0])
     assert (ds.AccessionNumber, ds.PatientID, ds.PatientSex) == ("ACC2", "MRN7", "M")
@@ -348,6 +353,67 @@ def test_correct_can_reassign_the_study_to_another_order(app, store, tmp_path):
     study = StudyRow.get()
     assert (study.accession_number, study.order_accession) == ("ACC2", "ACC2")
     assert [s.order.accession_number for s in store.archived_studies("ACC2")] == ["ACC2"]
+    [(user, _, _, reason, detail)] = audit_rows(AUDIT_CORRECTED)
+    assert detail["patient_change"] is True and detail["previous_patient_id"] == "MRN5001"
+
+
+def test_images_are_never_moved_onto_another_patients_exam_of_another_modality(app, store, tmp_path):
+    app.gate.import_orders([make_order(accession_number="ACC3", patient_id="MRN7", patient_name="ROE^RICHARD",
+                                       cpt="71046", modality="DX", payer_id="SELF_PAY")])
+    held_study(store, tmp_path, PatientID="MRN9")  # its own order ACC1001 is patient MRN5001's MR
+    for confirmed in (False, True):
+        with pytest.raises(Refused, match="another modality"):
+            store.correct(STUDY, user="u", reason="r", accession="ACC3", patient_change=confirmed)
+    assert StudyRow.get().state == HELD and files(store, "archive") == []
+    assert audit_rows(AUDIT_CORRECTED) == []
+
+
+def test_reassigning_to_another_order_of_the_same_patient_needs_no_confirmation(app, store, tmp_path):
+    app.gate.import_orders([make_order(accession_number="ACC5", payer_id="SELF_PAY")])  # same patient MRN5001
+    held_study(store, tmp_path, PatientSex="M")
+    assert store.correct(STUDY, user="u", reason="other order of hers", accession="ACC5").accession_number == "ACC5"
+
+
+def test_after_a_correction_findings_describe_the_files_as_they_are(app, store, tmp_path):
+    held_study(store, tmp_path, count=1, PatientName="DOE^JANNE")
+    store.correct(STUDY, user="u", reason="typo at the console")
+    assert FindingRow.select().count() == 0  # the corrected file matches its order
+    send(store, tmp_path, PatientSex="M")  # a later instance with another problem
+    [held] = store.held_studies()
+    assert held.codes == ("SEX_MISMATCH",)
+    assert [f.code for f in store.held_study(STUDY).findings] == ["SEX_MISMATCH"]
+
+
+def test_a_correction_keeps_what_it_could_not_fix_as_findings(store, tmp_path):
+    held_study(store, tmp_path, count=1, Modality="CT", PatientSex="M")
+    store.correct(STUDY, user="u", reason="r")
+    assert [(f.code, f.instance_value) for f in FindingRow.select()] == [("MODALITY_MISMATCH", "CT")]
+
+
+def test_an_archived_study_held_again_says_so(app, store, tmp_path, caplog):
+    send(store, tmp_path)
+    assert StudyRow.get().state == ARCHIVED
+    with caplog.at_level(logging.WARNING, logger="store.receiving"):
+        _, received = send(store, tmp_path, PatientID="MRN9999", calling="CT9")
+    assert received.state == HELD and received.moved == 1
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert STUDY in warning and "held again" in warning and "PATIENT_ID_MISMATCH" in warning
+    assert "MRN9999" not in warning  # no patient identifiers in the log
+    [(user, _, subject, _, detail)] = audit_rows("study.reopened")
+    assert (user, subject, detail["codes"]) == ("CT9", STUDY, ["PATIENT_ID_MISMATCH"])
+    [held] = store.held_studies()
+    assert held.reopened
+    assert store.report(app.today() - dt.timedelta(days=30)).reopened == 1
+    store.release(STUDY, user="u", reason="checked")
+    held_again = send(store, tmp_path, PatientSex="M")[1]
+    assert held_again.state == HELD and store.held_studies()[0].reopened
+
+
+def test_a_study_held_from_its_first_instance_is_not_reopened(store, tmp_path):
+    send(store, tmp_path, PatientID="MRN9999")
+    send(store, tmp_path, PatientSex="M")
+    [held] = store.held_studies()
+    assert not held.reopened and audit_rows("study.reopened") == []
 
 
 def test_correct_reports_what_it_cannot_fix(app, store, tmp_path):

@@ -39,6 +39,8 @@ def register(verbs, common) -> None:
         if name == "correct":
             action.add_argument("--accession", metavar="ACC",
                                 help="reassign the study to this order first (default: its own order)")
+            action.add_argument("--patient-change", action="store_true",
+                                help="confirm that the order is another patient's: the images move to that patient")
         action.add_argument("--user", required=True, help="who decides (for the audit log)")
         action.add_argument("--reason", required=True, help="why (for the audit log)")
         action.set_defaults(run=held_action, action=name)
@@ -59,6 +61,7 @@ def held_json(study: HeldStudy) -> dict:
         "held_since": study.held_since.isoformat(),
         "instance_count": study.instance_count,
         "codes": list(study.codes),
+        "reopened": study.reopened,
     }
 
 
@@ -99,7 +102,7 @@ def held_list(app, args) -> int:
 def _print_held(studies: list[HeldStudy]) -> None:
     for s in studies:
         print(f"  {s.held_since:%Y-%m-%d %H:%M}  {s.study_instance_uid}  {s.accession_number or '(no accession)':<16} "
-              f"{s.instance_count:>5} inst.  {' '.join(s.codes)}")
+              f"{s.instance_count:>5} inst.  {' '.join(s.codes)}{'  (reopened: was archived)' if s.reopened else ''}")
 
 
 def _study(app, named: str) -> str:
@@ -159,7 +162,8 @@ def held_action(app, args) -> int:
     elif args.action == "reject":
         result = store.reject(study, user=args.user, reason=args.reason)
     else:
-        result = store.correct(study, user=args.user, reason=args.reason, accession=args.accession)
+        result = store.correct(study, user=args.user, reason=args.reason, accession=args.accession,
+                               patient_change=args.patient_change)
     print(_done(result, app.settings.rejected_retention_days))
     return 0
 

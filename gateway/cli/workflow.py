@@ -100,6 +100,7 @@ def as_text(r: Report) -> str:
         f"({', '.join(f'{n} {s}' for s, n in r.studies_by_state.items() if n) or 'none'})",
         f"  clean match (archived, never held): {r.clean}, rate {rate}",
         f"Held studies: {r.held_studies} (still held {r.still_held}), median time held {_hours(r.median_hours_held)}",
+        f"  archived studies held again by a non-matching instance: {r.reopened}",
     ]
     lines += [
         f"    {code}: {plural(h.studies, 'study')}, median held {_hours(h.median_hours_held)}"
