@@ -126,6 +126,14 @@ MATCHING = [
     ("step date range", query(sps={"ScheduledProcedureStepStartDate": "20261130-20261201"}), True),
     ("step date from, later", query(sps={"ScheduledProcedureStepStartDate": "20261202-"}), False),
     ("step date to, earlier", query(sps={"ScheduledProcedureStepStartDate": "-20261130"}), False),
+    # ranges to the end of time (C.2.2.2.5.1): 99991231 is the last day there is
+    ("step date range to the end of time", query(sps={"ScheduledProcedureStepStartDate": "20261201-99991231"}), True),
+    ("step date range to the end of time, later start",
+     query(sps={"ScheduledProcedureStepStartDate": "20261202-99991231"}), False),
+    ("step date to the end of time", query(sps={"ScheduledProcedureStepStartDate": "-99991231"}), True),
+    ("step date on the last day", query(sps={"ScheduledProcedureStepStartDate": "99991231"}), False),
+    ("step date from the first day", query(sps={"ScheduledProcedureStepStartDate": "00010101-"}), True),
+    ("birth date range to the end of time", query(PatientBirthDate="19800203-99991231"), True),
     # combined date and time (C.2.2.2.5.4), stored 2026-12-01 09:30
     ("combined closed, spans days",
      query(sps={"ScheduledProcedureStepStartDate": "20261130-20261201", "ScheduledProcedureStepStartTime": "1000-1000"}), True),
@@ -139,6 +147,11 @@ MATCHING = [
      query(sps={"ScheduledProcedureStepStartDate": "-20261202", "ScheduledProcedureStepStartTime": "-0800"}), True),
     ("combined to, earlier",
      query(sps={"ScheduledProcedureStepStartDate": "-20261201", "ScheduledProcedureStepStartTime": "-0929"}), False),
+    ("combined closed to the end of time",
+     query(sps={"ScheduledProcedureStepStartDate": "20261201-99991231",
+                "ScheduledProcedureStepStartTime": "0900-2359"}), True),
+    ("combined to, the end of time",
+     query(sps={"ScheduledProcedureStepStartDate": "-99991231", "ScheduledProcedureStepStartTime": "-2359"}), True),
     ("different forms match separately",
      query(sps={"ScheduledProcedureStepStartDate": "20261201-20261201", "ScheduledProcedureStepStartTime": "1000-"}), False),
     ("single date with time range",
@@ -497,6 +510,10 @@ PLANS = [
      QueryPlan(date_from=D(2026, 12, 1), date_to=D(2026, 12, 7))),
     ("date from", query(sps={"ScheduledProcedureStepStartDate": "20261201-"}), QueryPlan(date_from=D(2026, 12, 1))),
     ("date to", query(sps={"ScheduledProcedureStepStartDate": "-20261207"}), QueryPlan(date_to=D(2026, 12, 7))),
+    ("date to the end of time", query(sps={"ScheduledProcedureStepStartDate": "20261201-99991231"}),
+     QueryPlan(date_from=D(2026, 12, 1), date_to=D(9999, 12, 31))),
+    ("date from the first day", query(sps={"ScheduledProcedureStepStartDate": "00010101-"}),
+     QueryPlan(date_from=D(1, 1, 1))),
     ("names and times are not planned", query(PatientName="DOE^JANE", sps={"ScheduledProcedureStepStartTime": "0900-1000"}),
      QueryPlan()),
     ("spaces trimmed", query(sps={"ScheduledStationAETitle": " MR1 "}), QueryPlan(station_ae="MR1")),
@@ -547,3 +564,152 @@ def test_matching_keys_give_the_same_answer(identifier, expected):
     from worklist.mwl import matching_keys
 
     assert matches(matching_keys(identifier), ITEM) is expected
+
+
+@pytest.mark.parametrize("dates, bounds", [
+    ("20261201-99991231", 1), ("-99991231", 0), ("99991231", 1), ("00010101-", 1), ("00010101-99991231", 1),
+    ("20261201-20261207", 2),
+])
+def test_plan_conditions_take_the_first_and_last_days(dates, bounds):
+    """A range to 99991231 has no day after it: it is open ended, not an OverflowError (PS3.4 C.2.2.2.5.1)."""
+    from worklist.query import plan_conditions
+
+    assert len(plan_conditions(plan_query(query(sps={"ScheduledProcedureStepStartDate": dates})))) == bounds
+
+
+def test_a_long_uid_list_is_matched_in_memory_not_planned():
+    from worklist.mwl import PLANNED_UIDS
+
+    uids = [f"1.2.9.{i}" for i in range(PLANNED_UIDS)] + ["1.2.840.99.1001"]
+    identifier = query(StudyInstanceUID=uids)
+    assert plan_query(identifier).study_instance_uids == ()
+    assert matches(identifier, ITEM)
+    assert plan_query(query(StudyInstanceUID=uids[-PLANNED_UIDS:])).study_instance_uids == tuple(uids[-PLANNED_UIDS:])
+
+
+# --- wild cards without backtracking (PS3.4 C.2.2.2.4) --------------------------------
+
+
+def reference_match(pattern: str, text: str) -> bool:
+    """Wild card matching by dynamic programming over (pattern, text) prefixes: slow but plainly right."""
+    row = [True] + [False] * len(text)  # row[j]: pattern[:i] matches text[:j]
+    for p in pattern:
+        if p == "*":
+            for j in range(1, len(text) + 1):
+                row[j] = row[j] or row[j - 1]
+        else:
+            row = [False] + [row[j - 1] and (p == "?" or p == text[j - 1]) for j in range(1, len(text) + 1)]
+    return row[-1]
+
+
+def test_wildcards_agree_with_the_reference_on_every_short_pattern():
+    import itertools
+
+    from worklist.mwl_match import wildcard_matches
+
+    texts = ["", "a", "b", "ab", "ba", "aab", "abab", "bbaa", "aaaa", "abba"]
+    for size in range(6):
+        for chars in itertools.product("ab*?", repeat=size):
+            pattern = "".join(chars)
+            for text in texts:
+                assert wildcard_matches(pattern, text) is reference_match(pattern, text), (pattern, text)
+
+
+def test_wildcards_agree_with_the_reference_on_random_patterns():
+    import random
+
+    from worklist.mwl_match import wildcard_matches
+
+    rng = random.Random(20261201)
+    for _ in range(3000):
+        pattern = "".join(rng.choice("abc*??**") for _ in range(rng.randint(0, 12)))
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 16)))
+        assert wildcard_matches(pattern, text) is reference_match(pattern, text), (pattern, text)
+
+
+@pytest.fixture
+def compared(monkeypatch) -> list[int]:
+    """The length of every segment the wild card matcher compares, one entry per comparison."""
+    from worklist import mwl_match
+
+    lengths: list[int] = []
+    fits = mwl_match._fits
+
+    def counted(segment: str, text: str, at: int) -> bool:
+        lengths.append(len(segment))
+        return fits(segment, text, at)
+
+    monkeypatch.setattr(mwl_match, "_fits", counted)
+    return lengths
+
+
+PATHOLOGICAL = [
+    ("***********?#", "MRI BRAIN WO AND W CONTRAST", False),  # 41 s with the regular expression
+    ("*" * 10_000 + "?#", "MRI BRAIN WO AND W CONTRAST", False),
+    ("*?" * 2_000 + "#", "a" * 4_000, False),
+    ("*a?" * 300 + "*b", "a" * 2_000, False),
+    ("*a?" * 300 + "*a", "a" * 2_000, True),
+    ("?" * 999 + "*a", "a" * 1_000, True),
+    ("a*" * 1_000 + "b", "a" * 2_000, False),
+    ("*a?b" * 50 + "*", "a" * 1_000 + "ab" * 100, False),
+    ("*" + "?" * 500 + "b*", "a" * 2_000, False),
+]
+
+
+@pytest.mark.parametrize("pattern, text, expected", PATHOLOGICAL, ids=[f"case {i}" for i in range(len(PATHOLOGICAL))])
+def test_wildcard_work_is_bounded_whatever_the_pattern(pattern, text, expected, compared):
+    """Counted, not timed: characters compared stay under (len(text) + 1) ** 2."""
+    from worklist.mwl_match import wildcard_matches
+
+    assert wildcard_matches(pattern, text) is expected
+    assert sum(compared) <= (len(text) + 1) ** 2
+
+
+def test_many_pathological_patterns_match_in_a_bounded_number_of_steps(compared):
+    """Every pattern of 12 characters made of * and ? and one #, against a 27-character value."""
+    import itertools
+
+    from worklist.mwl_match import text_matches
+
+    patterns = ["".join(chars) + "#" for chars in itertools.product("*?", repeat=12)]
+    assert not any(text_matches(p, "MRI BRAIN WO AND W CONTRAST") for p in patterns)
+    assert len(compared) <= len(patterns) * 2 * 28
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("*" * 11 + "?#", False), ("*" * 11 + "?E", True), ("D" + "*" * 5000 + "^" + "*" * 5000 + "E", True),
+    ("*" * 5000 + "?" * 4 + "^J*", False),
+])
+def test_pathological_person_names(name, expected, compared):
+    assert matches(query(PatientName=name), ITEM) is expected
+    assert len(compared) <= 100
+
+
+# --- long keys -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vr, text", [("DT", "-" * 1_000_000), ("DA", "2026" * 250_000), ("TM", "0" * 1_000_000)])
+def test_a_long_range_key_is_refused_without_splitting_or_caching_it(vr, text):
+    from worklist import mwl_match
+
+    before = mwl_match._parse_range.cache_info()
+    assert mwl_match.parse_range(vr, text) is None
+    assert mwl_match._parse_range.cache_info() == before  # nothing of it kept
+
+
+def test_a_valid_range_key_of_the_longest_form_parses():
+    from worklist.mwl_match import LONGEST_RANGE, parse_range
+
+    longest = "20261201093000.123456+0100 - 20261201103000.123456+0100"
+    assert len(longest) <= LONGEST_RANGE
+    assert parse_range("DT", longest).form == "closed"
+
+
+@pytest.mark.parametrize("identifier", [
+    query(PatientBirthDate="1" * 1_000_000), query(StudyInstanceUID="x" * 1_000_000),
+    query(sps={"Modality": "CT\\" + "M" * 1_000_000}), query(sps={"ScheduledProcedureStepStartTime": "9" * 1_000_000}),
+])
+def test_messages_quote_a_long_key_briefly(identifier):
+    with pytest.raises(InvalidQuery) as refused:
+        validate_query(identifier)
+    assert len(str(refused.value)) < 300

@@ -30,7 +30,7 @@ from worklist.mwl_item import build_item, describe
 from worklist.mwl_match import (
     NOT_MATCHED, NUMERIC_VRS, RANGE_HINT, RANGE_VRS, UNMATCHABLE_VRS, WILDCARD_VRS, InvalidQuery, build_response,
     has_wildcard, key_vr, matches, matching_keys, mismatched_key, name_of, parse_range, person_name_matches,
-    skipped, values_of,
+    shown, skipped, values_of,
 )
 
 __all__ = [
@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 _UID_CHARS = frozenset("0123456789.")
+#: Longest list of Study Instance UIDs the lookup takes; a longer list is matched in memory
+#: only (a database takes a bounded number of parameters: SQLite 250,000, PostgreSQL 65,535).
+PLANNED_UIDS = 1000
 #: Python types pydicom gives the values of string VRs (dates when datetime_conversion is on).
 _TEXT_TYPES = {vr: (str, PersonName) for vr in WILDCARD_VRS | {"AS", "UI"}}
 _TEXT_TYPES.update({vr: (str, dt.date, dt.time) for vr in RANGE_VRS})
@@ -86,7 +89,7 @@ def _value_problems(elem, where: str) -> Iterator[str]:
     if not values:
         return
     if len(values) > 1 and vr != "UI":
-        listed = "\\".join(values)
+        listed = shown("\\".join(values))
         yield (f"{where} has {len(values)} values ({listed}); only UID keys take a list "
                "(PS3.4 C.2.2.2.2): send one value, or a wild card")
         return
@@ -96,19 +99,19 @@ def _value_problems(elem, where: str) -> Iterator[str]:
     elif vr == "UI":
         bad = [v for v in values if not set(v) <= _UID_CHARS]
         if bad:
-            yield (f"{where} '{bad[0]}' is not a UID (digits and dots only); wild cards are not "
+            yield (f"{where} '{shown(bad[0])}' is not a UID (digits and dots only); wild cards are not "
                    "allowed in UID keys, send the full UID or a list of UIDs separated by \\")
     elif vr in RANGE_VRS:
         found = parse_range(vr, text)
         if found is None:
-            yield f"{where} '{text}' is not a valid {vr} key; use {RANGE_HINT[vr]}"
+            yield f"{where} '{shown(text)}' is not a valid {vr} key; use {RANGE_HINT[vr]}"
         elif found.reversed and vr != "TM":
-            yield f"{where} '{text}' starts after it ends; put the earlier {vr} first"
+            yield f"{where} '{shown(text)}' starts after it ends; put the earlier {vr} first"
     elif vr in NUMERIC_VRS:
         try:
             float(text)
         except ValueError:
-            yield f"{where} '{text}' is not a number; send a number or leave it empty"
+            yield f"{where} '{shown(text)}' is not a number; send a number or leave it empty"
 
 
 def validate_query(query: Dataset) -> None:
@@ -144,7 +147,8 @@ class QueryPlan:
     - ``date_from``, ``date_to``: inclusive bounds on the scheduled date, from
       Scheduled Procedure Step Start Date; either may be None (open);
     - ``accession_number``, ``patient_id``: exact;
-    - ``study_instance_uids``: any of these (empty: no constraint);
+    - ``study_instance_uids``: any of these (empty: no constraint; a list longer
+      than :data:`PLANNED_UIDS` is left to the matcher);
     - ``requested_procedure_id``: exact, but an order without one answers with
       its accession number (build_item), so look up
       ``requested_procedure_id = X or (requested_procedure_id = '' and
@@ -170,6 +174,12 @@ def _exact(ds: Dataset, keyword: str) -> str | None:
     return values[0]
 
 
+def _planned_uids(query: Dataset) -> tuple[str, ...]:
+    """The Study Instance UID list (PS3.4 C.2.2.2.2) for the lookup; () when empty or too long to plan."""
+    uids = values_of(query.get(tag_for_keyword("StudyInstanceUID")))
+    return tuple(uids) if len(uids) <= PLANNED_UIDS else ()
+
+
 def plan_query(query: Dataset) -> QueryPlan:
     """The database constraints of a C-FIND identifier; validates it first (InvalidQuery).
 
@@ -190,6 +200,6 @@ def plan_query(query: Dataset) -> QueryPlan:
         date_to=dates.high if dates else None,
         accession_number=_exact(query, "AccessionNumber"),
         patient_id=_exact(query, "PatientID"),
-        study_instance_uids=tuple(values_of(query.get(tag_for_keyword("StudyInstanceUID")))),
+        study_instance_uids=_planned_uids(query),
         requested_procedure_id=_exact(query, "RequestedProcedureID"),
     )

@@ -136,7 +136,7 @@ def single_value(elem: DataElement, where: str) -> str:
     """The one value of a non-UID key; several values are refused (PS3.4 C.2.2.2.8 note 4)."""
     values = values_of(elem)
     if len(values) > 1:
-        listed = "\\".join(values)
+        listed = shown("\\".join(values))
         raise InvalidQuery(
             f"{where} has {len(values)} values ({listed}); only UID keys take a list "
             "(PS3.4 C.2.2.2.2): send one value, or a wild card such as MR*"
@@ -144,11 +144,20 @@ def single_value(elem: DataElement, where: str) -> str:
     return values[0] if values else ""
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """``text`` as a message quotes it: cut to ``limit`` characters, since a key may be megabytes long."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def has_wildcard(text: str) -> bool:
     return "*" in text or "?" in text
 
 
 # --- ranges of DA, TM and DT ----------------------------------------------------------
+
+#: The longest DA, TM or DT key, spaces around the ``-`` included: PS3.5 Table 6.2-1
+#: allows 18, 28 and 54 bytes for range matching keys of DA, TM and DT.
+LONGEST_RANGE = 64
 
 _DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
 _TM = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")
@@ -213,15 +222,21 @@ class Range:
         return self.low is not None and self.high is not None and self.low > self.high
 
 
-@functools.lru_cache(maxsize=512)
 def parse_range(vr: str, text: str) -> Range | None:
     """Parse a DA, TM or DT key (PS3.4 C.2.2.2.5); None when it is not one.
 
     A DT key is one value when the whole text is a DT (its ``-`` is then an
     offset from UTC), else it is split at the first ``-`` that leaves two valid
-    ends.
+    ends. Text longer than :data:`LONGEST_RANGE` is no range: it is refused
+    before any splitting (trying every ``-`` of a long key is quadratic) and
+    before the cache (which would keep it).
     """
     text = text.strip()
+    return _parse_range(vr, text) if len(text) <= LONGEST_RANGE else None
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_range(vr: str, text: str) -> Range | None:
     if _parse_point(vr, text) is not None:
         return Range(_parse_point(vr, text), _parse_point(vr, text, ceil=True), "single")
     cuts = [i for i, ch in enumerate(text) if ch == "-"]
@@ -243,7 +258,7 @@ def range_of(elem: DataElement, where: str) -> Range:
     vr, text = key_vr(elem), single_value(elem, where)
     found = parse_range(vr, text)
     if found is None:
-        raise InvalidQuery(f"{where} '{text}' is not a valid {vr} key; use {RANGE_HINT[vr]}")
+        raise InvalidQuery(f"{where} '{shown(text)}' is not a valid {vr} key; use {RANGE_HINT[vr]}")
     return found
 
 
@@ -256,15 +271,58 @@ def fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
-@functools.lru_cache(maxsize=512)
-def _wildcard_regex(pattern: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
+def _fits(segment: str, text: str, at: int) -> bool:
+    """True when ``segment`` (``?``: any one character, no ``*``) equals ``text`` at index ``at``."""
+    if at < 0 or at + len(segment) > len(text):
+        return False
+    if "?" not in segment:
+        return text.startswith(segment, at)
+    return all(s == "?" or s == t for s, t in zip(segment, text[at:at + len(segment)]))
+
+
+def _find(segment: str, text: str, start: int, end: int) -> int:
+    """The first index in ``text[start:end]`` where ``segment`` fits wholly inside it, else -1."""
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    for at in range(start, end - len(segment) + 1):
+        if _fits(segment, text, at):
+            return at
+    return -1
+
+
+def wildcard_matches(pattern: str, text: str) -> bool:
+    """Wild card matching (PS3.4 C.2.2.2.4): ``*`` any run of characters, ``?`` any one.
+
+    No regular expression and no backtracking: the pattern is split at its ``*``
+    runs into segments; the first must start ``text``, the last must end it, and
+    each one between is taken at its leftmost place after the one before (the
+    leftmost place never loses a match that a later one would find). A pattern
+    with more fixed characters than ``text`` fails at once, so the segments
+    hold at most ``len(text)`` characters together and each is tried at most
+    ``len(text)`` times: O(len(pattern) + len(text)**2) whatever the pattern,
+    linear in the key (which the SCU controls).
+    """
+    if "*" not in pattern:
+        return len(pattern) == len(text) and _fits(pattern, text, 0)
+    if len(pattern) - pattern.count("*") > len(text):
+        return False
+    head, *middle, tail = pattern.split("*")
+    if not (_fits(head, text, 0) and _fits(tail, text, len(text) - len(tail))):
+        return False
+    at, end = len(head), len(text) - len(tail)
+    for segment in middle:
+        if segment:
+            found = _find(segment, text, at, end)
+            if found < 0:
+                return False
+            at = found + len(segment)
+    return True
 
 
 def text_matches(key: str, stored: str) -> bool:
     """Single value or wild card matching of one text value (PS3.4 C.2.2.2.1, C.2.2.2.4)."""
     if has_wildcard(key):
-        return _wildcard_regex(key).fullmatch(stored) is not None
+        return wildcard_matches(key, stored)
     return key == stored
 
 
@@ -334,7 +392,7 @@ def element_matches(key: DataElement, stored: DataElement | None, where: str = "
         try:
             return any(float(v) == float(text) for v in stored_values)
         except ValueError:
-            raise InvalidQuery(f"{where} '{text}' is not a number; send a number or leave it empty") from None
+            raise InvalidQuery(f"{where} '{shown(text)}' is not a number; send a number or leave it empty") from None
     return any(text_matches(text, v) if vr in WILDCARD_VRS else text == v for v in stored_values)
 
 

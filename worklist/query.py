@@ -10,6 +10,9 @@ caller stops iterating) stops the work.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import math
+import threading
 from collections import OrderedDict
 from typing import Callable, Hashable, Iterator
 
@@ -27,6 +30,14 @@ from worklist.policy import PayerPolicy
 CHUNK = 200
 #: Items and responses kept for reuse: consoles poll with the same identifier again and again.
 CACHE_SIZE = 4096
+#: Estimated bytes (:func:`_weight`) the cached responses hold at most, all together.
+RESPONSE_CACHE_BYTES = 32 * 1024 * 1024
+#: Identifiers heavier than this (:func:`_weight`) have their responses built afresh and never
+#: cached: a console's identifier weighs a few KiB, and a large one must not pin megabytes
+#: or push the consoles' answers out.
+CACHED_IDENTIFIER_BYTES = 64 * 1024
+#: Bytes an element costs beyond its value's characters: about what pydicom spends on one.
+ELEMENT_BYTES = 200
 
 
 class WorklistQuery:
@@ -39,7 +50,7 @@ class WorklistQuery:
         self.auth_attribute = auth_attribute
         self.restrict_unnamed_station_to_caller = restrict_unnamed_station_to_caller
         self._items = _Cache(CACHE_SIZE)
-        self._responses = _Cache(CACHE_SIZE)
+        self._responses = _Cache(CACHE_SIZE, max_bytes=RESPONSE_CACHE_BYTES, weigh=_weight)
 
     def find(self, query: Dataset, calling_ae: str = "") -> Iterator[Dataset]:
         """One response identifier per served order that matches ``query``.
@@ -55,7 +66,7 @@ class WorklistQuery:
     def _responses_for(self, query: Dataset, plan: QueryPlan, only_station: str | None) -> Iterator[Dataset]:
         today = self.clock().date()
         keys = matching_keys(query)
-        asked = _signature(query)
+        asked = _fingerprint(query)
         chunk: list[Order] = []
         for order in records.served_candidates(plan_conditions(plan, only_station)):
             chunk.append(order)
@@ -71,8 +82,17 @@ class WorklistQuery:
                 continue
             item = self._item(order, decision.auth_number)
             if matches(keys, item):
-                yield self._responses.get((asked, order, decision.auth_number),
-                                          lambda: build_response(query, item))
+                yield self._response(query, asked, order, decision.auth_number, item)
+
+    def _response(self, query: Dataset, asked: bytes | None, order: Order, auth_number: str | None,
+                  item: Dataset) -> Dataset:
+        """The response identifier for one matching item (PS3.4 K.4.1.1.3.2), reused for the same identifier.
+
+        ``asked`` is the identifier's fingerprint; None (too heavy to cache) builds it afresh.
+        """
+        if asked is None:
+            return build_response(query, item)
+        return self._responses.get((asked, order, auth_number), lambda: build_response(query, item))
 
     def _item(self, order: Order, auth_number: str | None) -> Dataset:
         """The worklist item of a served order, built once per version of the order.
@@ -94,7 +114,7 @@ def plan_conditions(plan: QueryPlan, only_station: str | None = None) -> list[pw
         conditions.append(OrderRow.modality == plan.modality)
     if plan.date_from:
         conditions.append(OrderRow.scheduled_start >= dt.datetime.combine(plan.date_from, dt.time.min))
-    if plan.date_to:
+    if plan.date_to and plan.date_to < dt.date.max:  # a range to 99991231 has no end (PS3.4 C.2.2.2.5.1)
         conditions.append(OrderRow.scheduled_start < dt.datetime.combine(plan.date_to + dt.timedelta(days=1), dt.time.min))
     if plan.accession_number:
         conditions.append(OrderRow.accession_number == plan.accession_number)
@@ -117,33 +137,68 @@ def _names_no_station(query: Dataset) -> bool:
     return station in ("", "*")
 
 
-def _signature(ds: Dataset) -> tuple:
-    """A hashable signature of an identifier's keys and values."""
-    return tuple(
-        (elem.tag, elem.VR, tuple(_signature(i) for i in elem.value) if elem.VR == "SQ" else str(elem.value))
-        for elem in ds
-    )
+def _weight(ds: Dataset) -> int:
+    """Estimated bytes of a dataset in memory: :data:`ELEMENT_BYTES` per element plus its value's characters."""
+    return sum(ELEMENT_BYTES + (sum(_weight(i) for i in e.value) if e.VR == "SQ" else len(str(e.value))) for e in ds)
+
+
+def _fingerprint(ds: Dataset) -> bytes | None:
+    """The cache key of an identifier: a SHA-256 digest of its keys and values (32 bytes,
+    however large the identifier); None when it weighs more than :data:`CACHED_IDENTIFIER_BYTES`."""
+    if _weight(ds) > CACHED_IDENTIFIER_BYTES:
+        return None
+    digest = hashlib.sha256()
+    _feed(digest, ds)
+    return digest.digest()
+
+
+def _feed(digest, ds: Dataset) -> None:
+    """Every key's tag, VR and value into ``digest``, each length-prefixed or delimited so that
+    no two identifiers feed the same bytes."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            digest.update(b"S%08x%d[" % (elem.tag, len(elem.value)))
+            for item in elem.value:
+                _feed(digest, item)
+                digest.update(b"]")
+        else:
+            text = str(elem.value).encode("utf-8", "surrogatepass")
+            digest.update(b"E%08x%s%d:" % (elem.tag, elem.VR.encode("ascii", "replace"), len(text)))
+            digest.update(text)
 
 
 class _Cache:
-    """A small least-recently-used map; thread-safe enough for CPython (a lost entry is rebuilt)."""
+    """A least-recently-used map bounded by its number of entries and by their weight.
 
-    def __init__(self, size: int) -> None:
+    ``weigh`` estimates an entry's bytes; without it only the count bounds the map. A
+    lock keeps the count and the weight right across association threads; values are
+    built outside it (two threads may build the same one; the last stays).
+    """
+
+    def __init__(self, size: int, *, max_bytes: float = math.inf,
+                 weigh: Callable[[Dataset], int] = lambda value: 0) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.weigh = weigh
+        self.bytes = 0
         self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, key: Hashable, build: Callable[[], Dataset]) -> Dataset:
-        try:
-            value = self._entries[key]
-            self._entries.move_to_end(key)
-            return value
-        except KeyError:
-            pass
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
         value = build()
-        self._entries[key] = value
-        while len(self._entries) > self.size:
-            try:
-                self._entries.popitem(last=False)
-            except KeyError:
-                break
+        weight = self.weigh(value)
+        with self._lock:
+            replaced = self._entries.pop(key, None)
+            self.bytes += weight - (replaced[1] if replaced else 0)
+            self._entries[key] = (value, weight)
+            while self._entries and (len(self._entries) > self.size or self.bytes > self.max_bytes):
+                self.bytes -= self._entries.popitem(last=False)[1][1]
         return value
