@@ -143,6 +143,10 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         policy = parse_policy(raw.get("payers", {}))
     except InvalidInput as exc:
         raise SettingsError(f"{path}: [payers] {exc}") from None
+    for key in ("server.max_associations", "server.associate_timeout", "server.network_timeout"):
+        if values[key] < 1:
+            raise SettingsError(f"{path}: {key} must be at least 1, not {values[key]}; 0 would refuse every "
+                                f"association or drop every connection.")
     if not 1 <= values["server.port"] <= 65535:
         raise SettingsError(f"{path}: server.port is {values['server.port']}; a TCP port is 1 to 65535 "
                             f"(11112 is the usual unprivileged DICOM port).")

@@ -220,6 +220,28 @@ class Archive:
 
     # -- writing ------------------------------------------------------------------------
 
+    def check_room(self, min_free_mb: int) -> None:
+        """Refuse a new instance when the storage volume is below its free-space reserve.
+
+        Raises :class:`~infra.errors.OutOfResources` when fewer than ``min_free_mb`` MiB are
+        free for the gatekeeper's user on the volume of the storage root (``os.statvfs``:
+        blocks available to unprivileged users), so a C-STORE is refused with 0xA700 before
+        anything is written and the volume never fills up. ``min_free_mb`` of 0 or less
+        checks nothing. When the volume cannot be asked, the write itself will tell.
+        """
+        if min_free_mb <= 0:
+            return
+        try:
+            stats = os.statvfs(self.root)
+        except OSError:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        if free < min_free_mb * 1024 * 1024:
+            raise OutOfResources(
+                f"the storage volume of {self.root} has {free // (1024 * 1024)} MiB free, below its reserve of "
+                f"{min_free_mb} MiB (storage.min_free_mb); nothing was written. Free space on the volume; "
+                "the sender will retry.")
+
     def new_incoming(self) -> Path:
         """A fresh, empty file in this process's incoming folder for the caller to write into.
 

@@ -38,6 +38,7 @@ from infra.clock import Clock
 from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.archive import RESOURCE_ERRNOS, WRITE_ERRORS, Archive, StoredFile, unlink_quietly
 from store.header import InstanceHeader, read_header
+from store.integrity import check_whole
 from store.index import Index, IndexedInstance
 from store.placement import TREE_OF, Placement
 from store.reconcile import Reconciliation, accession_of, reconcile, study_state
@@ -149,8 +150,11 @@ class Receiving:
         A file directly in this process's incoming folder is consumed: renamed into place,
         or deleted when it cannot be filed. Any other file is copied first and left alone.
         ``sop_class_uid`` and ``sop_instance_uid``, when given, are those of the C-STORE
-        request, and the dataset must carry the same. Returns once the file is durable and
-        indexed; raises :class:`~store.header.UnreadableInstance`, :class:`DatasetMismatch`,
+        request, and the dataset must carry the same. A dataset that is not whole under its
+        transfer syntax (truncated, mis-encoded, pixel data short: :mod:`store.integrity`) is
+        refused before anything else reads it. Returns once the file is durable and
+        indexed; raises :class:`~store.header.UnreadableInstance` (or its
+        :class:`~store.integrity.IncompleteInstance`), :class:`DatasetMismatch`,
         :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
         """
         source = Path(path)
@@ -158,6 +162,7 @@ class Receiving:
             source = self._copy_in(source)
         try:
             try:
+                check_whole(source)  # the whole dataset, under its syntax, before anything else reads it
                 header = read_header(source)
             except OSError as exc:
                 raise _os_failure(exc, f"could not read the received file {source.name}") from exc

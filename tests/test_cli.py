@@ -148,3 +148,11 @@ def test_held_list_marks_a_reopened_study(app, run, tmp_path):
     assert "(reopened: was archived)" in out
     code, out, _ = run("held", "list", "--json")
     assert json.loads(out)["held"][0]["reopened"] is True
+
+
+@pytest.mark.parametrize("key", ["max_associations", "associate_timeout", "network_timeout"])
+def test_server_limits_of_zero_are_settings_errors(tmp_path, capsys, key):
+    path = tmp_path / "settings.toml"
+    path.write_text(f"[server]\n{key} = 0\n")
+    assert main(["--config", str(path), "worklist"]) == 2
+    assert f"server.{key} must be at least 1" in capsys.readouterr().err

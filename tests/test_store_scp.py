@@ -100,7 +100,8 @@ def test_a_wrong_birth_date_holds_the_study_with_its_code(app, gateway, caplog):
     assert StudyRow.get().state == HELD
     assert [(f.code, f.instance_value, f.order_value) for f in FindingRow.select()] == [
         ("BIRTH_DATE_MISMATCH", "19800302", "19800203")]
-    line = next(r.getMessage() for r in caplog.records if bad.SOPInstanceUID in r.getMessage())
+    line = next(r.getMessage() for r in caplog.records
+                if bad.SOPInstanceUID in r.getMessage() and r.getMessage().startswith("C-STORE from"))
     assert line.startswith("C-STORE from MR1: instance " + bad.SOPInstanceUID + ", accession ACC1001, held (BIRTH_DATE_MISMATCH)")
     assert "status 0x0000" in line and line.endswith(" ms")
     info = "\n".join(r.getMessage() for r in caplog.records if r.levelno <= logging.INFO)
@@ -175,7 +176,7 @@ JPEG_FRAME = b"\xff\xd8\xff\xe0 not really a JPEG, stored as received \xff\xd9"
 
 @pytest.mark.parametrize("syntax", [
     ts.JPEGBaseline8Bit, ts.JPEGLosslessSV1, ts.JPEGLSLossless, ts.JPEG2000Lossless, ts.RLELossless,
-    ts.DeflatedExplicitVRLittleEndian, ts.ImplicitVRLittleEndian, ts.ExplicitVRBigEndian,
+    ts.ImplicitVRLittleEndian, ts.ExplicitVRBigEndian,  # Deflated is refused: test_deflated_is_refused_...
 ])
 def test_every_transfer_syntax_is_stored_byte_for_byte(app, gateway, tmp_path, monkeypatch, syntax):
     ds = instance(transfer_syntax_uid=syntax)
@@ -290,3 +291,247 @@ def test_an_aborted_transfer_leaves_no_partial_file(app, gateway):
         assert time.monotonic() < deadline, f"partial file left: {list(incoming.iterdir())}"
         time.sleep(0.05)
     assert InstanceRow.select().count() == 0 and files(app, "archive") == []
+
+
+# -- Deflated Explicit VR Little Endian is refused on every context (gateway/dicom/syntaxes.py) --
+
+import zlib  # noqa: E402
+
+from pydicom.filewriter import write_file_meta_info  # noqa: E402
+from pynetdicom.dsutils import encode  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    ModalityPerformedProcedureStep, ModalityWorklistInformationFind, StorageCommitmentPushModel,
+)
+
+from gateway.dicom import tuning  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def deflate_bomb(path: Path, inflated_mib: int) -> Path:
+    """A Deflated Explicit VR Little Endian Part 10 file whose dataset inflates to ``inflated_mib`` MiB.
+
+    An MR image of zeros: the deflated dataset is about a thousandth of its inflated size.
+    """
+    side = int((inflated_mib * MiB // 2) ** 0.5)
+    ds = instance(Rows=side, Columns=side, PixelData=None, transfer_syntax_uid=ts.DeflatedExplicitVRLittleEndian)
+    header = encode(ds, False, True)
+    pixels = side * side * 2
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(f, ds.file_meta)
+        f.write(squeeze.compress(header + b"\xe0\x7f\x10\x00OW\0\0" + pixels.to_bytes(4, "little")))
+        zeros = bytes(MiB)
+        for start in range(0, pixels, MiB):
+            f.write(squeeze.compress(zeros[: min(MiB, pixels - start)]))
+        f.write(squeeze.flush())
+    return path
+
+
+def test_a_deflate_bomb_cannot_be_sent(app, gateway, tmp_path, monkeypatch):
+    """A 16 KiB C-STORE that inflates to 16 MiB (1 MB to 1 GiB in the field): no context takes it."""
+    bomb = deflate_bomb(tmp_path / "bomb.dcm", 16)
+    assert bomb.stat().st_size < 64 * 1024
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(MRImageStorage, [ts.DeflatedExplicitVRLittleEndian])
+    ae.add_requested_context(Verification, [ts.ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", gateway.port, ae_title=gateway.ae_title)
+    assert assoc.is_established
+    try:
+        assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [Verification]
+        with pytest.raises(ValueError, match="presentation context"):
+            assoc.send_c_store(bomb)
+    finally:
+        assoc.release()
+    assert InstanceRow.select().count() == 0 and files(app, "archive") == files(app, "held") == []
+
+
+def test_a_sender_offering_deflated_and_uncompressed_gets_uncompressed(gateway):
+    with Modality(gateway, ts.DeflatedExplicitVRLittleEndian, ts.ExplicitVRLittleEndian) as mr:
+        assert mr.assoc.accepted_contexts[0].transfer_syntax[0] == ts.ExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize("sop_class", [
+    ModalityWorklistInformationFind, ModalityPerformedProcedureStep, StorageCommitmentPushModel,
+    Verification,
+])
+def test_no_other_service_accepts_deflated(server, sop_class):
+    """A C-FIND identifier, an MPPS or commitment dataset could be a deflate bomb too."""
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(sop_class, [ts.DeflatedExplicitVRLittleEndian])
+    ae.add_requested_context(MRImageStorage, [ts.ExplicitVRLittleEndian])  # so that the association is made
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
+    assert assoc.is_established
+    try:
+        assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [MRImageStorage]
+    finally:
+        assoc.release()
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(sop_class, [ts.DeflatedExplicitVRLittleEndian, ts.ImplicitVRLittleEndian,
+                                         ts.ExplicitVRBigEndian, ts.ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
+    try:
+        assert assoc.accepted_contexts[0].transfer_syntax[0] == ts.ExplicitVRLittleEndian
+    finally:
+        assoc.release()
+
+
+# -- the free-space reserve, and a volume that fills while a dataset arrives (storage.min_free_mb) --
+
+
+def statvfs_with_free(free_bytes: int):
+    """``os.statvfs`` as on a volume with ``free_bytes`` available."""
+    real = os.statvfs
+
+    def statvfs(path):
+        s = real(path)
+        blocks = free_bytes // s.f_frsize
+        return os.statvfs_result((s.f_bsize, s.f_frsize, s.f_blocks, blocks, blocks, s.f_files, s.f_ffree,
+                                  s.f_favail, s.f_flag, s.f_namemax))
+
+    return statvfs
+
+
+class FillsUp:
+    """A received file on a volume that is full after ``room`` more bytes (then every write fails)."""
+
+    def __init__(self, real, room: int, error: int = errno.ENOSPC):
+        self._real, self.room, self.error, self.written = real, room, error, 0
+        self.name = real.name
+
+    @property
+    def file(self):
+        return self
+
+    def write(self, data) -> int:
+        if self.written + len(data) > self.room:
+            raise OSError(self.error, os.strerror(self.error))
+        self.written += len(data)
+        return self._real.write(data)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def big_instance():
+    ds = instance(Rows=1024, Columns=1024)
+    ds.PixelData = os.urandom(2 * MiB)
+    return ds
+
+
+def nothing_kept(app) -> bool:
+    return (InstanceRow.select().count() == 0 and files(app, "archive") == files(app, "held") == []
+            and list(app.store.archive.incoming.iterdir()) == [])
+
+
+def test_below_the_free_space_reserve_a_store_is_refused_before_anything_is_written(app, gateway, monkeypatch):
+    created = []
+    real_file = tuning._original_named_temporary_file
+
+    def counting(*args, **kwargs):
+        created.append(kwargs)
+        return real_file(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "_original_named_temporary_file", counting)
+    real_statvfs = os.statvfs
+    with Modality(gateway) as mr:
+        monkeypatch.setattr(os, "statvfs", statvfs_with_free(15 * MiB))  # the tests' reserve is 16 MiB
+        status = mr.assoc.send_c_store(big_instance())
+        assert status.Status == OUT_OF_RESOURCES and "full" in status.ErrorComment
+        assert created == [], "the dataset was written to disk although the reserve was reached"
+        assert nothing_kept(app)
+        monkeypatch.setattr(os, "statvfs", real_statvfs)  # space was freed: the sender's retry
+        assert mr.store(instance()) == SUCCESS
+    assert InstanceRow.select().count() == 1 and len(created) == 1
+
+
+def test_a_volume_that_fills_while_a_dataset_arrives_answers_out_of_resources(app, gateway, monkeypatch):
+    real_file = tuning._original_named_temporary_file
+    partial = []
+
+    def filling(*args, **kwargs):
+        f = FillsUp(real_file(*args, **kwargs), room=256 * 1024)
+        partial.append(Path(f.name))
+        return f
+
+    with Modality(gateway) as mr:
+        mr.assoc.dimse_timeout = 20  # the old code never answered: its receiving thread died
+        monkeypatch.setattr(tuning, "_original_named_temporary_file", filling)
+        status = mr.assoc.send_c_store(big_instance())
+        assert status and status.Status == OUT_OF_RESOURCES
+        assert partial and not partial[0].exists(), "the partial file was left in incoming/"
+        assert nothing_kept(app)
+        monkeypatch.setattr(tuning, "_original_named_temporary_file", real_file)
+        assert mr.store(instance()) == SUCCESS  # the association is still usable
+    assert InstanceRow.select().count() == 1
+
+
+def test_any_other_write_error_while_a_dataset_arrives_answers_and_leaves_nothing(app, gateway, monkeypatch):
+    real_file = tuning._original_named_temporary_file
+    monkeypatch.setattr(tuning, "_original_named_temporary_file",
+                        lambda *a, **k: FillsUp(real_file(*a, **k), room=100 * 1024, error=errno.EIO))
+    with Modality(gateway) as mr:
+        mr.assoc.dimse_timeout = 20
+        assert mr.store(big_instance()) == CANNOT_UNDERSTAND
+        assert nothing_kept(app)
+
+
+def test_a_file_that_cannot_be_created_answers_out_of_resources(app, gateway, monkeypatch):
+    def no_descriptors(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    with Modality(gateway) as mr:
+        mr.assoc.dimse_timeout = 20
+        monkeypatch.setattr(tuning, "_original_named_temporary_file", no_descriptors)
+        assert mr.store(instance()) == OUT_OF_RESOURCES
+        monkeypatch.undo()
+        assert mr.store(instance()) == SUCCESS
+    assert InstanceRow.select().count() == 1
+
+
+def test_the_pynetdicom_internals_the_received_file_relies_on():
+    """gateway/dicom/tuning.py _ReceivedFile: what pynetdicom and pydicom call on the file they are given."""
+    import inspect
+    import re
+
+    from pydicom import filewriter
+    from pynetdicom import dimse_messages, service_class
+
+    decode = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert set(re.findall(r"_data_set_file\.(\w+)", decode)) <= {"write", "file", "name"}
+    assert set(re.findall(r"_data_set_file\.file\.(\w+)", decode)) <= {"flush"}
+    assert "write_file_meta_info(\n                            self._data_set_file" in decode
+    assert set(re.findall(r"\bfp\.(\w+)", inspect.getsource(filewriter.write_file_meta_info))) == {"write"}
+    assert "primitive._dataset_file = self._data_set_file" in inspect.getsource(
+        dimse_messages.DIMSEMessage.message_to_primitive)
+    scp = inspect.getsource(service_class.StorageServiceClass.SCP)
+    assert set(re.findall(r"_dataset_file\.(\w+)", scp)) <= {"close", "name"}
+    assert scp.index("evt.EVT_C_STORE") < scp.index("req._dataset_file.close()")
+
+
+@pytest.mark.e2e
+def test_storescu_below_the_reserve_gets_out_of_resources(tmp_path):
+    import subprocess
+
+    from tests.e2e import Gateway, dcmtk
+
+    storescu = dcmtk("storescu")
+    gw = Gateway(tmp_path)
+    gw.settings.write_text(gw.settings.read_text().replace("min_free_mb = 16", "min_free_mb = 1000000000"))
+    gw.start()
+    try:
+        sent = write_instance(tmp_path / "mr.dcm", instance())
+        result = subprocess.run([storescu, "-v", "-aet", "MR1", "-aec", "GATEKEEPER", "127.0.0.1", str(gw.port), str(sent)],
+                                capture_output=True, text=True, timeout=60)
+        output = result.stdout + result.stderr
+        assert "Received Store Response (Refused: OutOfResources)" in output, output
+        assert "Releasing Association" in output and "abort" not in output.lower(), output
+        assert not list((gw.folder / "var" / "store").rglob("*.dcm"))
+        assert "MiB free, below its reserve" in gw.log()
+    finally:
+        assert gw.stop() == 0, gw.log()

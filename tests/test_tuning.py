@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import logging
 
 from pydicom.uid import UID
-from pynetdicom import AE, _config, dimse_messages, transport
+from pynetdicom import AE, _config, acse, association, dimse_messages, dul, fsm, transport
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from gateway.dicom import tuning
@@ -68,3 +69,44 @@ def test_no_patient_data_in_pynetdicom_debug_log(app, server, caplog):
     assert [str(d.PatientName) for d in found] == ["DOE^JANE^Q"]
     assert caplog.records, "pynetdicom logged nothing at DEBUG"
     assert not any("DOE" in r.getMessage() or "MRN5001" in r.getMessage() for r in caplog.records)
+
+
+def test_the_pdu_reader_replaced_by_change_5_is_unchanged():
+    # tuning._read_pdu_data is pynetdicom 3.0.4's reader with bounds added: port any change.
+    source = inspect.getsource(tuning._original_read_pdu_data)
+    assert hashlib.sha256(source.encode()).hexdigest() == (
+        "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b"
+    ), "pynetdicom changed DULServiceProvider._read_pdu_data; port it to tuning._read_pdu_data"
+    assert "self._read_pdu_data()" in inspect.getsource(dul.DULServiceProvider._is_transport_event)
+    tuning.apply()
+    assert dul.DULServiceProvider._read_pdu_data is tuning._read_pdu_data
+
+
+def test_artim_bounds_the_wait_for_an_a_associate_rq():
+    # The guard sets acse_timeout when the connection opens; pynetdicom makes it the ARTIM
+    # timer, started by AE-5 (connection), stopped by AE-6 (A-ASSOCIATE-RQ); on expiry in
+    # Sta2 the reactor closes the connection (Evt18, AA-2). Change 5 reads within ARTIM.
+    assert "self.dul.artim_timer.timeout = value" in inspect.getsource(association.Association)
+    assert "dul.artim_timer.start()" in inspect.getsource(fsm.AE_5)
+    assert "dul.artim_timer.stop()" in inspect.getsource(fsm.AE_6)
+    assert fsm.TRANSITION_TABLE[("Evt18", "Sta2")] == "AA-2"
+    assert 'self.event_queue.put("Evt18")' in inspect.getsource(dul.DULServiceProvider.run_reactor)
+    handle = inspect.getsource(transport.RequestHandler.handle)
+    assert handle.index("EVT_CONN_OPEN") < handle.index("assoc.start()"), "EVT_CONN_OPEN no longer comes first"
+
+
+def test_a_rejection_from_evt_requested_is_honoured():
+    # guard.Guard rejects from its EVT_REQUESTED handler, as pynetdicom's own code does.
+    reactor = inspect.getsource(association.Association.run_reactor)
+    assert "receive_pdu(wait=True, timeout=self.acse_timeout)" in reactor
+    assert reactor.index("evt.EVT_REQUESTED") < reactor.index("if not self.is_aborted and not self.is_rejected:")
+    negotiate = inspect.getsource(acse.ACSE._negotiate_as_acceptor)
+    assert "self.send_reject(" in negotiate and "self.assoc.kill()" in negotiate
+
+
+def test_pynetdicom_counts_connections_against_maximum_associations():
+    # Why server.build_ae switches that count off (UNCOUNTED) and the guard counts instead.
+    negotiate = inspect.getsource(acse.ACSE._negotiate_as_acceptor)
+    assert "len(active_acceptors) > self.assoc.ae.maximum_associations" in negotiate
+    # ... which counts every acceptor thread, whether it became an association or not.
+    assert "threading.enumerate()" in inspect.getsource(AE.active_associations.fget)

@@ -37,6 +37,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 
 from gateway.app import App
 from gateway.dicom import status as st
+from gateway.dicom import syntaxes
 from gateway.settings import Peer
 from infra.errors import NotFound, NotSupported
 from store import commitment
@@ -61,7 +62,7 @@ _FAILURE_REASONS = {
 
 def add_to(ae, app) -> list:
     """Add the Storage Commitment Push Model SOP class (SCP role); return the N-ACTION handler."""
-    ae.add_supported_context(StorageCommitmentPushModel)
+    ae.add_supported_context(StorageCommitmentPushModel, syntaxes.NON_STORAGE)
     return [(evt.EVT_N_ACTION, on_n_action, [app])]
 
 
@@ -179,7 +180,7 @@ def _send_on_new_association(app: App, peer: Peer, event_type: int, info: Datase
     ae.acse_timeout = min(s.network_timeout, 30)
     ae.dimse_timeout = s.network_timeout
     ae.network_timeout = s.network_timeout
-    ae.add_requested_context(StorageCommitmentPushModel)
+    ae.add_requested_context(StorageCommitmentPushModel, syntaxes.NON_STORAGE)
     role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
     if not assoc.is_established:

@@ -25,6 +25,7 @@ from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from gateway.dicom import status as st
+from gateway.dicom import syntaxes
 from worklist.mpps import PerformedSeries, StepReport
 from worklist.steps import Steps
 
@@ -33,7 +34,7 @@ log = logging.getLogger("gateway.dicom.mpps")
 
 def add_to(ae, app) -> list:
     """Add the MPPS SOP class (SCP role); return the N-CREATE and N-SET handlers."""
-    ae.add_supported_context(ModalityPerformedProcedureStep)
+    ae.add_supported_context(ModalityPerformedProcedureStep, syntaxes.NON_STORAGE)
     return [(evt.EVT_N_CREATE, on_n_create, [app.steps]), (evt.EVT_N_SET, on_n_set, [app.steps])]
 
 

@@ -3,7 +3,9 @@
 Wiring only. Each service module (:mod:`.worklist`, :mod:`.storage`, :mod:`.mpps`,
 :mod:`.commitment`) adds its presentation contexts to the AE and returns its event
 handlers, bound to the use cases of the app; this module adds C-ECHO, association
-logging, TCP_NODELAY, the calling-AE allow list, the scheduled jobs and a clean shutdown.
+logging, TCP_NODELAY, the calling-AE allow list, admission control (:mod:`.guard`: limits
+on associations, in all and per address, and on the time to associate), the scheduled jobs
+and a clean shutdown.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway import jobs
 from gateway.app import App
-from gateway.dicom import commitment, mpps, storage, tuning, worklist
+from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from infra.db import redacted
 from infra.errors import GatekeeperError
@@ -30,8 +32,15 @@ log = logging.getLogger("gateway.dicom.server")
 #: The services the AE carries, each a module with ``add_to(ae, app) -> handlers``.
 SERVICES = (worklist, storage, mpps, commitment)
 
-#: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1).
+#: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
+#: longer one is refused with an A-ABORT (tuning.py, change 5).
 MAX_PDU_SIZE = 256 * 1024
+
+#: ``ae.maximum_associations``: more than pynetdicom can reach, so its own count never rejects.
+UNCOUNTED = 1 << 30
+
+#: Connections the kernel queues for the server to accept (listen(2) backlog).
+LISTEN_BACKLOG = 128
 
 
 def _on_echo(event) -> int:
@@ -65,8 +74,8 @@ def _on_ended(kind: str):
 
 def _on_rejected(event) -> None:
     requestor = event.assoc.requestor
-    log.warning("association rejected: calling %r from %s (not allowed or too many associations)",
-                requestor.ae_title, requestor.address)
+    why = guard.refusal(event.assoc) or "calling AE title not in server.allowed_calling_aets"
+    log.warning("association rejected: calling %r from %s: %s", requestor.ae_title, requestor.address, why)
 
 
 def build_ae(app: App) -> tuple[AE, list]:
@@ -78,7 +87,10 @@ def build_ae(app: App) -> tuple[AE, list]:
         # operation instead. Its warnings and errors still come through.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=s.ae_title)
-    ae.maximum_associations = s.max_associations
+    # pynetdicom counts every connection against this, even one that never sends an
+    # A-ASSOCIATE-RQ (and for acse_timeout after its peer left); the guard counts
+    # associations instead, against server.max_associations.
+    ae.maximum_associations = UNCOUNTED
     # Let peers send large P-DATA PDUs: pynetdicom's default of 16 KiB means 32 PDUs,
     # each read in small pieces, for every 0.5 MB image.
     ae.maximum_pdu_size = MAX_PDU_SIZE
@@ -87,8 +99,10 @@ def build_ae(app: App) -> tuple[AE, list]:
     ae.dimse_timeout = s.network_timeout
     if s.allowed_calling_aets:
         ae.require_calling_aet = list(s.allowed_calling_aets)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(Verification, syntaxes.NON_STORAGE)
+    admission = guard.Guard(s.max_associations, s.max_associations_per_address, s.associate_timeout)
     handlers = [
+        *admission.handlers(),
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_CONN_OPEN, _on_conn_open),
         (evt.EVT_ACCEPTED, _on_accepted),
@@ -110,6 +124,9 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
     except OSError as exc:
         raise GatekeeperError(_listen_error(exc, s.bind_address, s.port, s.source)) from None
+    # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
+    # the kernel drop the connections after it, a console's among them, for a second or more.
+    server.socket.listen(LISTEN_BACKLOG)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,12 +6,15 @@ reconciles and files it (rules 3 and 4 of docs/rules.md), the answer is a status
 logs anything unexpected and answers 0xC000; the handler never raises.
 
 Contexts: the 170 storage SOP classes pynetdicom knows (``AllStoragePresentationContexts``)
-with the transfer syntaxes of :data:`TRANSFER_SYNTAXES`. The limit of 128 presentation
-contexts binds what one association *proposes*, not what an acceptor supports, so every
-class is supported; each sender proposes the (at most 128) it needs. Private and unknown
-SOP classes are rejected at association time (pynetdicom's ``UNRESTRICTED_STORAGE_SERVICE``
-would accept them, but it is a process-wide switch that also routes unknown classes of
-other services to storage; a sender that needs a private class gets a clear rejection).
+with the transfer syntaxes of :data:`gateway.dicom.syntaxes.STORAGE`: uncompressed, lossless,
+lossy and video, never Deflated Explicit VR Little Endian (a deflated dataset is inflated
+whole in memory to be read: 1 MB can become 1 GiB; see :mod:`gateway.dicom.syntaxes`).
+The limit of 128 presentation contexts binds what one association *proposes*, not what
+an acceptor supports, so every class is supported; each sender proposes the (at most 128)
+it needs. Private and unknown SOP classes are rejected at association time (pynetdicom's
+``UNRESTRICTED_STORAGE_SERVICE`` would accept them, but it is a process-wide switch that
+also routes unknown classes of other services to storage; a sender that needs a private
+class gets a clear rejection).
 
 Large instances are not held in memory: pynetdicom writes each received dataset straight
 to a Part 10 file in the store's incoming folder (128-byte preamble, ``DICM``, File Meta
@@ -20,54 +23,53 @@ transfer syntax, then the dataset bytes exactly as received) and hands its path 
 handler (:mod:`gateway.dicom.tuning`, changes 2 and 3). pynetdicom deletes its file
 after the handler returns; a filed one is gone by then.
 
+Before a dataset is written, the store is asked whether the volume keeps its free-space
+reserve (``storage.min_free_mb``, :meth:`store.archive.Archive.check_room`); when it does
+not, the dataset's bytes are read off the association and dropped, nothing touches the
+disk, and the answer is 0xA700. A write that fails while the dataset arrives (disk full,
+any I/O error) removes the partial file at once; the rest of the dataset is dropped and the
+answer is 0xA700 (no space, quota, descriptors) or 0xC000 (any other error). Either way the
+association stays usable.
+
+Before 0x0000 the store checks that the dataset is whole under the negotiated transfer
+syntax (:mod:`store.integrity`: every element fits, pixel data as long as the image
+attributes say, encapsulated fragments closed); a truncated or mis-encoded dataset gets
+0xC000, the reason is logged, and nothing is kept.
+
 | outcome | status |
 |---|---|
 | stored and indexed (archived or held) | 0x0000 Success |
-| disk full, quota, out of memory or descriptors | 0xA700 Refused: out of resources |
+| below the free-space reserve, disk full, quota, out of memory or descriptors | 0xA700 Refused: out of resources |
 | dataset's SOP Class/Instance UID differ from the request's | 0xA900 Data set does not match SOP class |
-| unreadable dataset, malformed UIDs, any other failure | 0xC000 Cannot understand |
+| unreadable, truncated or mis-encoded dataset, malformed UIDs, any other failure | 0xC000 Cannot understand |
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 
-import pydicom.uid as ts
 from pynetdicom import AllStoragePresentationContexts, evt
 
 from gateway.dicom import status as st
-from gateway.dicom import tuning
+from gateway.dicom import syntaxes, tuning
+from infra.errors import GatekeeperError, OutOfResources, StorageFailure
+from store.archive import RESOURCE_ERRNOS
 from store.receiving import Session
 from store.store import Store
 
 log = logging.getLogger("gateway.dicom.storage")
 
-#: Transfer syntaxes accepted for every storage SOP class; the dataset is kept as received.
-#: When a proposed context lists several, the first of these it lists is accepted:
-#: uncompressed, then lossless, then lossy, so a sender is never asked to compress lossily.
-TRANSFER_SYNTAXES = (
-    ts.ExplicitVRLittleEndian, ts.ImplicitVRLittleEndian, ts.DeflatedExplicitVRLittleEndian,
-    # lossless compression
-    ts.JPEGLosslessSV1, ts.JPEGLossless, ts.JPEGLSLossless, ts.JPEG2000Lossless, ts.JPEG2000MCLossless,
-    ts.HTJ2KLossless, ts.HTJ2KLosslessRPCL, ts.RLELossless,
-    # lossy compression (accepted when the sender has nothing else)
-    ts.JPEGBaseline8Bit, ts.JPEGExtended12Bit, ts.JPEGLSNearLossless, ts.JPEG2000, ts.JPEG2000MC, ts.HTJ2K,
-    # video
-    ts.MPEG2MPML, ts.MPEG2MPMLF, ts.MPEG2MPHL, ts.MPEG2MPHLF, ts.MPEG4HP41, ts.MPEG4HP41F,
-    ts.MPEG4HP41BD, ts.MPEG4HP41BDF, ts.MPEG4HP422D, ts.MPEG4HP422DF, ts.MPEG4HP423D, ts.MPEG4HP423DF,
-    ts.MPEG4HP42STEREO, ts.MPEG4HP42STEREOF, ts.HEVCMP51, ts.HEVCM10P51,
-    # retired, still met on old equipment
-    ts.ExplicitVRBigEndian,
-)
-
 
 def add_to(ae, app) -> list:
     """Support every storage SOP class; return the C-STORE handler bound to the store."""
-    tuning.receive_into(ae, app.store.archive.incoming)
+    store = app.store
+    tuning.receive_into(ae, store.archive.incoming,
+                        check_room=functools.partial(store.archive.check_room, store.config.min_free_mb))
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.add_supported_context(context.abstract_syntax, syntaxes.STORAGE)
     return [
         (evt.EVT_C_STORE, on_c_store, [app.store]),
         (evt.EVT_ABORTED, _forget_partial_receive),
@@ -92,6 +94,9 @@ def on_c_store(event, store: Store):
     sop = str(request.AffectedSOPInstanceUID or "-")
     accession = "-"
     try:
+        not_received = tuning.failed_receive(request)
+        if not_received is not None:  # refused before writing, or the write failed: no file is left
+            raise _receive_error(not_received)
         received = store.receive(event.dataset_path, calling, session=_session(event.assoc),
                                  sop_class_uid=str(request.AffectedSOPClassUID or ""), sop_instance_uid=sop)
         accession, outcome, status, code = received.accession_number or "-", received.summary(), st.SUCCESS, st.SUCCESS
@@ -102,6 +107,18 @@ def on_c_store(event, store: Store):
             "C-STORE from %s: instance %s, accession %s, %s, status 0x%04X, %.0f ms",
             calling, sop, accession, outcome, code, (time.monotonic() - started) * 1000)
     return status
+
+
+def _receive_error(exc: BaseException) -> BaseException:
+    """The core error for a dataset that could not be written as it arrived (status via st.failure)."""
+    if isinstance(exc, GatekeeperError) or not isinstance(exc, OSError):
+        return exc
+    reason = exc.strerror or str(exc)
+    if exc.errno in RESOURCE_ERRNOS:
+        return OutOfResources(f"could not write the received dataset ({reason}); nothing was kept. "
+                              "Free space on the storage volume (or memory, descriptors); the sender will retry.")
+    return StorageFailure(f"could not write the received dataset ({reason}); nothing was kept. "
+                          "Check the storage volume and the system log.")
 
 
 def _session(assoc) -> Session:

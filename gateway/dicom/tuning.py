@@ -15,23 +15,59 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
    system temporary folder; :func:`receive_into` makes it create the file in the store's
    incoming folder instead, so filing it is a rename on one file system, never a copy.
    Only the AEs registered here are redirected; every other caller is left as it was.
+   The file comes wrapped (:class:`_ReceivedFile`) so that a dataset that cannot be written
+   never takes the association down: pynetdicom writes from its DUL thread, where an
+   exception kills the association (the sender sees an abort, the partial file stays).
+   Before creating the file the store is asked for room (``check_room``); when it refuses,
+   or the file cannot be created, or a write fails midway (ENOSPC, EIO), the partial file is
+   closed and removed at once, the rest of the dataset is read off the wire and dropped, and
+   the C-STORE handler learns why from :func:`failed_receive` and answers with a status.
 4. **UIDs are not copied when contexts are.** pynetdicom deep-copies the supported
    presentation contexts for every association
    (``transport.RequestHandler._create_association``):
    with every storage class and its transfer syntaxes that is about 6,000 UIDs, each
    rebuilt and re-validated, some 90 ms before a console's query or a modality's first
    image. A UID is an immutable string, so a copy may share it (about 7 ms).
+5. **A PDU is read within bounds of size and time.** pynetdicom's
+   ``dul.DULServiceProvider._read_pdu_data`` believes the length in a PDU's header
+   (``01 00 FF FF FF FF`` had it buffer up to 4 GB before reading any AE title) and reads
+   the PDU from a blocking socket, where no timer runs: a peer sending one byte a second
+   held its connection for ever. :func:`_read_pdu_data` replaces it (same events, same
+   decoding) with two bounds:
+
+   - *Size*: an A-ASSOCIATE PDU longer than :data:`MAX_ASSOCIATE_PDU`, or any other PDU
+     longer than the maximum length this AE announces (``ae.maximum_pdu_size``, PS3.8 D.1;
+     ``server.MAX_PDU_SIZE``), is refused once its header is read: the peer gets an A-ABORT
+     (PS3.8 9.3.8: source 2, service provider; reason 6, invalid PDU parameter value) and the
+     connection is closed at once (Evt17), rather than waiting in Sta13 for a peer that is
+     still sending the rest.
+   - *Time*: while the ARTIM timer runs (PS3.8 9.1.5: from the connection to a complete
+     A-ASSOCIATE-RQ, Sta2; after our A-ASSOCIATE-RJ, A-ABORT or A-RELEASE-RP until the peer
+     closes, Sta13; and on the acceptor's first read, Sta1, before the timer has started,
+     its whole period) a read ends when the timer does, so ARTIM bounds the whole time a
+     peer has to deliver its A-ASSOCIATE-RQ (the guard sets it to
+     ``server.associate_timeout``). Otherwise each wait for bytes ends after the network
+     timeout of silence, which pynetdicom's idle timer cannot enforce while its DUL thread
+     is stuck in a read. A read that times out is a closed transport connection (Evt17).
+     The socket's timeout bounds sends the same way: a peer that stops reading is dropped.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import struct
 import threading
+import time
 import weakref
 from pathlib import Path
 
 from pydicom.uid import UID
 from pynetdicom import _config, dimse_messages
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+log = logging.getLogger("gateway.dicom.tuning")
 
 #: The folder each serving AE's received datasets are written to.
 _RECEIVE_DIRS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -39,26 +75,30 @@ _original_named_temporary_file = dimse_messages.NamedTemporaryFile
 
 
 def apply() -> None:
-    """Changes 1, 2 and 4, for the whole process (called once when the server is built)."""
+    """Changes 1, 2, 4 and 5, for the whole process (called once when the server is built)."""
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
     copy._deepcopy_dispatch.setdefault(UID, _share)
+    DULServiceProvider._read_pdu_data = _read_pdu_data
 
 
 def _share(uid: UID, memo: dict) -> UID:
     return uid
 
 
-def receive_into(ae, folder: Path) -> None:
+def receive_into(ae, folder: Path, check_room=None) -> None:
     """Change 3: make pynetdicom write the datasets ``ae`` receives into ``folder``.
 
     pynetdicom 3.0 calls ``NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")``
     (``dimse_messages.DIMSEMessage.decode_msg``) from the association's DUL thread, whose
     ``assoc.ae`` names the AE. The wrapper installed here adds ``dir=folder`` for the AEs
-    registered with this function.
+    registered with this function, and hands pynetdicom a :class:`_ReceivedFile`.
+    ``check_room``, when given, is called before each file is created; whatever it raises
+    refuses that dataset without writing it (see :func:`failed_receive`).
     """
     _RECEIVE_DIRS[ae] = Path(folder)
+    _ROOM_CHECKS[ae] = check_room
     dimse_messages.NamedTemporaryFile = _named_temporary_file
 
 
@@ -66,9 +106,9 @@ def _named_temporary_file(*args, **kwargs):
     assoc = getattr(threading.current_thread(), "assoc", None)
     ae = getattr(assoc, "ae", None)
     folder = _RECEIVE_DIRS.get(ae) if ae is not None else None
-    if folder is not None and "dir" not in kwargs:
-        kwargs.update(dir=folder, prefix="rx-")
-    return _original_named_temporary_file(*args, **kwargs)
+    if folder is None or "dir" in kwargs:
+        return _original_named_temporary_file(*args, **kwargs)
+    return _open_received_file(folder, _ROOM_CHECKS.get(ae), args, {**kwargs, "dir": folder, "prefix": "rx-"})
 
 
 def partial_receive_path(assoc) -> Path | None:
@@ -80,3 +120,192 @@ def partial_receive_path(assoc) -> Path | None:
     message = getattr(getattr(assoc, "dimse", None), "message", None)
     path = getattr(message, "_data_set_path", None)
     return path if isinstance(path, Path) else None
+
+
+# -- change 3: a received dataset that cannot be written ------------------------------------
+
+#: The room check of each serving AE (:func:`receive_into`), called before each file is made.
+_ROOM_CHECKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def failed_receive(request) -> BaseException | None:
+    """Why the dataset of this C-STORE request was not written whole, or None when it was.
+
+    Set when the room check refused it before the first byte, when its file could not be
+    created, or when a write failed midway; in each case no file is left. The C-STORE
+    handler answers with a status for it instead of filing anything.
+    """
+    received = getattr(request, "_dataset_file", None)  # pynetdicom: message_to_primitive copies it
+    return received.error if isinstance(received, _ReceivedFile) else None
+
+
+def _open_received_file(folder: Path, check_room, args, kwargs) -> "_ReceivedFile":
+    """The file for one received dataset, or a sink that drops it; never raises (DUL thread)."""
+    try:
+        if check_room is not None:
+            check_room()
+        return _ReceivedFile(_original_named_temporary_file(*args, **kwargs))
+    except Exception as exc:  # a raise here would kill the association's DUL thread
+        return _ReceivedFile(None, error=exc, folder=folder)
+
+
+class _ReceivedFile:
+    """What pynetdicom writes one received dataset into: its file, until a write fails.
+
+    pynetdicom's ``decode_msg`` uses ``write``, ``file.flush()`` and ``name`` (and
+    pydicom's ``write_file_meta_info`` only ``write``); its storage service calls ``close()``
+    and unlinks ``name`` after the handler. The first failing write or flush closes and
+    removes the file and keeps the error; from then on (or from the start, for a refused
+    dataset, whose name never exists) the bytes are dropped, so the association reads the
+    rest of the dataset and stays usable.
+    """
+
+    def __init__(self, file, *, error: BaseException | None = None, folder: Path | None = None) -> None:
+        self._file = file
+        self.error = error
+        if file is not None:
+            self.name = file.name
+        else:  # a name that is never created: pynetdicom's unlink of it after the handler is a no-op
+            self.name = str(Path(folder) / f"rx-refused-{threading.get_ident()}-{id(self)}.dcm")
+
+    @property
+    def file(self) -> "_ReceivedFile":  # pynetdicom flushes through ``.file.flush()``
+        return self
+
+    def write(self, data) -> int:
+        if self._file is not None:
+            try:
+                return self._file.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass  # after the handler: every byte was flushed before it ran
+
+    def _fail(self, exc: OSError) -> None:
+        self.error = exc
+        self.close()
+        try:
+            Path(self.name).unlink()
+        except OSError:
+            pass  # gone already, or left to the next start's clean-up of incoming/
+
+
+# -- change 5: a PDU is read within bounds of size and time ---------------------------------
+
+#: Longest A-ASSOCIATE-RQ/-AC/-RJ accepted (its PDU-length field, bytes). An A-ASSOCIATE-RQ
+#: proposing every storage class (120 contexts) with 4 transfer syntaxes each is about 16 KB,
+#: with 8 each about 29 KB; 64 KiB leaves room for that and a user identity item besides.
+MAX_ASSOCIATE_PDU = 64 * 1024
+_ASSOCIATE_PDUS = (0x01, 0x02, 0x03)
+_KNOWN_PDUS = range(0x01, 0x08)
+#: States in which the ARTIM timer bounds a read (Sta1: the acceptor's first read, before AE-5).
+_ARTIM_STATES = ("Sta1", "Sta2", "Sta13")
+_original_read_pdu_data = DULServiceProvider._read_pdu_data
+
+
+def _read_pdu_data(dul: DULServiceProvider) -> None:
+    """Change 5: read one PDU, or put the event that says why not (runs in the DUL thread)."""
+    deadline = _read_deadline(dul)
+    try:
+        header = _recv(dul, 6, deadline)
+        pdu_type, _, length = struct.unpack(">BBL", header)
+    except (OSError, struct.error) as exc:  # closed, timed out or short
+        _closed(dul, exc)
+        return
+    if pdu_type not in _KNOWN_PDUS:
+        dul.event_queue.put("Evt19")  # unrecognised PDU
+        return
+    limit = MAX_ASSOCIATE_PDU if pdu_type in _ASSOCIATE_PDUS else dul.assoc.ae.maximum_pdu_size
+    if limit and length > limit:
+        _refuse(dul, pdu_type, length, limit)
+        return
+    try:
+        body = _recv(dul, length, deadline)
+    except OSError as exc:
+        _closed(dul, exc)
+        return
+    if len(body) != length:  # the peer closed the connection mid-PDU
+        _closed(dul)
+        return
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header + body))
+    except Exception:
+        log.warning("undecodable PDU (type 0x%02X, %d bytes) from %s", pdu_type, length, _peer(dul))
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+def _closed(dul: DULServiceProvider, exc: BaseException | None = None) -> None:
+    """Evt17, transport connection closed: by the peer, or by us when a bound ran out."""
+    if isinstance(exc, TimeoutError):
+        log.warning("dropped %s: %s", _peer(dul), exc)
+    dul.event_queue.put("Evt17")
+
+
+def _read_deadline(dul: DULServiceProvider) -> float | None:
+    """When this read must end (``time.monotonic()``): the ARTIM timer's end, while it runs."""
+    artim = dul.artim_timer
+    if artim.timeout is None or dul.state_machine.current_state not in _ARTIM_STATES:
+        return None
+    return time.monotonic() + artim.remaining  # not started yet (Sta1): its whole period
+
+
+def _recv(dul: DULServiceProvider, count: int, deadline: float | None) -> bytes:
+    """Up to ``count`` bytes (fewer when the peer closes); TimeoutError past the bounds."""
+    sock = dul.socket.socket if dul.socket is not None else None
+    if sock is None:
+        raise ConnectionError("socket closed")
+    silence = dul.network_timeout
+    data = bytearray()
+    try:
+        while len(data) < count:
+            timeout, why = silence, f"nothing received for {silence}s"
+            if deadline is not None and (silence is None or deadline - time.monotonic() < silence):
+                timeout = max(deadline - time.monotonic(), 0.0)
+                why = f"no complete PDU within the ARTIM timer ({dul.artim_timer.timeout}s)"
+            if timeout == 0:
+                raise TimeoutError(why)
+            sock.settimeout(timeout)
+            try:
+                chunk = sock.recv(min(count - len(data), 1 << 16))
+            except TimeoutError:
+                raise TimeoutError(why) from None
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.settimeout(silence)  # what sends wait at most, too
+    return bytes(data)
+
+
+def _refuse(dul: DULServiceProvider, pdu_type: int, length: int, limit: int) -> None:
+    """A-ABORT (service provider, invalid PDU parameter value) and the connection closed."""
+    log.warning("refused a PDU of type 0x%02X claiming %d bytes (at most %d) from %s: A-ABORT",
+                pdu_type, length, limit, _peer(dul))
+    abort = A_ABORT_RQ()
+    abort.source = 0x02
+    abort.reason_diagnostic = 0x06
+    dul._send(abort)
+    dul.event_queue.put("Evt17")  # AA-5 (Sta2) or AA-4 (A-P-ABORT to the association): closed
+
+
+def _peer(dul: DULServiceProvider) -> str:
+    assoc = dul.assoc
+    remote = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    return f"{remote.address}:{remote.port}" if remote.address_info else "the peer"

@@ -15,6 +15,7 @@ from pynetdicom import evt
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from gateway.dicom import status as st
+from gateway.dicom import syntaxes
 from worklist.query import WorklistQuery
 
 log = logging.getLogger("gateway.dicom.worklist")
@@ -22,7 +23,7 @@ log = logging.getLogger("gateway.dicom.worklist")
 
 def add_to(ae, app) -> list:
     """Support the MWL FIND SOP class; return the C-FIND handler bound to the worklist query."""
-    ae.add_supported_context(ModalityWorklistInformationFind)
+    ae.add_supported_context(ModalityWorklistInformationFind, syntaxes.NON_STORAGE)
     return [(evt.EVT_C_FIND, on_find, [app.query])]
 
 
