@@ -51,6 +51,12 @@ DECLARED: tuple[Declared, ...] = (
     Declared("server.associate_timeout", int, 10, "Seconds a peer has, in all, to deliver its A-ASSOCIATE-RQ after connecting."),
     Declared("server.max_associations_per_address", int, 10, "Associations at once from one network address; 0 = no cap of its own."),
     Declared("server.log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
+    Declared("log.file", str, "", "Log file (relative to the settings file); empty logs to standard error only."),
+    Declared("log.max_mb", int, 50, "Size (MiB) at which the log file is rotated."),
+    Declared("log.keep", int, 5, "Rotated log files kept."),
+    Declared("log.format", str, "text", "text (one line a record) or json (one JSON object a line)."),
+    Declared("metrics.port", int, 9102, "Port of /healthz and /metrics (Prometheus); 0 = off."),
+    Declared("metrics.bind_address", str, "127.0.0.1", "Address /healthz and /metrics listen on."),
     Declared("database.url", str, "sqlite:///var/gatekeeper.db", "Database: sqlite:///relative/or/absolute/path or postgresql://user@host:port/db."),
     Declared("storage.root", str, "var/store", "Folder holding archive/, held/, rejected/ and incoming/."),
     Declared("storage.rejected_retention_days", int, 30, "Days a rejected study is kept before the purge job deletes it."),
@@ -92,6 +98,12 @@ class Settings:
     max_associations_per_address: int
     log_level: str
     database_url: str
+    log_file: Path | None
+    log_max_mb: int
+    log_keep: int
+    log_format: str
+    metrics_port: int
+    metrics_bind_address: str
     storage_root: Path
     rejected_retention_days: int
     held_alert_hours: int
@@ -174,6 +186,12 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         max_associations_per_address=values["server.max_associations_per_address"],
         log_level=level,
         database_url=resolve_database_url(url, folder),
+        log_file=(folder / values["log.file"]).resolve() if values["log.file"] else None,
+        log_max_mb=values["log.max_mb"],
+        log_keep=values["log.keep"],
+        log_format=_log_format(values["log.format"], path),
+        metrics_port=_port(values["metrics.port"], "metrics.port", path, allow_zero=True),
+        metrics_bind_address=values["metrics.bind_address"],
         storage_root=(folder / values["storage.root"]).resolve(),
         rejected_retention_days=values["storage.rejected_retention_days"],
         held_alert_hours=values["storage.held_alert_hours"],
@@ -190,6 +208,18 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         policy=policy,
         peers=_peers(raw.get("peers", {}), path),
     )
+
+
+def _log_format(value: str, path: Path) -> str:
+    if value not in ("text", "json"):
+        raise SettingsError(f"{path}: log.format is {value!r}; use \"text\" or \"json\".")
+    return value
+
+
+def _port(value: int, key: str, path: Path, allow_zero: bool = False) -> int:
+    if (allow_zero and value == 0) or 1 <= value <= 65535:
+        return value
+    raise SettingsError(f"{path}: {key} is {value}; a TCP port is 1 to 65535" + (" (0 = off)." if allow_zero else "."))
 
 
 def resolve_database_url(url: str, folder: Path) -> str:
