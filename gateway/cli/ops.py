@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from gateway.cli import backup, check
+
 
 def register(verbs, common) -> None:
-    """Add the operations verbs (filled in by the modules that implement them)."""
+    check.register(verbs, common)
+    backup.register(verbs, common)

@@ -1,0 +1,7 @@
+"""Command-line verb: check (to be written)."""
+
+from __future__ import annotations
+
+
+def register(verbs, common) -> None:
+    """Add the verb."""
