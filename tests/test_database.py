@@ -2,6 +2,8 @@
 overrides, the append-only audit log and additive migrations."""
 
 import datetime as dt
+import sqlite3
+import threading
 from dataclasses import replace
 
 import peewee
@@ -10,7 +12,7 @@ import pytest
 from gateway.app import MODELS as ALL_MODELS
 from infra import audit
 from infra.db import BaseModel, bind, migrate, open_database
-from infra.errors import NotFound
+from infra.errors import NotFound, StorageFailure
 from tests.conftest import EXAMPLES
 from worklist import models as wm
 from worklist import records
@@ -157,3 +159,83 @@ def test_reimport_does_not_undo_what_mpps_reported(gate):
     assert gate.find_order("ACC1001").status == "completed"
     gate.import_orders([replace(orders[0], status="cancelled")])
     assert gate.find_order("ACC1001").status == "cancelled"
+
+
+# ---------------------------------------------------------------- SQLite: several writing processes
+
+
+@pytest.fixture
+def sqlite_db(tmp_path):
+    database = _fresh(f"sqlite:///{tmp_path / 'gk.db'}")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def other_writer(sqlite_db):
+    """Another process's connection to the same file, holding the write lock (until it rolls back)."""
+    other = sqlite3.connect(sqlite_db.database, isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    yield other
+    if other.in_transaction:
+        other.execute("ROLLBACK")
+    other.close()
+
+
+def test_sqlite_transactions_take_the_write_lock_at_begin(sqlite_db):
+    other = sqlite3.connect(sqlite_db.database, isolation_level=None, timeout=0)
+    with sqlite_db.atomic():
+        # a transaction that has written nothing yet already holds the lock
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            other.execute("BEGIN IMMEDIATE")
+        with sqlite_db.atomic():  # nested blocks are savepoints inside it
+            wm.OverrideRow.select().count()
+    other.execute("BEGIN IMMEDIATE")  # released at commit
+    other.execute("ROLLBACK")
+    other.close()
+
+
+def test_lock_held_past_the_busy_timeout_is_one_sentence(sqlite_db, other_writer):
+    sqlite_db.pragma("busy_timeout", 50)
+    gate = Gate(sqlite_db, POLICY, lambda: NOW)
+    orders, auths = _examples()
+    for attempt in (lambda: gate.import_orders(orders), lambda: gate.import_auths(auths),
+                    lambda: wm.OrderRow.update(status="cancelled").execute()):  # also outside a transaction
+        with pytest.raises(StorageFailure) as err:
+            attempt()
+        message = str(err.value)
+        assert message == ("the database is busy: another process kept it locked for more than 0.05 s and "
+                           "nothing was changed; try again")
+    other_writer.execute("ROLLBACK")
+    assert not wm.OrderRow.select().exists() and not sqlite_db.in_transaction()
+    assert gate.import_orders(orders).created == 3  # the connection is usable afterwards
+
+
+def test_lock_released_within_the_busy_timeout_is_waited_for(sqlite_db):
+    locked, release = threading.Event(), threading.Event()
+
+    def other_writer():
+        other = sqlite3.connect(sqlite_db.database, isolation_level=None, timeout=0)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO audit_log (at, user, action, subject, reason, detail) VALUES ('2026-11-30', 'u', 'a', 's', '', '{}')")
+        locked.set()
+        release.wait(5)
+        other.execute("COMMIT")
+        other.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    assert locked.wait(5)
+    threading.Timer(0.3, release.set).start()
+    orders, _ = _examples()
+    assert Gate(sqlite_db, POLICY, lambda: NOW).import_orders(orders).created == 3
+    writer.join(5)
+
+
+def test_opening_an_up_to_date_database_takes_no_write_lock(sqlite_db, other_writer):
+    # Every command migrates when it opens; it must not wait for a running import.
+    sqlite_db.close()
+    sqlite_db.connect()  # a new connection, as a command opens it
+    sqlite_db.pragma("busy_timeout", 50)
+    assert migrate(sqlite_db, ALL_MODELS) == []
+    audit.protect(sqlite_db)

@@ -260,3 +260,181 @@ def test_empty_csv_is_rejected_as_empty(text):
         parse_auths(text, "auths.csv")
     (problem,) = err.value.problems
     assert str(problem).startswith("line 1, field (file): the file is empty")
+
+
+# ---------------------------------------------------------------- what reads as more than one thing
+
+
+def _only_problem(text: str, parse=parse_orders):
+    with pytest.raises(IntakeError) as err:
+        parse(text, "file")
+    (problem,) = err.value.problems
+    return problem
+
+
+@pytest.mark.parametrize("form", ["array", "ndjson"])
+def test_a_key_given_twice_is_refused_not_last_wins(form):
+    # JSON keeps the last value silently: this order would be imported as scheduled.
+    second = json.dumps(_with(ORDERS[1], "status", "scheduled")).replace(
+        '"status": "scheduled"', '"status": "cancelled", "status": "scheduled"')
+    if form == "array":
+        text, line = "[\n" + json.dumps(ORDERS[0]) + ",\n" + second + "\n]\n", 3
+    else:
+        text, line = json.dumps(ORDERS[0]) + "\n" + second + "\n", 2
+    problem = _only_problem(text)
+    assert (problem.record, problem.line, problem.field) == (2, line, "status")
+    assert problem.message == ("is given 2 times in one object ('cancelled', then 'scheduled'); only the last "
+                               "would count, so give it once")
+
+
+def test_a_key_given_twice_deep_in_a_record_is_named_by_its_path():
+    text = json.dumps([ORDERS[1], ORDERS[0]])
+    text = text.replace('"name": "DOE^JANE^Q"', '"name": "DOE^JANE^Q", "name": "ROE^JANE"')
+    assert (problem := _only_problem(text)).field == "patient.name" and problem.record == 2
+    auth = json.dumps(AUTHS[1]).replace('"status": "approved"', '"status": "denied", "status": "approved"')
+    assert auth != json.dumps(AUTHS[1])
+    assert _only_problem("[" + json.dumps(AUTHS[0]) + "," + auth + "]", parse_auths).field == "status"
+
+
+@pytest.mark.parametrize("text, line, column, words", [
+    ('[{"a": 1}]\n[{"b": 2}]\n', 2, 1, "'[{\"b\": 2}]\\n' follows the ] that closes the JSON array"),
+    ('[{"a": 1}][{"b": 2}]', 1, 11, "follows the ] that closes the JSON array"),
+    ('[{"a": 1}]\nrm -rf /\n', 2, 1, "'rm -rf /\\n' follows the ]"),
+    ('[{"a": 1}]\x00', 1, 11, "'\\x00' follows the ]"),
+    ('[\n{"a": 1},\n]', 3, 1, "a comma after record 1 and no record after it"),
+])
+def test_anything_after_the_array_or_a_dangling_comma_is_refused(text, line, column, words):
+    problem = _only_problem(text)
+    assert (problem.record, problem.line, problem.column, problem.field) == (None, line, column, "(file)")
+    assert words in problem.message
+
+
+@pytest.mark.parametrize("text, record, line, words", [
+    ('[\n{"a": 1}\n{"b": 2}\n]', 2, 3, "record 2 starts without a comma after record 1"),
+    ('[\n{"a": 1},\n,{"b": 2}\n]', 2, 3, "a comma where record 2 should start"),
+    ('[,{"a": 1}]', 1, 1, "a comma where the first record should start"),
+])
+def test_records_are_separated_by_exactly_one_comma(text, record, line, words):
+    problem = _only_problem(text)
+    assert (problem.record, problem.line, problem.field) == (record, line, "(record)") and words in problem.message
+
+
+def test_whitespace_after_the_array_is_fine():
+    assert len(parse_orders(json.dumps(ORDERS) + "\n\n  \r\n")) == 3
+
+
+CONTROLS = [chr(c) for c in range(0x20)] + ["\x7f", "\x85", "\x9b"]
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
+def test_a_control_character_in_a_text_field_is_refused(char):
+    # ESC (or NUL) would be served in PatientName on the worklist; names and text are one line.
+    problem = _only_problem(json.dumps([ORDERS[0], _with(ORDERS[1], "patient.name", f"ROE^{char}RICHARD")]))
+    assert (problem.record, problem.field) == (2, "patient.name")
+    assert f"contains the control character U+{ord(char):04X}" in problem.message
+    assert "at character 5" in problem.message and char not in str(problem)
+
+
+@pytest.mark.parametrize("path", ["accession_number", "procedure.description", "scheduled.station_ae",
+                                  "ordering_provider.name", "payer.member_id"])
+def test_escape_is_refused_in_every_text_field(path):
+    problem = _only_problem(json.dumps([_with(ORDERS[0], path, "A\x1b[2JB")]))
+    assert (problem.record, problem.field) == (1, path) and "U+001B (ESC)" in problem.message
+
+
+def test_codes_with_a_trailing_newline_are_refused():
+    assert _only_problem(json.dumps([_with(ORDERS[0], "procedure.cpt", "70553\n")])).field == "procedure.cpt"
+    assert _only_problem(json.dumps([_with(ORDERS[0], "diagnoses", ["G43.909\n"])])).field == "diagnoses[0]"
+    assert _only_problem(json.dumps([_with(AUTHS[0], "cpt_codes", ["70553\n"])]), parse_auths).field == "cpt_codes[0]"
+
+
+def test_a_control_character_in_a_csv_cell_is_refused():
+    problem = _only_problem(CSV.replace("MRN2", "MRN\x002"), parse_auths)
+    assert (problem.record, problem.line, problem.field) == (2, 3, "patient_id") and "U+0000 (NUL)" in problem.message
+
+
+@pytest.mark.parametrize("column, cell", [
+    ("auth_number", "=HYPERLINK(\"http://x\",\"PA-1\")"),
+    ("patient_id", "+MRN1"),
+    ("payer_id", "-2+3+cmd|' /C calc'!A0"),
+    ("payer_id", "@SUM(1+1)"),
+    ("facility_npi", "=1987654328"),
+    ("cpt_codes", "=70553;70551"),
+    ("valid_from", "-2026-11-01"),
+    ("laterality", "=L"),
+    ("status", "+approved"),
+    ("units", "=1+1"),
+    ("units", "+2"),
+    ("units_used", "@0"),
+])
+def test_a_csv_cell_a_spreadsheet_runs_as_a_formula_is_refused(column, cell):
+    header, first, second = CSV.splitlines()
+    row = dict(zip(header.split(","), second.split(",")))
+    row[column] = cell
+    text = "\n".join([header, first, ",".join(f'"{v}"' for v in row.values())]) + "\n"
+    problem = _only_problem(text, parse_auths)
+    assert (problem.record, problem.line, problem.field) == (2, 3, column)
+    assert f"starts with {cell[0]!r}, which a spreadsheet runs as a formula" in problem.message
+
+
+@pytest.mark.parametrize("cell, words", [
+    ("-1", "-1 must be a whole number of at least 1"),  # a minus sign in a number column: refused as negative
+    ("--5", "'--5' must be a whole number"),
+    ("\u00b2", "'²' must be a whole number"),  # str.isdigit() says yes, int() says no
+])
+def test_a_leading_minus_in_units_is_a_negative_number(cell, words):
+    problem = _only_problem(CSV.replace(",1,1,L,", f",{cell},1,L,"), parse_auths)
+    assert (problem.record, problem.field) == (2, "units") and words in problem.message
+
+
+def test_a_huge_value_is_cut_in_the_message():
+    huge = "A" * 50_000_000
+    with pytest.raises(IntakeError) as err:
+        parse_orders(json.dumps([_with(ORDERS[0], "patient.name", huge)]), "orders.json")
+    (problem,) = err.value.problems
+    assert problem.field == "patient.name"
+    assert problem.message == f"'{'A' * 64}'…(50,000,000 characters) is longer than 320 characters"
+    assert len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("value", [list(range(1_000_000)), {"k": "v" * 1_000_000}])
+def test_a_huge_value_of_the_wrong_type_is_cut_in_the_message(value):
+    problem = _only_problem(json.dumps([_with(ORDERS[0], "patient.name", value)]))
+    assert problem.field == "patient.name" and problem.message.startswith("must be text, got ")
+    assert len(problem.message) < 150
+
+
+def test_huge_trailing_text_and_keys_are_cut_in_the_message():
+    problem = _only_problem(json.dumps(ORDERS) + "x" * 1_000_000)
+    assert problem.message.startswith(f"'{'x' * 64}'…(1,000,000 characters) follows the ]")
+    key = "k" * 100_000
+    problem = _only_problem("[" + json.dumps(ORDERS[0])[:-1] + f', "{key}": 1, "{key}": 2}}]')
+    assert problem.field == f"'{'k' * 64}'…(100,000 characters)" and len(problem.message) < 150
+
+
+def test_a_huge_csv_cell_is_refused_by_record_not_with_a_traceback():
+    problem = _only_problem(CSV.replace("PA-2", "P" * 200_000), parse_auths)
+    assert (problem.record, problem.line, problem.field) == (2, 3, "(row)")
+    assert problem.message.startswith("a cell is longer than the 131,072 characters the CSV reader takes")
+    problem = _only_problem(CSV.replace("PA-2", "P" * 100_000), parse_auths)
+    assert (problem.record, problem.field) == (2, "auth_number")
+    assert problem.message == f"'{'P' * 64}'…(100,000 characters) is longer than 64 characters"
+
+
+@pytest.mark.parametrize("text, record, line", [
+    ("[" * 100_000, 1, 1),
+    (json.dumps(ORDERS[0]) + "\n" + '{"a":' * 100_000, 2, 2),
+])
+def test_nesting_too_deep_to_read_is_a_rejection_not_a_crash(text, record, line):
+    problem = _only_problem(text)
+    assert (problem.record, problem.line) == (record, line) and "too deeply" in problem.message
+
+
+@pytest.mark.parametrize("text, line, field", [
+    ("auth_number,pay\rer_id\n", 1, "(header)"),
+    (CSV.replace("PA-2,ACME", "PA-2,AC\rME"), 3, "(row)"),
+])
+def test_a_line_break_in_an_unquoted_csv_cell_is_a_rejection_not_a_crash(text, line, field):
+    problem = _only_problem(text, parse_auths)
+    assert (problem.line, problem.field) == (line, field)
+    assert problem.message.startswith("a line break inside a cell that is not in quotes")
