@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import sys
 
+from gateway import logs
 from gateway.app import open_app
 from gateway.cli import ops as ops_verbs
 from gateway.cli import store as store_verbs
@@ -82,15 +83,26 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidInput as exc:
         print(f"gatekeeper: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:  # serve: log.file and log.format; every other command: text on standard error
+        logs.configure(settings, service=args.verb == "serve")
+    except OSError as exc:
+        print(f"gatekeeper: cannot open the log file {settings.log_file}: {exc.strerror or exc}. "
+              f"Check log.file in {settings.source}.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.verb != "serve":
         logging.getLogger("infra.db").setLevel(logging.WARNING)
+    if not getattr(args, "needs_app", True):  # the verb opens what it needs itself (gatekeeper check)
+        args.settings = settings
+        try:
+            return args.run(None, args)
+        except GatekeeperError as exc:
+            print(f"gatekeeper: {exc}", file=sys.stderr)
+            return exit_code(exc)
     try:
         app = open_app(settings, clock)
+    except GatekeeperError as exc:  # a busy database, a schema newer than this program: the message says it
+        print(f"gatekeeper: {exc}", file=sys.stderr)
+        return exit_code(exc)
     except Exception as exc:  # database unreachable, store not writable
         print(f"gatekeeper: cannot open the database {redacted(settings.database_url)} or the storage root "
               f"{settings.storage_root}: {exc}. Check database.url and storage.root in {settings.source}.",
