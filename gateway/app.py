@@ -13,9 +13,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from gateway.settings import Settings
-from infra import audit
+from infra import audit, schema
 from infra.clock import Clock, clock_from_env
-from infra.db import Database, bind, migrate, open_database
+from infra.db import Database, bind, open_database
 from store import models as store_models
 from store.reconcile import hold_codes_from_warn_codes
 from store.store import Store, StoreConfig
@@ -62,14 +62,84 @@ class App:
         self.store.close()
         self.db.close()
 
+    # -- reload (SIGHUP) ------------------------------------------------------------
+
+    #: What a running app takes from new settings without a restart: (settings.toml key,
+    #: Settings field, how to apply it). Adding one is one line here; every other setting
+    #: needs a restart. Each apply is a plain attribute assignment, so a query or a store
+    #: in flight finishes with the value it started with and the next one uses the new one.
+    RELOADABLE = (
+        ("payers", "policy", lambda app, s: app._apply_policy(s.policy)),
+        ("reconcile.warn_codes", "warn_codes", lambda app, s: app._apply_warn_codes(s.warn_codes)),
+    )
+
+    def reload(self, new_settings: Settings) -> list[str]:
+        """Apply the reloadable settings of ``new_settings`` that differ; return their keys.
+
+        Settings that need a restart are not applied (see :meth:`needs_restart`); the
+        running ``self.settings`` keeps their values, so the next reload names them again.
+        """
+        import dataclasses
+
+        applied, changes = [], {}
+        for key, name, apply in self.RELOADABLE:
+            value = getattr(new_settings, name)
+            if getattr(self.settings, name) != value:
+                apply(self, new_settings)
+                applied.append(key)
+                changes[name] = value
+        if changes:
+            self.settings = dataclasses.replace(self.settings, **changes)
+        return applied
+
+    def needs_restart(self, new_settings: Settings) -> list[str]:
+        """The settings.toml keys that differ in ``new_settings`` and only a restart applies."""
+        import dataclasses
+
+        reloadable = {name for _, name, _ in self.RELOADABLE} | {"source"}
+        return [self.setting_key(f.name) for f in dataclasses.fields(Settings)
+                if f.name not in reloadable and getattr(self.settings, f.name) != getattr(new_settings, f.name)]
+
+    @staticmethod
+    def setting_key(name: str) -> str:
+        """The settings.toml key of a :class:`Settings` field (``port`` -> ``server.port``)."""
+        from gateway.settings import DECLARED
+
+        keys = [d.key for d in DECLARED]
+        for key in keys:  # "metrics_port" is metrics.port, before "port" is tried as a bare name
+            if name == key.replace(".", "_"):
+                return key
+        for key in keys:
+            if name == key.split(".", 1)[1]:
+                return key
+        return {"policy": "payers"}.get(name, name)
+
+    def _apply_policy(self, policy) -> None:
+        # The query's caches hold items per order and auth number, never per policy: a
+        # policy change decides afresh which orders are served and reuses those items.
+        self.gate.policy = self.query.policy = self.steps.policy = policy
+
+    def _apply_warn_codes(self, warn_codes: frozenset[str]) -> None:
+        import dataclasses
+
+        hold_codes = hold_codes_from_warn_codes(warn_codes)
+        self.store.receiving.hold_codes = hold_codes
+        self.store.config = dataclasses.replace(self.store.config, hold_codes=hold_codes)
+
 
 def open_database_of(settings: Settings) -> Database:
-    """Open (and bring up to date) the database named in settings, with every model bound to it."""
+    """Open the database named in settings, with every model bound to it, at this program's
+    schema version: an empty one is created, an older one upgraded in place
+    (:func:`infra.schema.upgrade`); a newer one raises :class:`infra.schema.SchemaTooNew`."""
     db = open_database(settings.database_url)
     bind(db, MODELS)
     db.connect(reuse_if_open=True)
-    migrate(db, MODELS)
-    audit.protect(db)
+    try:
+        schema.upgrade(db, MODELS)
+        audit.protect(db)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

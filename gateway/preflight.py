@@ -30,6 +30,7 @@ from pathlib import Path
 
 from gateway.settings import DATABASE_URL_ENV, Settings
 from infra.db import redacted
+from infra.errors import GatekeeperError
 from store.archive import INCOMING, TREES
 
 OK, FAIL, SKIP = "ok", "fail", "skip"
@@ -132,7 +133,9 @@ def check_database(settings: Settings, already_opened: bool = False) -> Check:
         with _pg_connect_timeout():
             db = open_database_of(settings)
             db.close()
-    except Exception as exc:  # unreachable, refused, wrong schema: each is a failed check
+    except GatekeeperError as exc:  # a schema newer than this program, a busy database: the sentence says it
+        return Check(name, FAIL, str(exc))
+    except Exception as exc:  # unreachable, refused: each is a failed check
         where = (f"{DATABASE_URL_ENV} (it overrides database.url)" if os.environ.get(DATABASE_URL_ENV)
                  else f"database.url in {settings.source}")
         return Check(name, FAIL, f"cannot open it: {_sentence(exc)} Check {where}, and that the database "

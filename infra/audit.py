@@ -58,15 +58,21 @@ def protect(db: pw.Database) -> None:
                 f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
             )
     else:
-        db.execute_sql(
-            "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
-            "BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql"
-        )
-        db.execute_sql("DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log")
-        db.execute_sql(
-            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-            "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
-        )
+        # Several gateways may open one database at once: create the trigger once, under a lock.
+        with db.atomic():
+            db.execute_sql("SELECT pg_advisory_xact_lock(hashtext('gatekeeper: protect audit_log'))")
+            exists = db.execute_sql(
+                "SELECT 1 FROM pg_trigger WHERE tgname = 'audit_log_append_only' AND NOT tgisinternal").fetchone()
+            if exists:
+                return
+            db.execute_sql(
+                "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+                "BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$ LANGUAGE plpgsql"
+            )
+            db.execute_sql(
+                "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+                "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+            )
 
 
 MODELS = [AuditEvent]

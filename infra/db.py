@@ -18,9 +18,9 @@ composition root (:mod:`gateway.app`) binds the models to it and hands it to eve
 case, which opens its transactions with ``db.atomic()``. Peewee keeps the binding on the
 model classes, so one process works on one database at a time.
 
-:func:`migrate` brings any existing database up to the models: it creates missing
-tables, columns and indexes, so an upgrade never needs the database wiped by hand. A
-column added later must be nullable or carry a default.
+:mod:`infra.schema` brings a database to the program's schema version when it is opened
+(versioned steps, one transaction). :func:`migrate` is the older additive helper (missing
+tables, columns and indexes); tests and benchmarks use it on scratch databases.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ def _fresh(url: str) -> peewee.Database:
     db.connect(reuse_if_open=True)
     if not isinstance(db, peewee.SqliteDatabase):
         db.drop_tables(ALL_MODELS + [_Later], cascade=True, safe=True)
+        db.execute_sql("DROP TABLE IF EXISTS schema_version")
     migrate(db, ALL_MODELS)
     audit.protect(db)
     return db
