@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test suite needs and run all of it:
 #   - DCMTK (findscu, storescu, echoscu) from Debian, for the end-to-end tests;
+#   - systemd-analyze (Debian package systemd), to verify deploy/gatekeeper.service;
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
 #     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
@@ -12,6 +13,11 @@ if ! /usr/bin/findscu --version >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk >/dev/null
+fi
+if ! /usr/bin/systemd-analyze --version >/dev/null 2>&1; then  # tests/test_deploy.py verifies the unit
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
