@@ -2,6 +2,7 @@
 # Install what the test suite needs and run all of it:
 #   - DCMTK (findscu, storescu, echoscu) from Debian, for the end-to-end tests;
 #   - systemd-analyze (Debian package systemd), to verify deploy/gatekeeper.service;
+#   - pg_dump and pg_restore (Debian package postgresql-client) for the backup tests;
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
 #     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
@@ -18,6 +19,11 @@ if ! /usr/bin/systemd-analyze --version >/dev/null 2>&1; then  # tests/test_depl
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+if ! command -v pg_dump >/dev/null 2>&1; then  # tests/test_backup.py backs PostgreSQL up with pg_dump
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
