@@ -155,33 +155,39 @@ def run_job(app: App, name: str) -> JobResult:
     return get(name).run(app)
 
 
-def guarded(app: App, job: Job) -> JobResult | None:
+def guarded(app: App, job: Job, metrics=None) -> JobResult | None:
     """Run ``job`` and never raise: a failure is logged at ERROR with its traceback.
 
     Returns the result, or None when the job failed; the scheduler runs it again at its
-    next time.
+    next time. Each run is counted in ``metrics`` (:class:`gateway.metrics.Metrics`) when given.
     """
     started = time.monotonic()
     try:
         result = job.run(app)
     except Exception as exc:
+        if metrics is not None:
+            metrics.job(job.name, ok=False)
         log.exception("job %s failed after %.1fs: %s; it runs again at its next time (%s)",
                       job.name, time.monotonic() - started, exc, job.schedule(app.settings))
         return None
+    if metrics is not None:
+        metrics.job(job.name, ok=True)
     log.info("job %s: %s (%.1fs)", job.name, result.summary, time.monotonic() - started)
     return result
 
 
-def _scheduled(app: App, job: Job) -> None:
+def _scheduled(app: App, job: Job, metrics=None) -> None:
     """The scheduler's entry point: a database connection of its own for this run, then :func:`guarded`."""
     try:
         with app.db.connection_context():
-            guarded(app, job)
+            guarded(app, job, metrics)
     except Exception:  # the connection itself failed
+        if metrics is not None:
+            metrics.job(job.name, ok=False)
         log.exception("job %s could not reach the database; it runs again at its next time", job.name)
 
 
-def start(app: App, jobs: Iterable[Job] | None = None) -> BackgroundScheduler | None:
+def start(app: App, jobs: Iterable[Job] | None = None, metrics=None) -> BackgroundScheduler | None:
     """Schedule ``jobs`` (default: all, unless ``jobs.enabled`` is false: then None) on a
     started :class:`BackgroundScheduler`.
 
@@ -200,7 +206,7 @@ def start(app: App, jobs: Iterable[Job] | None = None) -> BackgroundScheduler | 
             log.info("job %s is not scheduled (interval 0); run it with 'gatekeeper jobs run %s'", job.name, job.name)
             continue
         trigger = triggers[0] if len(triggers) == 1 else OrTrigger(triggers)
-        scheduler.add_job(_scheduled, trigger, args=(app, job), id=job.name, name=job.name)
+        scheduler.add_job(_scheduled, trigger, args=(app, job, metrics), id=job.name, name=job.name)
         planned.append(f"{job.name} {job.schedule(app.settings)}")
     scheduler.start()
     log.info("jobs scheduled: %s", "; ".join(planned) or "none")

@@ -35,6 +35,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.dimse_messages import N_ACTION_RSP
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
+from gateway import logs
 from gateway.app import App
 from gateway.dicom import status as st
 from gateway.dicom import syntaxes
@@ -60,14 +61,16 @@ _FAILURE_REASONS = {
 }
 
 
-def add_to(ae, app) -> list:
-    """Add the Storage Commitment Push Model SOP class (SCP role); return the N-ACTION handler."""
+def add_to(ae, app, metrics=None) -> list:
+    """Add the Storage Commitment Push Model SOP class (SCP role); return the N-ACTION handler
+    (bound to the app and the server's :class:`gateway.metrics.Metrics`, when it has one)."""
     ae.add_supported_context(StorageCommitmentPushModel, syntaxes.NON_STORAGE)
-    return [(evt.EVT_N_ACTION, on_n_action, [app])]
+    return [(evt.EVT_N_ACTION, on_n_action, [app, metrics])]
 
 
-def on_n_action(event, app: App):
+def on_n_action(event, app: App, metrics=None):
     """EVT_N_ACTION: a Storage Commitment Request (PS3.4 J.3.2.1)."""
+    started = time.monotonic()
     calling = event.assoc.requestor.ae_title
     transaction, summary = "-", ""
     try:
@@ -80,7 +83,11 @@ def on_n_action(event, app: App):
     except Exception as exc:  # the one outer guard
         status = st.failure(st.N_ACTION, exc, log, f"storage commitment N-ACTION from {calling}")
     code = status.Status if isinstance(status, Dataset) else status
-    log.info("storage commitment N-ACTION from %s: transaction %s%s, status 0x%04X", calling, transaction, summary, code)
+    took = time.monotonic() - started
+    if metrics is not None:
+        metrics.operation("N-ACTION", code, took)
+    log.info("storage commitment N-ACTION from %s: transaction %s%s, status 0x%04X", calling, transaction, summary, code,
+             extra=logs.operation(event.assoc, "N-ACTION", code, took))
     return status, None
 
 

@@ -18,12 +18,14 @@ association.
 from __future__ import annotations
 
 import logging
+import time
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
+from gateway import logs
 from gateway.dicom import status as st
 from gateway.dicom import syntaxes
 from worklist.mpps import PerformedSeries, StepReport
@@ -32,14 +34,16 @@ from worklist.steps import Steps
 log = logging.getLogger("gateway.dicom.mpps")
 
 
-def add_to(ae, app) -> list:
-    """Add the MPPS SOP class (SCP role); return the N-CREATE and N-SET handlers."""
+def add_to(ae, app, metrics=None) -> list:
+    """Add the MPPS SOP class (SCP role); return the N-CREATE and N-SET handlers (bound to the
+    steps and the server's :class:`gateway.metrics.Metrics`, when it has one)."""
     ae.add_supported_context(ModalityPerformedProcedureStep, syntaxes.NON_STORAGE)
-    return [(evt.EVT_N_CREATE, on_n_create, [app.steps]), (evt.EVT_N_SET, on_n_set, [app.steps])]
+    return [(evt.EVT_N_CREATE, on_n_create, [app.steps, metrics]), (evt.EVT_N_SET, on_n_set, [app.steps, metrics])]
 
 
-def on_n_create(event, steps: Steps):
+def on_n_create(event, steps: Steps, metrics=None):
     """EVT_N_CREATE: a modality started a step (PS3.4 F.7.2.1)."""
+    started = time.monotonic()
     calling = event.assoc.requestor.ae_title
     uid = event.request.AffectedSOPInstanceUID
     accession = None
@@ -51,12 +55,13 @@ def on_n_create(event, steps: Steps):
         status, reply = st.SUCCESS, _created(attrs, uid, assigned=event.request.AffectedSOPInstanceUID is None)
     except Exception as exc:  # the one outer guard
         status, reply = st.failure(st.MPPS, exc, log, f"MPPS N-CREATE of {uid}"), None
-    _log(calling, "N-CREATE", uid, accession, status)
+    _log(event, "N-CREATE", uid, accession, status, started, metrics)
     return status, reply
 
 
-def on_n_set(event, steps: Steps):
+def on_n_set(event, steps: Steps, metrics=None):
     """EVT_N_SET: a modality updated, completed or discontinued a step (PS3.4 F.7.2.2)."""
+    started = time.monotonic()
     calling = event.assoc.requestor.ae_title
     uid = str(event.request.RequestedSOPInstanceUID or "")
     accession = None
@@ -68,7 +73,7 @@ def on_n_set(event, steps: Steps):
         status, reply = st.SUCCESS, changes
     except Exception as exc:  # the one outer guard
         status, reply = st.failure(st.MPPS, exc, log, f"MPPS N-SET of {uid}"), None
-    _log(calling, "N-SET", uid, accession, status)
+    _log(event, "N-SET", uid, accession, status, started, metrics)
     return status, reply
 
 
@@ -120,7 +125,12 @@ def _created(attrs: Dataset, uid: str, assigned: bool) -> Dataset:
     return reply
 
 
-def _log(calling: str, operation: str, uid, accession: str | None, status) -> None:
+def _log(event, operation: str, uid, accession: str | None, status, started: float, metrics=None) -> None:
+    """The one summary line of an N-CREATE or N-SET, and its count in the metrics."""
     code = status.Status if isinstance(status, Dataset) else status
+    took = time.monotonic() - started
+    if metrics is not None:
+        metrics.operation(operation, code, took)
     log.info("MPPS %s from %s: instance %s, accession %s, status 0x%04X",
-             operation, calling, uid or "-", accession or "-", code)
+             operation, event.assoc.requestor.ae_title, uid or "-", accession or "-", code,
+             extra=logs.operation(event.assoc, operation, code, took))

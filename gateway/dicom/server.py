@@ -4,14 +4,16 @@ Wiring only. Each service module (:mod:`.worklist`, :mod:`.storage`, :mod:`.mpps
 :mod:`.commitment`) adds its presentation contexts to the AE and returns its event
 handlers, bound to the use cases of the app; this module adds C-ECHO, association
 logging, TCP_NODELAY, the calling-AE allow list, admission control (:mod:`.guard`: limits
-on associations, in all and per address, and on the time to associate), the scheduled jobs
-and a clean shutdown.
+on associations, in all and per address, and on the time to associate), the scheduled jobs,
+the server's metrics (:mod:`gateway.metrics`, handed to every service's handlers) with
+``/healthz`` and ``/metrics`` (:mod:`gateway.http.health`), and a clean shutdown.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import queue
 import signal
 import socket
 import threading
@@ -20,16 +22,19 @@ import time
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from gateway import jobs
+from gateway import jobs, logs
 from gateway.app import App
 from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
+from gateway.http import health
+from gateway.metrics import Metrics
+from gateway.settings import SettingsError, load
 from infra.db import redacted
 from infra.errors import GatekeeperError
 
 log = logging.getLogger("gateway.dicom.server")
 
-#: The services the AE carries, each a module with ``add_to(ae, app) -> handlers``.
+#: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``.
 SERVICES = (worklist, storage, mpps, commitment)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
@@ -60,26 +65,34 @@ def _on_conn_open(event) -> None:
 def _on_accepted(event) -> None:
     event.assoc.gk_started = time.monotonic()  # type: ignore[attr-defined]
     requestor = event.assoc.requestor
-    log.info("association accepted: calling %s from %s:%s", requestor.ae_title, requestor.address, requestor.port)
+    log.info("association accepted: calling %s from %s:%s", requestor.ae_title, requestor.address, requestor.port,
+             extra=logs.operation(event.assoc, "A-ASSOCIATE"))
 
 
 def _on_ended(kind: str):
+    operation = "A-RELEASE" if kind == "released" else "A-ABORT"
+
     def handler(event) -> None:
         started = getattr(event.assoc, "gk_started", None)
-        took = f" after {time.monotonic() - started:.1f}s" if started else ""
-        log.info("association %s: calling %s%s", kind, event.assoc.requestor.ae_title, took)
+        seconds = time.monotonic() - started if started else None
+        took = f" after {seconds:.1f}s" if started else ""
+        log.info("association %s: calling %s%s", kind, event.assoc.requestor.ae_title, took,
+                 extra=logs.operation(event.assoc, operation, None, seconds))
 
     return handler
 
 
-def _on_rejected(event) -> None:
+def _on_rejected(event, metrics: Metrics | None = None) -> None:
     requestor = event.assoc.requestor
     why = guard.refusal(event.assoc) or "calling AE title not in server.allowed_calling_aets"
-    log.warning("association rejected: calling %r from %s: %s", requestor.ae_title, requestor.address, why)
+    if metrics is not None:  # every refusal comes here, the guard's (it triggers EVT_REJECTED) and pynetdicom's
+        metrics.refused(why)
+    log.warning("association rejected: calling %r from %s: %s", requestor.ae_title, requestor.address, why,
+                extra=logs.operation(event.assoc, "A-ASSOCIATE-RJ"))
 
 
-def build_ae(app: App) -> tuple[AE, list]:
-    """The AE with every service's contexts, and the handlers to start it with."""
+def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
+    """The AE with every service's contexts, and the handlers to start it with (counting in ``metrics``)."""
     tuning.apply()
     s = app.settings
     if s.log_level != "DEBUG":
@@ -108,18 +121,19 @@ def build_ae(app: App) -> tuple[AE, list]:
         (evt.EVT_ACCEPTED, _on_accepted),
         (evt.EVT_RELEASED, _on_ended("released")),
         (evt.EVT_ABORTED, _on_ended("aborted")),
-        (evt.EVT_REJECTED, _on_rejected),
+        (evt.EVT_REJECTED, _on_rejected, [metrics]),
     ]
     for service in SERVICES:
-        handlers.extend(service.add_to(ae, app))
+        handlers.extend(service.add_to(ae, app, metrics))
     return ae, handlers
 
 
 def serve(app: App, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set, for in-process use)."""
+    """Run until SIGTERM/SIGINT (or ``stop`` is set, for in-process use); SIGHUP reloads the settings."""
     s = app.settings
     storage.on_start(app)
-    ae, handlers = build_ae(app)
+    metrics = Metrics(app, jobs=jobs.JOBS)  # per server: tests run several in one process
+    ae, handlers = build_ae(app, metrics)
     try:
         server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
     except OSError as exc:
@@ -127,11 +141,19 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
     # the kernel drop the connections after it, a console's among them, for a second or more.
     server.socket.listen(LISTEN_BACKLOG)
+    metrics.watch_listener(server)
+    try:
+        web = health.start(app, metrics, server)  # /healthz and /metrics; None when metrics.port = 0
+    except GatekeeperError:
+        server.shutdown()
+        raise
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    scheduler = jobs.start(app)
+        reloads = _reloader(app)
+        signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
+    scheduler = jobs.start(app, metrics=metrics)
     log.info("listening as %s on %s:%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
              redacted(s.database_url), s.storage_root)
     if ready is not None:
@@ -140,11 +162,53 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         stop.wait()
     finally:
         log.info("shutting down: finishing open associations")
+        if web is not None:
+            web.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         server.shutdown()
         log.info("stopped")
     return 0
+
+
+def _reloader(app: App) -> queue.SimpleQueue:
+    """A thread that reloads the settings once for each item put on the queue returned (SIGHUP).
+
+    The signal handler only puts on the queue: ``SimpleQueue.put`` is reentrant, so it cannot
+    deadlock whatever the main thread holds when the signal arrives (``Event.set`` or a log
+    call could, on their own locks). Reading the file, logging and applying happen here.
+    """
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run() -> None:
+        while requests.get() is not None:
+            try:
+                reload_settings(app)
+            except Exception:  # never let a reload take the reloader down
+                log.exception("settings reload failed; running settings kept")
+
+    threading.Thread(target=run, name="gatekeeper-reload", daemon=True).start()
+    return requests
+
+
+def reload_settings(app: App) -> list[str]:
+    """Re-read the settings file and apply what a running server takes (``App.RELOADABLE``).
+
+    Changed settings that need a restart are named in a WARNING and not applied; a file
+    that does not load is logged (ERROR, naming file and key) and the running settings stay.
+    """
+    path = app.settings.source
+    try:
+        new = load(path)
+    except (SettingsError, OSError) as exc:
+        log.error("settings reload failed, running settings kept: %s", exc)
+        return []
+    restart = app.needs_restart(new)
+    if restart:
+        log.warning("settings reload: changed in %s but not applied until a restart: %s", path, ", ".join(restart))
+    applied = app.reload(new)
+    log.info("settings reloaded from %s: %s", path, f"applied {', '.join(applied)}" if applied else "nothing to apply")
+    return applied
 
 
 def _listen_error(exc: OSError, address: str, port: int, source) -> str:

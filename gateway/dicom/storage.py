@@ -53,6 +53,7 @@ import time
 
 from pynetdicom import AllStoragePresentationContexts, evt
 
+from gateway import logs
 from gateway.dicom import status as st
 from gateway.dicom import syntaxes, tuning
 from infra.errors import GatekeeperError, OutOfResources, StorageFailure
@@ -63,15 +64,16 @@ from store.store import Store
 log = logging.getLogger("gateway.dicom.storage")
 
 
-def add_to(ae, app) -> list:
-    """Support every storage SOP class; return the C-STORE handler bound to the store."""
+def add_to(ae, app, metrics=None) -> list:
+    """Support every storage SOP class; return the C-STORE handler bound to the store (and the
+    server's :class:`gateway.metrics.Metrics`, when it has one)."""
     store = app.store
     tuning.receive_into(ae, store.archive.incoming,
                         check_room=functools.partial(store.archive.check_room, store.config.min_free_mb))
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, syntaxes.STORAGE)
     return [
-        (evt.EVT_C_STORE, on_c_store, [app.store]),
+        (evt.EVT_C_STORE, on_c_store, [app.store, metrics]),
         (evt.EVT_ABORTED, _forget_partial_receive),
         (evt.EVT_CONN_CLOSE, _forget_partial_receive),
     ]
@@ -86,7 +88,7 @@ def on_start(app) -> None:
              len(done.settled), "move" if len(done.settled) == 1 else "moves")
 
 
-def on_c_store(event, store: Store):
+def on_c_store(event, store: Store, metrics=None):
     """EVT_C_STORE: reconcile and file one instance; 0x0000 only once it is durable and indexed."""
     started = time.monotonic()
     calling = event.assoc.requestor.ae_title
@@ -103,9 +105,13 @@ def on_c_store(event, store: Store):
     except Exception as exc:  # the one outer guard
         status = st.failure(st.C_STORE, exc, log, f"C-STORE of {sop} from {calling}")
         outcome, code = f"not stored: {exc}", status.Status
+    took = time.monotonic() - started
+    if metrics is not None:
+        metrics.operation("C-STORE", code, took)
     log.log(logging.INFO if code == st.SUCCESS else logging.WARNING,
             "C-STORE from %s: instance %s, accession %s, %s, status 0x%04X, %.0f ms",
-            calling, sop, accession, outcome, code, (time.monotonic() - started) * 1000)
+            calling, sop, accession, outcome, code, took * 1000,
+            extra=logs.operation(event.assoc, "C-STORE", code, took))
     return status
 
 

@@ -1,0 +1,202 @@
+"""The server's Prometheus metrics, in a registry of its own (one :class:`Metrics` per server).
+
+Counted as things happen (the DICOM handlers' and the jobs' summary lines observe them):
+
+- ``gatekeeper_associations_refused_total{rule}``: A-ASSOCIATE-RJ by the setting that
+  refused (``server.max_associations``, ``server.max_associations_per_address``,
+  ``server.allowed_calling_aets``);
+- ``gatekeeper_dicom_operation_duration_seconds{operation,status}``: a histogram of
+  C-FIND, C-STORE, N-CREATE, N-SET (MPPS) and N-ACTION (storage commitment) by final
+  status (``0x0000``); its ``_count`` is the number of operations;
+- ``gatekeeper_job_runs_total{job}``, ``gatekeeper_job_failures_total{job}``,
+  ``gatekeeper_job_last_success_timestamp_seconds{job}``.
+
+Read at scrape time:
+
+- ``gatekeeper_associations_open``: established associations of the DICOM listener;
+- ``gatekeeper_orders_today{decision}``, ``gatekeeper_orders_served_today{basis}``,
+  ``gatekeeper_orders_withheld_today{reason}``: the gate's decisions for today's orders
+  (:meth:`worklist.gate.Gate.day`), each reason code of a withheld order counted;
+- ``gatekeeper_held_studies``, ``gatekeeper_held_studies_by_reason{reason}``,
+  ``gatekeeper_held_oldest_seconds``: the held studies (:meth:`store.store.Store.held_studies`);
+- ``gatekeeper_collector_up{collector}``: 1 when the figures above could be read, 0 when
+  the database failed them (the failure is logged).
+
+Every reason code and refusal rule is exported, 0 when unused, so a rate or an alert
+never meets a missing series. Labels carry codes, statuses and setting names only: never
+a patient, an accession number or a UID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from store.reconcile import CODES as FINDING_CODES
+from worklist.gating import BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE, REASON_CODES
+
+log = logging.getLogger("gateway.metrics")
+
+# No ``*_created`` series: in the text format each is one more series per counter and
+# histogram that Prometheus stores and nobody reads. (A switch of the library, for the process.)
+disable_created_metrics()
+
+#: The refusal rules: the settings whose limits refuse an association.
+REFUSAL_RULES = ("server.max_associations", "server.max_associations_per_address", "server.allowed_calling_aets")
+_RULE = re.compile(r"server\.[a-z_]+")
+
+#: Histogram buckets (seconds): a worklist query takes milliseconds, a large C-STORE minutes.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "connected"]
+
+
+@contextlib.contextmanager
+def connected(db):
+    """A database connection for this thread for the block: opened and closed here when the
+    thread had none, the thread's own one left open otherwise (peewee keeps one per thread)."""
+    opened = db.is_closed()
+    if opened:
+        db.connect()
+    try:
+        yield db
+    finally:
+        if opened:
+            db.close()
+
+
+class Metrics:
+    """One server's metrics: the counters its handlers and jobs feed, and the figures read at scrape time."""
+
+    def __init__(self, app=None, jobs: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.associations_open = Gauge("gatekeeper_associations_open",
+                                       "Established DICOM associations.", registry=r)
+        self.refusals = Counter("gatekeeper_associations_refused",
+                                "Associations refused (A-ASSOCIATE-RJ), by the setting that refused them.",
+                                ["rule"], registry=r)
+        self.operations = Histogram("gatekeeper_dicom_operation_duration_seconds",
+                                    "DICOM operations (C-FIND, C-STORE, N-CREATE, N-SET, N-ACTION) by final "
+                                    "status, and how long they took.",
+                                    ["operation", "status"], buckets=DURATION_BUCKETS, registry=r)
+        self.job_runs = Counter("gatekeeper_job_runs", "Scheduled job runs (failed ones included).", ["job"], registry=r)
+        self.job_failures = Counter("gatekeeper_job_failures", "Scheduled job runs that failed.", ["job"], registry=r)
+        self.job_last_success = Gauge("gatekeeper_job_last_success_timestamp_seconds",
+                                      "When each job last finished without error (Unix time).", ["job"], registry=r)
+        for rule in REFUSAL_RULES:
+            self.refusals.labels(rule)
+        for name in jobs:
+            self.job_runs.labels(name)
+            self.job_failures.labels(name)
+        self.associations_open.set(0)
+        if app is not None:
+            r.register(_AppFigures(app))
+
+    # -- fed by the server, the handlers and the jobs ---------------------------------------------
+
+    def watch_listener(self, server) -> None:
+        """Read ``gatekeeper_associations_open`` from the DICOM listener at each scrape."""
+        self.associations_open.set_function(
+            lambda: sum(1 for a in server.active_associations if a.is_established))
+
+    def refused(self, why: str) -> None:
+        """Count one refused association; ``why`` names the setting that refused it (as the log line does)."""
+        found = _RULE.search(why or "")
+        self.refusals.labels(found.group(0) if found else "other").inc()
+
+    def operation(self, name: str, status: int, seconds: float) -> None:
+        """Count one DICOM operation with its final status and duration."""
+        self.operations.labels(name, f"0x{status:04X}").observe(max(seconds, 0.0))
+
+    def job(self, name: str, ok: bool) -> None:
+        """Count one run of a job."""
+        self.job_runs.labels(name).inc()
+        if ok:
+            self.job_last_success.labels(name).set_to_current_time()
+        else:
+            self.job_failures.labels(name).inc()
+
+    # -- the exposition -------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """Every metric in the Prometheus text format (:data:`CONTENT_TYPE_LATEST`)."""
+        return generate_latest(self.registry)
+
+
+class _AppFigures(Collector):
+    """Today's orders and the held studies, read through the use cases at each scrape."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def describe(self):
+        return []  # the families depend on what can be read; no checks at registration
+
+    def collect(self):
+        up = GaugeMetricFamily("gatekeeper_collector_up",
+                               "1 when the figures of this collector could be read at this scrape, else 0.",
+                               labels=["collector"])
+        for name, read in (("orders", self._orders), ("held", self._held)):
+            try:
+                with connected(self.app.db):
+                    families = list(read())
+            except Exception as exc:  # the database is down: say so, and still export the rest
+                log.warning("metrics: could not read the %s figures: %s", name, exc)
+                up.add_metric([name], 0)
+                continue
+            up.add_metric([name], 1)
+            yield from families
+        yield up
+
+    def _orders(self):
+        entries = self.app.gate.day(self.app.today())
+        decided = GaugeMetricFamily("gatekeeper_orders_today",
+                                    "Orders scheduled today, by the gate's decision now.", labels=["decision"])
+        basis = GaugeMetricFamily("gatekeeper_orders_served_today",
+                                  "Orders scheduled today and served, by basis.", labels=["basis"])
+        reasons = GaugeMetricFamily("gatekeeper_orders_withheld_today",
+                                    "Orders scheduled today and withheld, by reason code (an order with two "
+                                    "reasons counts under both).", labels=["reason"])
+        served = [e.decision for e in entries if e.decision.served]
+        withheld = [e.decision for e in entries if not e.decision.served]
+        decided.add_metric(["served"], len(served))
+        decided.add_metric(["withheld"], len(withheld))
+        by_basis = {b: 0 for b in (BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE)}
+        for d in served:
+            by_basis[d.basis or "unknown"] = by_basis.get(d.basis or "unknown", 0) + 1
+        for b, n in by_basis.items():
+            basis.add_metric([b], n)
+        by_reason = {code: 0 for code in REASON_CODES}
+        for d in withheld:
+            for code in set(d.codes):
+                by_reason[code] = by_reason.get(code, 0) + 1
+        for code, n in by_reason.items():
+            reasons.add_metric([code], n)
+        return decided, basis, reasons
+
+    def _held(self):
+        held = self.app.store.held_studies()
+        count = GaugeMetricFamily("gatekeeper_held_studies", "Studies held for review.")
+        count.add_metric([], len(held))
+        reasons = GaugeMetricFamily("gatekeeper_held_studies_by_reason",
+                                    "Held studies by finding code (a study with two codes counts under both).",
+                                    labels=["reason"])
+        by_reason = {code: 0 for code in FINDING_CODES}
+        for study in held:
+            for code in set(study.codes):
+                by_reason[code] = by_reason.get(code, 0) + 1
+        for code, n in by_reason.items():
+            reasons.add_metric([code], n)
+        oldest = GaugeMetricFamily("gatekeeper_held_oldest_seconds",
+                                   "Age of the oldest hold (0 when none is held).")
+        now = self.app.now()
+        oldest.add_metric([], max(0.0, max(((now - s.held_since).total_seconds() for s in held), default=0.0)))
+        return count, reasons, oldest
