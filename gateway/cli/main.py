@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if args.verb != "serve":
         logging.getLogger("infra.db").setLevel(logging.WARNING)
+        logging.getLogger("infra.schema").setLevel(logging.WARNING)
     if not getattr(args, "needs_app", True):  # the verb opens what it needs itself (gatekeeper check)
         args.settings = settings
         try:

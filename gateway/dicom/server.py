@@ -149,8 +149,12 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         raise
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # As for SIGHUP below: the handler only puts on a queue; a thread sets the event,
+        # since Event.set in a handler could deadlock on the lock the main thread holds.
+        stops: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=lambda: (stops.get(), stop.set()), name="gatekeeper-stop", daemon=True).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda *_: stops.put(True))
         reloads = _reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
     scheduler = jobs.start(app, metrics=metrics)
