@@ -38,10 +38,11 @@ import threading
 import time
 from pathlib import Path
 
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+from tests import e2e  # noqa: E402
 
 
 def free_port() -> int:
@@ -64,15 +65,7 @@ def write_settings(root: Path, folder: Path, port: int) -> Path:
 
 def echo_once(port: int) -> bool:
     """One console attempt: associate, C-ECHO, release."""
-    ae = AE(ae_title="CONSOLE")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
-    assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and status.Status == 0
+    return e2e.echo_ok(port, "CONSOLE", 5)
 
 
 def locked_out(port: int, bound: float) -> float | None:

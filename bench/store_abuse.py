@@ -51,6 +51,8 @@ from pynetdicom import AE, _config  # noqa: E402
 from pynetdicom.dsutils import encode  # noqa: E402
 from pynetdicom.sop_class import Verification  # noqa: E402
 
+from tests import e2e  # noqa: E402
+
 MiB = 1024 * 1024
 START_TIMEOUT = 60
 PROBE_TIMEOUT = 120
@@ -97,16 +99,7 @@ def memory(pid: int) -> dict[str, int]:
     return {key: int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) // 1024 for key in ("VmRSS", "VmHWM")}
 
 
-def echo_ok(port: int) -> bool:
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 2
-    assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and status.Status == 0
+echo_ok = e2e.echo_ok  # C-ECHO to GATEKEEPER on loopback
 
 
 class Server:

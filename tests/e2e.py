@@ -43,10 +43,11 @@ def gatekeeper_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
 
 
-def echo_ok(port: int) -> bool:
-    ae = AE(ae_title="E2E")
+def echo_ok(port: int, calling: str = "E2E", timeout: float = 2) -> bool:
+    """True when a C-ECHO to GATEKEEPER on 127.0.0.1:``port`` succeeds (also used by bench/)."""
+    ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 2
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
     if not assoc.is_established:
         return False

@@ -97,13 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.run(None, args)
         except GatekeeperError as exc:
-            print(f"gatekeeper: {exc}", file=sys.stderr)
-            return exit_code(exc)
+            return _refused(exc)
     try:
         app = open_app(settings, clock)
     except GatekeeperError as exc:  # a busy database, a schema newer than this program: the message says it
-        print(f"gatekeeper: {exc}", file=sys.stderr)
-        return exit_code(exc)
+        return _refused(exc)
     except Exception as exc:  # database unreachable, store not writable
         print(f"gatekeeper: cannot open the database {redacted(settings.database_url)} or the storage root "
               f"{settings.storage_root}: {exc}. Check database.url and storage.root in {settings.source}.",
@@ -112,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(app, args)
     except GatekeeperError as exc:
-        print(f"gatekeeper: {exc}", file=sys.stderr)
-        return exit_code(exc)
+        return _refused(exc)
     finally:
         app.close()
+
+
+def _refused(exc: GatekeeperError) -> int:
+    """Say what the core refused, in its own sentence, and return the exit code."""
+    print(f"gatekeeper: {exc}", file=sys.stderr)
+    return exit_code(exc)
 
 
 if __name__ == "__main__":
