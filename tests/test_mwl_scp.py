@@ -124,8 +124,9 @@ def test_failure_while_answering_gets_c000(app, mwl, monkeypatch):
     assert find(mwl.port, query(AccessionNumber=""))[1] == 0xC000
 
 
-def test_c_cancel_stops_pending_responses(app, server):
+def test_c_cancel_stops_pending_responses(app, server, monkeypatch):
     import json
+    import time
 
     records = json.loads((EXAMPLES / "orders.json").read_text())
     many = []
@@ -134,7 +135,14 @@ def test_c_cancel_stops_pending_responses(app, server):
         rec["accession_number"] = f"C{i:05d}"
         many.append(rec)
     app.gate.import_orders(parse_orders(json.dumps(many)))
+    find = app.query.find
 
+    def paced(*args, **kwargs):  # a console's C-CANCEL must find responses still to send
+        for response in find(*args, **kwargs):
+            time.sleep(0.005)
+            yield response
+
+    monkeypatch.setattr(app.query, "find", paced)
     ae = AE(ae_title="DX1")
     ae.add_requested_context(ModalityWorklistInformationFind)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="GATEKEEPER")
