@@ -10,6 +10,7 @@ the file in two folders run two independent gateways.
 
 from __future__ import annotations
 
+import errno
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -220,6 +221,21 @@ def _port(value: int, key: str, path: Path, allow_zero: bool = False) -> int:
     if (allow_zero and value == 0) or 1 <= value <= 65535:
         return value
     raise SettingsError(f"{path}: {key} is {value}; a TCP port is 1 to 65535" + (" (0 = off)." if allow_zero else "."))
+
+
+def port_unavailable(exc: OSError, *, setting: str, address_setting: str, address: str, port: int,
+                     source: Path | str, serves: str = "", off: str = "") -> str:
+    """One sentence for a port from the settings that cannot be listened on, naming the setting.
+
+    ``serves`` says what the port is for (e.g. " for /healthz and /metrics"); ``off`` how to
+    turn the listener off, when it can be.
+    """
+    where = f"{setting} = {port} (with {address_setting} = {address!r}) in {source}{off}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port}{serves} is already in use: stop the program that holds it, or change {where}"
+    if exc.errno == errno.EACCES:
+        return f"port {port}{serves} needs privileges this user lacks: use a port above 1023, or change {where}"
+    return f"cannot listen on {address}:{port}{serves} ({exc.strerror or exc}): check {where}"
 
 
 def resolve_database_url(url: str, folder: Path) -> str:

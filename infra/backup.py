@@ -174,6 +174,10 @@ class Manifest:
                    source_storage_root=str(source.get("storage_root", "")))
 
 
+#: What to do when the database cannot be reached or read (appended to such errors).
+_SQLITE_ADVICE = " Check database.url and that the database file is readable, then try again."
+_PG_ADVICE = " Check database.url and that the PostgreSQL server runs and lets this user in, then try again."
+
 def _entry(data: dict) -> FileEntry:
     path, size, digest = data["path"], data["size"], data["sha256"]
     if not isinstance(path, str) or not isinstance(size, int) or size < 0 or not isinstance(digest, str) \
@@ -295,7 +299,8 @@ def _dump_sqlite(source: Path, target: Path) -> tuple[FileEntry, int | None, lis
         finally:
             src.close()
     except sqlite3.Error as exc:
-        raise StorageFailure(f"could not copy the database {source}: {exc}.") from exc
+        raise StorageFailure(f"could not copy the database {source}: {exc}. Check that DEST has room and that the "
+                             "database file is readable, then try again.") from exc
     os.chmod(target, 0o600)
     _fsync_file(target)
     size, digest = file_digest(target)
@@ -322,7 +327,7 @@ def _dump_postgresql(url: str, target: Path) -> tuple[FileEntry, int | None, lis
     try:
         conn = psycopg2.connect(url, connect_timeout=10)
     except psycopg2.Error as exc:
-        raise StorageFailure(f"could not connect to {redacted(url)}: {_scrub(str(exc), url)}.") from None
+        raise StorageFailure(f"could not connect to {redacted(url)}: {_scrub(str(exc), url)}.{_PG_ADVICE}") from None
     try:
         conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
         with conn.cursor() as cur:
@@ -341,7 +346,7 @@ def _dump_postgresql(url: str, target: Path) -> tuple[FileEntry, int | None, lis
         # The transaction stays open (and with it the snapshot) until pg_dump is done.
         _run_pg([tool, "--format=custom", f"--snapshot={snapshot}", "--no-password", f"--file={target}"], url)
     except psycopg2.Error as exc:
-        raise StorageFailure(f"could not read the database {redacted(url)}: {_scrub(str(exc), url)}.") from None
+        raise StorageFailure(f"could not read the database {redacted(url)}: {_scrub(str(exc), url)}.{_PG_ADVICE}") from None
     finally:
         conn.close()
     os.chmod(target, 0o600)
@@ -540,7 +545,7 @@ def _sqlite_table_with_rows(path: Path) -> str | None:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        raise StorageFailure(f"could not read the database {path}: {exc}.") from exc
+        raise StorageFailure(f"could not read the database {path}: {exc}.{_SQLITE_ADVICE}") from exc
     return None
 
 
@@ -551,7 +556,7 @@ def _pg_table_with_rows(url: str) -> str | None:
     try:
         conn = psycopg2.connect(url, connect_timeout=10)
     except psycopg2.Error as exc:
-        raise StorageFailure(f"could not connect to {redacted(url)}: {_scrub(str(exc), url)}.") from None
+        raise StorageFailure(f"could not connect to {redacted(url)}: {_scrub(str(exc), url)}.{_PG_ADVICE}") from None
     try:
         conn.set_session(readonly=True)
         with conn.cursor() as cur:
@@ -572,7 +577,7 @@ def _pg_table_with_rows(url: str) -> str | None:
                 if cur.fetchone()[0]:
                     return table if schema == "public" else f"{schema}.{table}"
     except psycopg2.Error as exc:
-        raise StorageFailure(f"could not read the database {redacted(url)}: {_scrub(str(exc), url)}.") from None
+        raise StorageFailure(f"could not read the database {redacted(url)}: {_scrub(str(exc), url)}.{_PG_ADVICE}") from None
     finally:
         conn.close()
     return None
@@ -607,7 +612,7 @@ def _leave_wal(path: Path) -> None:
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise NotEmpty(f"another process has the database {path} open; stop it before restoring") from None
-        raise StorageFailure(f"could not open the database {path}: {exc}.") from exc
+        raise StorageFailure(f"could not open the database {path}: {exc}.{_SQLITE_ADVICE}") from exc
     if mode != "delete":
         raise NotEmpty(f"another process has the database {path} open; stop it before restoring")
     for suffix in ("-wal", "-shm"):
@@ -781,11 +786,13 @@ def _run_pg(argv: list[str], url: str) -> None:
     try:
         done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     except OSError as exc:
-        raise StorageFailure(f"could not run {Path(argv[0]).name}: {exc.strerror}.") from None
+        raise StorageFailure(f"could not run {Path(argv[0]).name}: {exc.strerror}. Check that the PostgreSQL client "
+                             "tools are installed and executable (Debian: postgresql-client).") from None
     if done.returncode != 0:
         lines = [line for line in _scrub(done.stderr, url).splitlines() if line.strip()]
         why = "; ".join(lines[:3]) or f"exit status {done.returncode}"
-        raise StorageFailure(f"{Path(argv[0]).name} failed on {redacted(url)}: {why}.")
+        raise StorageFailure(f"{Path(argv[0]).name} failed on {redacted(url)}: {why}. Fix what it names and run "
+                         "the command again.")
 
 
 def _scrub(text: str, url: str) -> str:

@@ -272,19 +272,30 @@ def _sequence(r: _Reader, enc: _Encoding, end: int, length: int, where: str, dep
                 raise _Damaged(f"the sequence {where} has no Sequence Delimitation Item{r._where(end)}")
             return
         start = r.pos
-        group, element, item_length = enc.tag_length.unpack(r.read(8, end, f"an item of the sequence {where}"))
-        tag = group << 16 | element
-        if tag == SEQUENCE_END and undefined:
-            if item_length != 0:
-                raise _Damaged(f"the Sequence Delimitation Item at byte {start} has length {item_length}, not 0")
+        ended, item_length = _item(r, enc, end, f"the sequence {where}", delimiter=undefined)
+        if ended:
             return
-        if tag != ITEM:
-            raise _Damaged(f"the sequence {where} holds ({group:04X},{element:04X}) at byte {start} where an "
-                           "item should be")
         if item_length == UNDEFINED:
             _dataset(r, enc, end, item=True, depth=depth + 1)
         else:
             _dataset(r, enc, r.pos + _fits(r, item_length, end, f"the item at byte {start}"), depth=depth + 1)
+
+
+def _item(r: _Reader, enc: _Encoding, end: int, what: str, *, delimiter: bool) -> tuple[bool, int]:
+    """Read an Item (or, when ``delimiter``, a Sequence Delimitation Item) tag and length (PS3.5 7.5).
+
+    Returns (True, 0) at the delimiter, else (False, the item's length).
+    """
+    at = r.pos
+    group, element, length = enc.tag_length.unpack(r.read(8, end, f"an item of {what}"))
+    tag = group << 16 | element
+    if tag == SEQUENCE_END and delimiter:
+        if length != 0:
+            raise _Damaged(f"the Sequence Delimitation Item at byte {at} has length {length}, not 0")
+        return True, 0
+    if tag != ITEM:
+        raise _Damaged(f"{what} holds ({group:04X},{element:04X}) at byte {at} where an item should be")
+    return False, length
 
 
 def _encapsulated(r: _Reader, enc: _Encoding, end: int, start: int) -> int:
@@ -295,15 +306,9 @@ def _encapsulated(r: _Reader, enc: _Encoding, end: int, start: int) -> int:
         if at == end:
             raise _Damaged(f"the encapsulated Pixel Data at byte {start} has no Sequence Delimitation Item"
                            f"{r._where(end)}")
-        group, element, length = enc.tag_length.unpack(r.read(8, end, "an item of the encapsulated Pixel Data"))
-        tag = group << 16 | element
-        if tag == SEQUENCE_END:
-            if length != 0:
-                raise _Damaged(f"the Sequence Delimitation Item at byte {at} has length {length}, not 0")
+        ended, length = _item(r, enc, end, "the encapsulated Pixel Data", delimiter=True)
+        if ended:
             break
-        if tag != ITEM:
-            raise _Damaged(f"the encapsulated Pixel Data holds ({group:04X},{element:04X}) at byte {at} where an "
-                           "item should be")
         if length == UNDEFINED:
             raise _Damaged(f"an item of the encapsulated Pixel Data at byte {at} has an undefined length")
         if offset_table is None:

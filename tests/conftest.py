@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 #: The examples are written for exams on 2026-12-01; tests look at them from the morning before.
 EXAMPLE_NOW = dt.datetime(2026, 11, 30, 8, 0, 0)
+#: The same moment for a `serve` process (tests/e2e.py).
+EXAMPLES_NOW = {"GATEKEEPER_NOW": EXAMPLE_NOW.isoformat()}
 #: Set by CI (or by hand) to run the database tests against PostgreSQL too.
 PG_URL_ENV = "GATEKEEPER_TEST_PG_URL"
 
@@ -158,3 +160,18 @@ def loaded(run):
     assert run("orders", "import", str(EXAMPLES / "orders.json"))[0] == 0
     assert run("auths", "import", str(EXAMPLES / "auths.json"))[0] == 0
     return run
+
+
+@pytest.fixture
+def examples_gateway(tmp_path):
+    """`serve` as a process in its own folder, the example orders and auths imported, as of EXAMPLES_NOW."""
+    from tests.e2e import Gateway
+
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    gw = Gateway(folder, env=EXAMPLES_NOW)
+    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
+    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
+    gw.start()
+    yield gw
+    assert gw.stop() == 0, gw.log()

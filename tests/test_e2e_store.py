@@ -12,25 +12,13 @@ from pydicom import uid as ts
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from tests.conftest import EXAMPLES
 from tests.dicom_factory import make_instance, write_instance
-from tests.e2e import Gateway, dcmtk
+from tests.e2e import dcmtk
 
 pytestmark = pytest.mark.e2e
 
-# The examples' exams are on 2026-12-01; the gateway looks at them from the day before.
-NOW = {"GATEKEEPER_NOW": "2026-11-30T08:00:00"}
 
 
-@pytest.fixture
-def examples_gateway(tmp_path):
-    (tmp_path / "gw").mkdir()
-    gw = Gateway(tmp_path / "gw", env=NOW)
-    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
-    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
-    gw.start()
-    yield gw
-    assert gw.stop() == 0, gw.log()
 
 
 def study_files(folder, count=2, **overrides):

@@ -6,23 +6,12 @@ import subprocess
 import pytest
 from pydicom import dcmread
 
-from tests.conftest import EXAMPLES
-from tests.e2e import Gateway, dcmtk, echo_ok
+from tests.e2e import dcmtk, echo_ok
 
 pytestmark = pytest.mark.e2e
 
-# The examples' exams are on 2026-12-01; the gateway looks at them from the day before.
-NOW = {"GATEKEEPER_NOW": "2026-11-30T08:00:00"}
 
 
-@pytest.fixture
-def examples_gateway(tmp_path):
-    gw = Gateway(tmp_path, env=NOW)
-    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
-    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
-    gw.start()
-    yield gw
-    assert gw.stop() == 0, gw.log()
 
 
 def findscu(gw, tmp_path, *keys: str, calling: str = "MR1") -> list:

@@ -10,7 +10,6 @@ the SIGHUP.
 from __future__ import annotations
 
 import dataclasses
-import re
 import signal
 import time
 
@@ -29,8 +28,6 @@ from tests.dicom_factory import make_instance, make_order, write_instance
 from tests.e2e import Gateway
 from worklist.intake import parse_auths, parse_orders
 
-# The examples' exams are on 2026-12-01; the gateway looks at them from the day before.
-NOW = {"GATEKEEPER_NOW": "2026-11-30T08:00:00"}
 #: The line of the shipped default payer list that makes ACC1002 (CPT 73721) need an auth.
 KNEE_LINE = '    "73718-73725",  # lower extremity\n'
 
@@ -165,14 +162,6 @@ def hup(gw: Gateway, timeout: float = 20) -> list[str]:
     raise AssertionError(f"no reload in the log within {timeout}s of SIGHUP:\n{gw.log()}")
 
 
-@pytest.fixture
-def examples_gateway(tmp_path):
-    gw = Gateway(tmp_path, env=NOW)
-    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
-    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
-    gw.start()
-    yield gw
-    assert gw.stop() == 0, gw.log()
 
 
 @pytest.mark.e2e

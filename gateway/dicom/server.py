@@ -11,7 +11,6 @@ the server's metrics (:mod:`gateway.metrics`, handed to every service's handlers
 
 from __future__ import annotations
 
-import errno
 import logging
 import queue
 import signal
@@ -28,7 +27,7 @@ from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, wo
 from gateway.dicom.status import SUCCESS
 from gateway.http import health
 from gateway.metrics import Metrics
-from gateway.settings import SettingsError, load
+from gateway.settings import SettingsError, load, port_unavailable
 from infra.db import redacted
 from infra.errors import GatekeeperError
 
@@ -137,7 +136,8 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     try:
         server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
     except OSError as exc:
-        raise GatekeeperError(_listen_error(exc, s.bind_address, s.port, s.source)) from None
+        raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
+                                               address=s.bind_address, port=s.port, source=s.source)) from None
     # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
     # the kernel drop the connections after it, a console's among them, for a second or more.
     server.socket.listen(LISTEN_BACKLOG)
@@ -213,12 +213,3 @@ def reload_settings(app: App) -> list[str]:
     applied = app.reload(new)
     log.info("settings reloaded from %s: %s", path, f"applied {', '.join(applied)}" if applied else "nothing to apply")
     return applied
-
-
-def _listen_error(exc: OSError, address: str, port: int, source) -> str:
-    where = f"server.port = {port} (with server.bind_address = {address!r}) in {source}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"port {port} is already in use: stop the program that holds it, or change {where}"
-    if exc.errno == errno.EACCES:
-        return f"port {port} needs privileges this user lacks: use a port above 1023, or change {where}"
-    return f"cannot listen on {address}:{port} ({exc.strerror or exc}): check {where}"

@@ -20,7 +20,6 @@ and says nothing about patients.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import socket
@@ -28,6 +27,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from gateway.metrics import CONTENT_TYPE_LATEST, Metrics, connected
+from gateway.settings import port_unavailable
 from infra.errors import GatekeeperError
 
 log = logging.getLogger("gateway.http.health")
@@ -173,16 +173,9 @@ def start(app, metrics: Metrics, listener=None) -> HealthServer | None:
     try:
         server = HealthServer((s.metrics_bind_address, s.metrics_port), Health(app, listener), metrics)
     except OSError as exc:
-        raise GatekeeperError(_bind_error(exc, s.metrics_bind_address, s.metrics_port, s.source)) from None
+        raise GatekeeperError(port_unavailable(
+            exc, setting="metrics.port", address_setting="metrics.bind_address", address=s.metrics_bind_address,
+            port=s.metrics_port, source=s.source, serves=" for /healthz and /metrics", off=" (0 turns them off)")) from None
     server.start()
     log.info("health and metrics on http://%s:%s/healthz and /metrics", s.metrics_bind_address, server.port)
     return server
-
-
-def _bind_error(exc: OSError, address: str, port: int, source) -> str:
-    where = f"metrics.port = {port} (with metrics.bind_address = {address!r}) in {source}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"port {port} for /healthz and /metrics is already in use: stop the program that holds it, or change {where} (0 turns them off)"
-    if exc.errno == errno.EACCES:
-        return f"port {port} for /healthz and /metrics needs privileges this user lacks: change {where}"
-    return f"cannot serve /healthz and /metrics on {address}:{port} ({exc.strerror or exc}): check {where}"
