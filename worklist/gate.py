@@ -22,7 +22,8 @@ from infra.clock import Clock
 from infra.errors import InvalidInput, NotFound
 from worklist import records, watch
 from worklist.gating import Authorization, Decision, Reason, auth_date, auth_problems, authorize
-from worklist.intake import parse_auths, parse_orders
+from worklist.intake import parse_auths, parse_orders, parse_policies
+from worklist.necessity import NecessityPolicy, applicable
 from worklist.orders import Auth, Order
 from worklist.policy import PayerPolicy
 from worklist.records import ImportResult
@@ -62,6 +63,8 @@ class Explanation:
     needs_auth: bool
     as_of: dt.date
     auths_on_file: tuple[AuthOnFile, ...]
+    #: The necessity policies that apply to the order (rule 7); empty: no diagnosis check.
+    necessity: tuple[NecessityPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,16 @@ class Gate:
         """Parse a whole auth file (JSON, NDJSON or CSV), then import it."""
         auths = parse_auths(text, source)
         return len(auths), self.import_auths(auths, user=user, source=source)
+
+    def import_policies_text(self, text: str, source: str, *, user: str = "import") -> tuple[int, ImportResult]:
+        """Parse a whole necessity policy file (JSON, NDJSON or CSV), then make its policies the
+        whole set of each payer it names (``updated`` counts the earlier policies replaced); audited."""
+        policies = parse_policies(text, source)
+        return len(policies), records.replace_necessity(self.db, policies, self.clock(), user=user, source=source)
+
+    def necessity_policies(self) -> list[NecessityPolicy]:
+        """Every necessity policy on file, by payer."""
+        return records.necessity_policies()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -163,7 +176,9 @@ class Gate:
                        other_payer=a.payer_id != order.payer_id)
             for a in sorted(auths, key=lambda a: a.auth_number)
         )
-        return Explanation(order, decision, self.policy.requires_auth(order.payer_id, order.cpt), today, on_file)
+        necessity = applicable(order, records.necessity_for_payers([order.payer_id]).get(order.payer_id, ()))
+        return Explanation(order, decision, self.policy.requires_auth(order.payer_id, order.cpt), today, on_file,
+                           necessity)
 
     # -- acting ----------------------------------------------------------------------------
 

@@ -149,7 +149,8 @@ class Steps:
 
     def _unit_for_completion(self, order: OrderRow, uid: str, calling_ae: str, now: dt.datetime) -> str | None:
         """Use one unit of the auth that serves the order now (rule 1 at completion time), once per order."""
-        decision = records.decide_all([order.to_order()], self.policy, now.date())[0]
+        # The auth question alone: an exam performed on an auth uses its unit whatever the diagnosis.
+        decision = records.decide_all([order.to_order()], self.policy, now.date(), necessity=False)[0]
         unit = mpps.unit_to_use(decision, order.auth_unit_used)
         if unit is None:
             if not decision.served and order.status in WORKABLE_STATUSES:
