@@ -65,7 +65,7 @@ DECLARED: tuple[Declared, ...] = (
     Declared("storage.min_free_mb", int, 1024, "Free space (MiB) kept on the storage volume; below it C-STORE is refused with 0xA700."),
     Declared("worklist.auth_attribute", str, "RequestedProcedureComments", "DICOM keyword that carries 'AUTH <number>' on the console."),
     Declared("worklist.restrict_unnamed_station_to_caller", bool, False, "A query naming no station sees only the calling AE's own items."),
-    Declared("reconcile.warn_codes", list, ["STUDY_UID_MISMATCH"], "Reconciliation codes that only warn; every other code holds the study."),
+    Declared("reconcile.warn_codes", list, ["STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"], "Reconciliation codes that only warn; every other code holds the study."),
     Declared("jobs.enabled", bool, True, "Run the scheduled jobs inside `gatekeeper serve`."),
     Declared("jobs.reevaluate_minutes", int, 5, "Minutes between worklist re-evaluations (one also runs just after midnight)."),
     Declared("jobs.expiring_auth_days", int, 7, "Warn of orders scheduled in the next N days whose auth will not cover them."),

@@ -22,7 +22,7 @@ from store.archive import StoredFile
 from store.commitment import Reference, StoredInstance
 from store.header import InstanceHeader
 from store.models import FindingRow, InstanceRow, StudyRow
-from store.reconcile import CODES, Reconciliation
+from store.reconcile import CODES, PriorStudy, Reconciliation
 from store.states import ARCHIVED, HELD, PURGED, REJECTED
 
 #: ``StudyRow.pending_files``: move the study's files into its state's tree / delete the others.
@@ -238,6 +238,20 @@ class Index:
         if accession:
             query = query.where((StudyRow.accession_number == accession) | (StudyRow.order_accession == accession))
         return list(query.order_by(StudyRow.last_received_at.desc(), StudyRow.study_instance_uid))
+
+    def archived_of_orders(self, orders: dict) -> tuple[PriorStudy, ...]:
+        """The archived studies linked to these orders (keyed by accession number), with each
+        order's patient and CPT code: what a new study may duplicate (rule 7). By the indexed
+        ``order_accession``, in one query a batch."""
+        found = []
+        for batch in batches(sorted(orders)):
+            rows = (StudyRow.select(StudyRow.study_instance_uid, StudyRow.order_accession, StudyRow.study_date,
+                                    StudyRow.first_received_at)
+                    .where(StudyRow.order_accession.in_(batch) & (StudyRow.state == ARCHIVED)).tuples())
+            for uid, accession, study_date, first in rows:
+                order = orders[accession]
+                found.append(PriorStudy(uid, accession, order.patient_id, order.cpt, study_date, first))
+        return tuple(found)
 
     def hold_codes(self, studies: list[str]) -> dict[str, tuple[str, ...]]:
         """The distinct codes holding each study, in the order of :data:`store.reconcile.CODES`."""

@@ -142,6 +142,11 @@ class Gate:
         """The orders with these accession numbers, keyed by accession number."""
         return records.orders_by_accession(accessions)
 
+    def same_procedure_accessions(self, order: Order) -> dict[str, Order]:
+        """The patient's other orders for the same CPT code, keyed by accession number (rule 7,
+        POSSIBLE_DUPLICATE_ORDER); by the indexed patient ID."""
+        return records.same_procedure_orders(order)
+
     def orders_since(self, start: dt.datetime) -> list[Order]:
         """Orders scheduled from ``start`` on (the report's period)."""
         return records.orders_since(start)

@@ -157,6 +157,13 @@ def open_orders_of(patient_ids: Iterable[str]) -> list[Order]:
     return found
 
 
+def same_procedure_orders(order: Order) -> dict[str, Order]:
+    """The other orders of ``order``'s patient for its CPT code, keyed by accession number."""
+    rows = OrderRow.select().where((OrderRow.patient_id == order.patient_id) & (OrderRow.cpt == order.cpt)
+                                   & (OrderRow.accession_number != order.accession_number))
+    return {row.accession_number: row.to_order() for row in rows}
+
+
 def orders_since(start: dt.datetime) -> list[Order]:
     """Orders scheduled from ``start`` on (the report's period), in import order."""
     return [row.to_order() for row in OrderRow.select().where(OrderRow.scheduled_start >= start).order_by(OrderRow.id)]
