@@ -306,6 +306,15 @@ class Index:
 
     # --------------------------------------------------------------------------- the report
 
+    def archived_linked_since(self, start: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
+        """(Study UID, order accession, when it reached archived) of the archived studies linked to
+        an order and first received from ``start`` on (by the indexed ``first_received_at``)."""
+        query = (StudyRow.select(StudyRow.study_instance_uid, StudyRow.order_accession, StudyRow.state_changed_at)
+                 .where((StudyRow.first_received_at >= start) & (StudyRow.state == ARCHIVED)
+                        & (StudyRow.order_accession != ""))
+                 .order_by(StudyRow.id))
+        return list(query.tuples())
+
     def reopened_since(self, start: dt.datetime) -> int:
         """Archived studies that a non-matching instance moved back to held, from ``start`` on."""
         return StudyRow.select().where(StudyRow.reopened_at >= start).count()

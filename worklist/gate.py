@@ -155,6 +155,22 @@ class Gate:
         """One accession number per override recorded from ``start`` on."""
         return records.override_accessions_since(start)
 
+    def accessions_with_steps(self, accessions) -> set[str]:
+        """Which of these accession numbers any MPPS step has named."""
+        return records.accessions_with_steps(accessions)
+
+    def performed_without_final_report(self, since: dt.datetime) -> list[Order]:
+        """Completed orders scheduled from ``since`` on whose report is not final."""
+        return records.performed_without_final_report(since)
+
+    def report_statuses_since(self, start: dt.datetime) -> dict[str, int]:
+        """Orders scheduled from ``start`` on, counted by report status ("" for none yet)."""
+        return records.report_statuses_since(start)
+
+    def open_orders_scheduled(self, start: dt.datetime, end: dt.datetime) -> list[Order]:
+        """Open orders scheduled in [start, end)."""
+        return records.orders_scheduled(start, end, open_only=True)
+
     def completed_steps_since(self, start: dt.datetime) -> int:
         """MPPS steps completed from ``start`` on."""
         return records.completed_steps_since(start)

@@ -296,6 +296,29 @@ def necessity_policies() -> list[NecessityPolicy]:
 # ------------------------------------------------------------------------------- MPPS
 
 
+def accessions_with_steps(accessions: Iterable[str]) -> set[str]:
+    """Which of these accession numbers any MPPS step (in any state) has named."""
+    found: set[str] = set()
+    for batch in batches(sorted(set(accessions) - {""})):
+        query = MppsRow.select(MppsRow.accession_number).where(MppsRow.accession_number.in_(batch)).distinct()
+        found.update(acc for (acc,) in query.tuples())
+    return found
+
+
+def performed_without_final_report(since: dt.datetime) -> list[Order]:
+    """Completed orders scheduled from ``since`` on whose report is not final (none, preliminary)."""
+    query = OrderRow.select().where((OrderRow.status == "completed") & (OrderRow.scheduled_start >= since)
+                                    & OrderRow.report_status.not_in(("final", "corrected")))
+    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.id)]
+
+
+def report_statuses_since(start: dt.datetime) -> dict[str, int]:
+    """Orders scheduled from ``start`` on, counted by report status."""
+    query = (OrderRow.select(OrderRow.report_status, pw.fn.COUNT(OrderRow.id))
+             .where(OrderRow.scheduled_start >= start).group_by(OrderRow.report_status))
+    return {status or "": count for status, count in query.tuples()}
+
+
 def completed_steps_since(start: dt.datetime) -> int:
     """MPPS steps completed from ``start`` on."""
     return MppsRow.select().where((MppsRow.status == "COMPLETED") & (MppsRow.updated_at >= start)).count()
