@@ -99,13 +99,13 @@ class Followup:
 
     def _flag_once(self, flags: list[watch.Flag], now: dt.datetime) -> list[watch.Flag]:
         actions = {f.action for f in flags}
-        seen = {(detail.get("action", ""), subject)
+        seen = {(detail.get("flag", ""), subject)
                 for subject, detail in audit.details(actions, (f.subject for f in flags))} if flags else set()
         fresh = [f for f in flags if (f.action, f.subject) not in seen]
         with self.db.atomic():
             for f in fresh:
                 log.warning("%s: %s", f.action, f.text)
-                audit.record(now, REPORT_WATCH_USER, f.action, f.subject, f.text, action=f.action,
+                audit.record(now, REPORT_WATCH_USER, f.action, f.subject, f.text, flag=f.action,
                              accession_number=f.accession_number, due=f.due.isoformat())
         return fresh
 

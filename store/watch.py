@@ -5,8 +5,8 @@
 - :func:`filing_deadlines`: performed exams whose claim deadline (exam date + the payer's
   ``timely_filing_days``) is at most ``alert_days`` away, or already passed, while the
   report is not final (``order.filing_deadline_near``);
-- :func:`complete_without_mpps`: scheduled orders whose study was archived at least
-  ``minutes`` ago and for which no MPPS step was ever reported.
+- :func:`complete_without_mpps`: scheduled orders whose archived study first arrived at
+  least ``minutes`` ago and for which no MPPS step was ever reported.
 
 "Final" means the RIS reported the report ``final`` or ``corrected`` (a corrected report
 is a final one amended); none yet and ``preliminary`` are not final. The callers pass the
@@ -125,6 +125,7 @@ class Arrived:
 def complete_without_mpps(arrived: Iterable[Arrived], now: dt.datetime, minutes: int) -> list[Arrived]:
     """The orders to complete from their images: still scheduled, no MPPS step ever reported for
     them (an MPPS in progress or discontinued means the modality reports steps: it is waited
-    for), and their study archived ``minutes`` ago or more (exactly at the boundary counts)."""
+    for), and their archived study first arrived ``minutes`` ago or more (exactly at the
+    boundary counts)."""
     cutoff = now - dt.timedelta(minutes=minutes)
-    return [a for a in arrived if a.order_status == "scheduled" and not a.has_mpps and a.archived_at <= cutoff]
+    return [a for a in arrived if a.order_status == "scheduled" and not a.has_mpps and a.arrived_at <= cutoff]
