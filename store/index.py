@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import peewee as pw
 
+from infra import audit
 from infra.db import batches
 from store import archive as trees
 from store.archive import StoredFile
@@ -314,6 +315,10 @@ class Index:
                         & (StudyRow.order_accession != ""))
                  .order_by(StudyRow.id))
         return list(query.tuples())
+
+    def events_since(self, actions: Iterable[str], start: dt.datetime) -> dict[str, int]:
+        """How many audit events of each of ``actions`` were recorded from ``start`` on (the report's flags)."""
+        return audit.counts_since(actions, start)
 
     def reopened_since(self, start: dt.datetime) -> int:
         """Archived studies that a non-matching instance moved back to held, from ``start`` on."""

@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from infra import audit
 from store.index import Index
 from store.watch import AUDIT_FILING_NEAR, AUDIT_REPORT_OVERDUE
 from store.reconcile import CODES as FINDING_CODES
@@ -240,7 +239,7 @@ def load_report(gate: Gate, index: Index, since: dt.date) -> Report:
                     for r, codes in index.studies_since(start)],
                    gate.completed_steps_since(start), index.reopened_since(start),
                    gate.report_statuses_since(start),
-                   audit.counts_since((AUDIT_COMPLETED_FROM_IMAGES, AUDIT_REPORT_OVERDUE, AUDIT_FILING_NEAR), start))
+                   index.events_since((AUDIT_COMPLETED_FROM_IMAGES, AUDIT_REPORT_OVERDUE, AUDIT_FILING_NEAR), start))
 
 
 def order_facts(gate: Gate, start: dt.datetime, chunk: int = 2000) -> list[OrderFact]:
