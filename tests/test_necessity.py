@@ -239,3 +239,60 @@ def test_the_import_is_audited(with_policies, app):
 
     events = list(AuditEvent.select().where(AuditEvent.action == "policies.import"))
     assert len(events) == 1 and events[0].subject.endswith("policies.json")
+
+
+# ------------------------------------------------------------------------ SQLite and PostgreSQL
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def gate_db(request, tmp_path):
+    from tests.test_database import NOW, POLICY, _fresh
+    from worklist.gate import Gate
+
+    url = f"sqlite:///{tmp_path / 'gk.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    db = _fresh(url)
+    yield Gate(db, POLICY, lambda: NOW)
+    db.close()
+
+
+def test_policies_replace_per_payer_and_gate_on_both_databases(gate_db):
+    from worklist.intake import parse_orders
+
+    gate = gate_db
+    orders = parse_orders((EXAMPLES / "orders.json").read_text())
+    gate.import_orders(orders)
+    assert gate.import_policies_text((EXAMPLES / "policies.json").read_text(), "p.json")[1].created == 2
+    other = '[{"payer_id": "BLUE", "cpt": ["70553"], "covered_icd10": ["G43"]}]'
+    gate.import_policies_text(other, "blue.json")
+    narrower = '{"payer_id": "ACME_HEALTH", "cpt": ["70553"], "covered_icd10": ["C71"]}'
+    count, result = gate.import_policies_text(narrower, "acme.ndjson")
+    assert (count, result.created, result.updated) == (1, 1, 2)
+    assert [p.payer_id for p in gate.necessity_policies()] == ["ACME_HEALTH", "BLUE"]
+    decisions = {d.accession_number: d for d in gate.decide(orders)}
+    assert decisions["ACC1001"].codes == (g.AUTH_MISSING, g.DIAGNOSIS_NOT_COVERED)  # no auths imported here
+    assert g.DIAGNOSIS_NOT_COVERED not in decisions["ACC1002"].codes  # 73721 is no longer under a policy
+
+
+def test_the_follow_up_queries_on_both_databases(gate_db):
+    """The queries of the follow-up jobs and the report (rule 7), on SQLite and PostgreSQL."""
+    from infra import audit
+    from tests.test_database import NOW
+    from worklist import records
+    from worklist.intake import parse_orders
+    from worklist.models import MppsRow, OrderRow
+
+    gate = gate_db
+    gate.import_orders(parse_orders((EXAMPLES / "orders.json").read_text()))
+    OrderRow.update(status="completed").where(OrderRow.accession_number.in_(["ACC1001", "ACC1002"])).execute()
+    OrderRow.update(report_status="final").where(OrderRow.accession_number == "ACC1002").execute()
+    OrderRow.update(report_status="preliminary").where(OrderRow.accession_number == "ACC1003").execute()
+    since = dt.datetime(2026, 11, 1)
+    assert gate.report_statuses_since(since) == {"": 1, "final": 1, "preliminary": 1}
+    assert [o.accession_number for o in gate.performed_without_final_report(since)] == ["ACC1001"]
+    MppsRow.create(sop_instance_uid="1.2.3", accession_number="ACC1003", status="IN PROGRESS", created_at=NOW,
+                   updated_at=NOW)
+    assert gate.accessions_with_steps(["ACC1001", "ACC1003"]) == {"ACC1003"}
+    audit.record(NOW, "job:x", "study.report_overdue", "1.2.3")
+    assert audit.counts_since(["study.report_overdue", "order.filing_deadline_near"], since) == {
+        "study.report_overdue": 1, "order.filing_deadline_near": 0}
+    assert set(records.same_procedure_orders(gate.order("ACC1001"))) == set()
