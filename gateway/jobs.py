@@ -6,7 +6,11 @@
 - ``held_age``: flag held studies older than ``storage.held_alert_hours``
   (:meth:`store.store.Store.flag_aged_holds`);
 - ``purge_rejected``: delete the files of rejected studies past retention
-  (:meth:`store.store.Store.purge_rejected`).
+  (:meth:`store.store.Store.purge_rejected`);
+- ``complete_without_mpps``: complete from their images the orders whose modality sent no
+  MPPS (:meth:`store.followup.Followup.complete_without_mpps`);
+- ``report_watch``: flag overdue reports and claim deadlines near
+  (:meth:`store.followup.Followup.watch_reports`).
 
 :func:`start` schedules them on a :class:`BackgroundScheduler` inside ``gatekeeper serve``
 (apscheduler's triggers follow the wall clock; the use cases read the app's clock).
@@ -99,6 +103,26 @@ def purge_rejected(app: App) -> JobResult:
                                                  "files_deleted": done.files_deleted, "failed": done.failed})
 
 
+def complete_without_mpps(app: App) -> JobResult:
+    """Complete the orders whose study was archived without an MPPS in time; use each auth unit once."""
+    done = app.followup.complete_without_mpps()
+    summary = (f"{done.candidates} scheduled orders with an archived study: {done.completed} completed from their "
+               f"images after {done.minutes} min without MPPS ({done.units_used} auth units used)")
+    return JobResult("complete_without_mpps", summary, {"candidates": done.candidates, "completed": done.completed,
+                                                        "units_used": done.units_used})
+
+
+def report_watch(app: App) -> JobResult:
+    """Flag once each overdue report and each claim deadline near while the report is not final."""
+    done = app.followup.watch_reports()
+    summary = (f"{done.studies_checked} archived studies and {done.exams_checked} performed exams checked: "
+               f"{done.overdue} reports overdue ({done.overdue_flagged} newly flagged), "
+               f"{done.deadlines_near} claim deadlines near ({done.deadlines_flagged} newly flagged)")
+    return JobResult("report_watch", summary, {"overdue": done.overdue, "overdue_flagged": done.overdue_flagged,
+                                               "deadlines_near": done.deadlines_near,
+                                               "deadlines_flagged": done.deadlines_flagged})
+
+
 # ------------------------------------------------------------------------ the registry
 
 def _daily(hour: int, minute: int = 0, second: int = 0) -> CronTrigger:
@@ -132,6 +156,17 @@ JOBS: dict[str, Job] = {
             purge_rejected,
             lambda s: [_daily(s.purge_hour)],
             lambda s: f"daily at {s.purge_hour:02d}:00 (retention {s.rejected_retention_days} days)"),
+        Job("complete_without_mpps",
+            "complete from its images an order whose study was archived with no MPPS in time; auth unit used once",
+            complete_without_mpps,
+            lambda s: _every(s.complete_check_minutes),
+            lambda s: (f"every {s.complete_check_minutes} min" if s.complete_check_minutes else "by hand only")
+            + f" (after {s.complete_without_mpps_minutes} min without MPPS)"),
+        Job("report_watch",
+            "flag reports not final after the payer's report_due_days, and claim deadlines near",
+            report_watch,
+            lambda s: [_daily(s.report_watch_hour)],
+            lambda s: f"daily at {s.report_watch_hour:02d}:00 (deadlines within {s.filing_alert_days} days)"),
     )
 }
 

@@ -65,13 +65,17 @@ DECLARED: tuple[Declared, ...] = (
     Declared("storage.min_free_mb", int, 1024, "Free space (MiB) kept on the storage volume; below it C-STORE is refused with 0xA700."),
     Declared("worklist.auth_attribute", str, "RequestedProcedureComments", "DICOM keyword that carries 'AUTH <number>' on the console."),
     Declared("worklist.restrict_unnamed_station_to_caller", bool, False, "A query naming no station sees only the calling AE's own items."),
-    Declared("reconcile.warn_codes", list, ["STUDY_UID_MISMATCH"], "Reconciliation codes that only warn; every other code holds the study."),
+    Declared("worklist.complete_without_mpps_minutes", int, 60, "Minutes after its study is archived that an order no MPPS reported is completed from the images."),
+    Declared("reconcile.warn_codes", list, ["STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"], "Reconciliation codes that only warn; every other code holds the study."),
     Declared("jobs.enabled", bool, True, "Run the scheduled jobs inside `gatekeeper serve`."),
     Declared("jobs.reevaluate_minutes", int, 5, "Minutes between worklist re-evaluations (one also runs just after midnight)."),
     Declared("jobs.expiring_auth_days", int, 7, "Warn of orders scheduled in the next N days whose auth will not cover them."),
     Declared("jobs.expiring_auth_hour", int, 6, "Hour of the day (0-23) the expiring-auth warning runs."),
     Declared("jobs.held_age_minutes", int, 60, "Minutes between checks for held studies older than storage.held_alert_hours."),
     Declared("jobs.purge_hour", int, 2, "Hour of the day (0-23) the rejected-study purge runs."),
+    Declared("jobs.complete_check_minutes", int, 5, "Minutes between checks for orders whose images arrived without MPPS; 0 = by hand only."),
+    Declared("jobs.report_watch_hour", int, 7, "Hour of the day (0-23) the report and timely-filing watch runs."),
+    Declared("jobs.filing_alert_days", int, 14, "Flag exams whose claim deadline is this many days away or less while the report is not final."),
 )
 
 
@@ -119,6 +123,10 @@ class Settings:
     held_age_minutes: int
     purge_hour: int
     policy: PayerPolicy
+    complete_without_mpps_minutes: int = 60
+    complete_check_minutes: int = 5
+    report_watch_hour: int = 7
+    filing_alert_days: int = 14
     peers: dict[str, Peer] = field(default_factory=dict)
 
 
@@ -170,7 +178,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
     level = values["server.log_level"].upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"{path}: server.log_level is {level!r}; use DEBUG, INFO, WARNING or ERROR.")
-    for key in ("jobs.expiring_auth_hour", "jobs.purge_hour"):
+    for key in ("jobs.expiring_auth_hour", "jobs.purge_hour", "jobs.report_watch_hour"):
         if not 0 <= values[key] <= 23:
             raise SettingsError(f"{path}: {key} must be an hour from 0 to 23, not {values[key]}.")
     return Settings(
@@ -207,6 +215,10 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         held_age_minutes=values["jobs.held_age_minutes"],
         purge_hour=values["jobs.purge_hour"],
         policy=policy,
+        complete_without_mpps_minutes=values["worklist.complete_without_mpps_minutes"],
+        complete_check_minutes=values["jobs.complete_check_minutes"],
+        report_watch_hour=values["jobs.report_watch_hour"],
+        filing_alert_days=values["jobs.filing_alert_days"],
         peers=_peers(raw.get("peers", {}), path),
     )
 

@@ -49,6 +49,15 @@ def details(actions: Iterable[str], subjects: Iterable[str]) -> Iterator[tuple[s
             yield subject, json.loads(detail or "{}")
 
 
+def counts_since(actions: Iterable[str], start: dt.datetime) -> dict[str, int]:
+    """How many events of each of ``actions`` were recorded from ``start`` on (0 for none)."""
+    actions = list(actions)
+    query = (AuditEvent.select(AuditEvent.action, pw.fn.COUNT(AuditEvent.id))
+             .where(AuditEvent.action.in_(actions) & (AuditEvent.at >= start)).group_by(AuditEvent.action))
+    found = dict(query.tuples())
+    return {action: found.get(action, 0) for action in actions}
+
+
 def protect(db: pw.Database) -> None:
     """Make the database itself refuse UPDATE and DELETE on the audit log."""
     if isinstance(db, pw.SqliteDatabase):

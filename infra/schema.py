@@ -77,9 +77,37 @@ def add_studies_reopened_at(db: pw.Database) -> None:
     _add_column(db, "studies", "reopened_at", pw.DateTimeField(null=True))
 
 
+def add_orders_report_status(db: pw.Database) -> None:
+    """0.3.0 (version 2 -> 3): add orders.report_status and orders.report_status_at: the
+    RIS's report status of each order ("" until one is received) and when it was reached."""
+    _add_column(db, "orders", "report_status", pw.CharField(max_length=16, default=""))
+    _add_column(db, "orders", "report_status_at", pw.DateTimeField(null=True))
+
+
+def add_necessity_policies(db: pw.Database) -> None:
+    """0.3.0 (version 3 -> 4): add the table ``necessity_policies`` (rule 7): per payer, the CPT
+    codes and ranges a policy covers and the ICD-10-CM prefixes that justify them."""
+
+    class NecessityPolicy(pw.Model):  # the table as 0.3.0 made it, not the current model
+        payer_id = pw.CharField()
+        cpt = pw.TextField()
+        covered_icd10 = pw.TextField()
+        imported_at = pw.DateTimeField()
+
+        class Meta:
+            database = db
+            table_name = "necessity_policies"
+
+    if "necessity_policies" not in db.get_tables():
+        db.create_tables([NecessityPolicy])
+        run_migrations(migrator(db).add_index("necessity_policies", ("payer_id",), False))
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
+    add_orders_report_status,
+    add_necessity_policies,
 )
 
 #: The version this program writes and reads.

@@ -16,13 +16,14 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import peewee as pw
 
+from infra import audit
 from infra.db import batches
 from store import archive as trees
 from store.archive import StoredFile
 from store.commitment import Reference, StoredInstance
 from store.header import InstanceHeader
 from store.models import FindingRow, InstanceRow, StudyRow
-from store.reconcile import CODES, Reconciliation
+from store.reconcile import CODES, PriorStudy, Reconciliation
 from store.states import ARCHIVED, HELD, PURGED, REJECTED
 
 #: ``StudyRow.pending_files``: move the study's files into its state's tree / delete the others.
@@ -239,6 +240,20 @@ class Index:
             query = query.where((StudyRow.accession_number == accession) | (StudyRow.order_accession == accession))
         return list(query.order_by(StudyRow.last_received_at.desc(), StudyRow.study_instance_uid))
 
+    def archived_of_orders(self, orders: dict) -> tuple[PriorStudy, ...]:
+        """The archived studies linked to these orders (keyed by accession number), with each
+        order's patient and CPT code: what a new study may duplicate (rule 7). By the indexed
+        ``order_accession``, in one query a batch."""
+        found = []
+        for batch in batches(sorted(orders)):
+            rows = (StudyRow.select(StudyRow.study_instance_uid, StudyRow.order_accession, StudyRow.study_date,
+                                    StudyRow.first_received_at)
+                    .where(StudyRow.order_accession.in_(batch) & (StudyRow.state == ARCHIVED)).tuples())
+            for uid, accession, study_date, first in rows:
+                order = orders[accession]
+                found.append(PriorStudy(uid, accession, order.patient_id, order.cpt, study_date, first))
+        return tuple(found)
+
     def hold_codes(self, studies: list[str]) -> dict[str, tuple[str, ...]]:
         """The distinct codes holding each study, in the order of :data:`store.reconcile.CODES`."""
         found: dict[str, set[str]] = defaultdict(set)
@@ -291,6 +306,19 @@ class Index:
         return InstanceRow.delete().where(InstanceRow.study_instance_uid == study).execute()
 
     # --------------------------------------------------------------------------- the report
+
+    def archived_linked_since(self, start: dt.datetime) -> list[tuple[str, str, dt.datetime]]:
+        """(Study UID, order accession, when it reached archived) of the archived studies linked to
+        an order and first received from ``start`` on (by the indexed ``first_received_at``)."""
+        query = (StudyRow.select(StudyRow.study_instance_uid, StudyRow.order_accession, StudyRow.state_changed_at)
+                 .where((StudyRow.first_received_at >= start) & (StudyRow.state == ARCHIVED)
+                        & (StudyRow.order_accession != ""))
+                 .order_by(StudyRow.id))
+        return list(query.tuples())
+
+    def events_since(self, actions: Iterable[str], start: dt.datetime) -> dict[str, int]:
+        """How many audit events of each of ``actions`` were recorded from ``start`` on (the report's flags)."""
+        return audit.counts_since(actions, start)
 
     def reopened_since(self, start: dt.datetime) -> int:
         """Archived studies that a non-matching instance moved back to held, from ``start`` on."""

@@ -41,7 +41,7 @@ from store.header import InstanceHeader, read_header
 from store.integrity import check_whole
 from store.index import Index, IndexedInstance
 from store.placement import TREE_OF, Placement
-from store.reconcile import Reconciliation, accession_of, reconcile, study_state
+from store.reconcile import PriorStudy, Reconciliation, accession_of, reconcile, study_state
 from store.states import ARCHIVED, HELD
 from worklist.gating import Authorization
 from worklist.orders import Order
@@ -56,6 +56,8 @@ AUDIT_REOPENED = "study.reopened"
 #: The worklist's question: the order with an accession number and its authorization on a day
 #: (:meth:`worklist.gate.Gate.authorization`).
 Authorizer = Callable[[str, dt.date], tuple[Order | None, Authorization | None]]
+#: The archived studies a new study of an order may duplicate (rule 7, :class:`store.reconcile.PriorStudy`).
+PriorLookup = Callable[[Order], tuple[PriorStudy, ...]]
 
 
 class DatasetMismatch(InvalidInput):
@@ -114,6 +116,8 @@ class Session:
     """
 
     checks: dict[tuple[str, dt.date], OrderCheck] = field(default_factory=dict)
+    #: The archived studies each (study, order) may duplicate, looked up at the study's first instance.
+    priors: dict[tuple[str, str], tuple[PriorStudy, ...]] = field(default_factory=dict)
 
     def order_check(self, accession: str, day: dt.date, authorizer: Authorizer) -> OrderCheck:
         key = (accession, day)
@@ -122,16 +126,27 @@ class Session:
             found = self.checks[key] = OrderCheck(*authorizer(accession, day)) if accession else OrderCheck(None, None)
         return found
 
+    def priors_of(self, study: str, order: Order | None, lookup: PriorLookup | None) -> tuple[PriorStudy, ...]:
+        """The archived studies ``study`` may duplicate: once per study and order in an association."""
+        if order is None or lookup is None:
+            return ()
+        key = (study, order.accession_number)
+        found = self.priors.get(key)
+        if found is None:
+            found = self.priors[key] = lookup(order)
+        return found
+
 
 class Receiving:
     """Files received instances: reconcile, write durably, index."""
 
     def __init__(self, archive: Archive, index: Index, placement: Placement, authorizer: Authorizer, *,
-                 hold_codes: frozenset[str], clock: Clock) -> None:
+                 hold_codes: frozenset[str], clock: Clock, priors: PriorLookup | None = None) -> None:
         self.archive = archive
         self.index = index
         self.placement = placement
         self.authorizer = authorizer
+        self.priors = priors
         self.hold_codes = frozenset(hold_codes)
         self.clock = clock
         self._links_work = True  # cleared when the volume refuses hard links
@@ -167,16 +182,19 @@ class Receiving:
             except OSError as exc:
                 raise _os_failure(exc, f"could not read the received file {source.name}") from exc
             _check_request(header, sop_class_uid, sop_instance_uid)
-            check = (session or Session()).order_check(accession_of(header), self.study_day(header), self.authorizer)
-            found = self.reconcile(header, check)
+            session = session or Session()
+            check = session.order_check(accession_of(header), self.study_day(header), self.authorizer)
+            found = self.reconcile(header, check, session.priors_of(header.study_instance_uid, check.order, self.priors))
             return self._file(source, header, found, check, calling_ae)
         finally:
             if not source.name.startswith(INFLIGHT) and source.exists():
                 unlink_quietly(source)  # not filed: a copy made above, or the sender's file
 
-    def reconcile(self, header: InstanceHeader, check: OrderCheck) -> Reconciliation:
-        """Rule 3 for one instance against its order and the order's authorization."""
-        return reconcile(header, check.order, order_authorized=check.authorized, hold_codes=self.hold_codes)
+    def reconcile(self, header: InstanceHeader, check: OrderCheck, priors: tuple[PriorStudy, ...] = ()) -> Reconciliation:
+        """Rules 3 and 7 for one instance against its order, the order's authorization and the
+        archived studies it may duplicate."""
+        return reconcile(header, check.order, order_authorized=check.authorized, hold_codes=self.hold_codes,
+                         priors=priors)
 
     def study_day(self, header: InstanceHeader) -> dt.date:
         """Study Date (0008,0020) as a date; the receive date when it is empty or malformed."""

@@ -11,12 +11,21 @@ Messages name the accession number and, where useful, the modality or side, but 
 patient's name, ID or birth date: those are in ``instance_value`` and ``order_value``, shown
 side by side to the operator, and must not end up in an INFO log line by accident.
 
+Rule 7 adds two findings about duplicates. They need what is already archived, so the
+caller passes :class:`PriorStudy` rows in (``priors``): the archived studies of the
+instance's order and of the patient's other orders for the same CPT code, looked up once
+per study. ``DUPLICATE_STUDY`` (holds by default): the order already has an archived study
+with another Study Instance UID, named in the finding. ``POSSIBLE_DUPLICATE_ORDER`` (warns
+by default): another order of the same patient and CPT code has an archived study of the
+same day, so the exam may have been ordered, and billed, twice.
+
 The study is the unit (:func:`study_state`): once any instance of a study holds, the study
 is held, and later instances of it are held too.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -38,6 +47,9 @@ LATERALITY_MISMATCH = "LATERALITY_MISMATCH"
 STUDY_UID_MISMATCH = "STUDY_UID_MISMATCH"
 ORDER_NOT_AUTHORIZED = "ORDER_NOT_AUTHORIZED"
 ORDER_CANCELLED = "ORDER_CANCELLED"
+# Rule 7, duplicates.
+DUPLICATE_STUDY = "DUPLICATE_STUDY"
+POSSIBLE_DUPLICATE_ORDER = "POSSIBLE_DUPLICATE_ORDER"
 
 #: Every finding code, in the order of the rule 3 table of docs/rules.md (findings come in this order).
 CODES = (
@@ -52,10 +64,14 @@ CODES = (
     STUDY_UID_MISMATCH,
     ORDER_NOT_AUTHORIZED,
     ORDER_CANCELLED,
+    DUPLICATE_STUDY,
+    POSSIBLE_DUPLICATE_ORDER,
 )
 ALL_CODES = frozenset(CODES)
-#: By default every code holds the study but STUDY_UID_MISMATCH, which only warns.
-DEFAULT_HOLD_CODES = ALL_CODES - {STUDY_UID_MISMATCH}
+#: The codes that only warn unless settings say otherwise (``reconcile.warn_codes``).
+DEFAULT_WARN_CODES = frozenset({STUDY_UID_MISMATCH, POSSIBLE_DUPLICATE_ORDER})
+#: By default every code holds the study but STUDY_UID_MISMATCH and POSSIBLE_DUPLICATE_ORDER, which only warn.
+DEFAULT_HOLD_CODES = ALL_CODES - DEFAULT_WARN_CODES
 
 #: Where the accession number used for matching came from.
 FROM_ACCESSION_NUMBER = "AccessionNumber"
@@ -136,6 +152,20 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class PriorStudy:
+    """An archived study that a new one may duplicate (rule 7): its UID, the order it is linked
+    to, that order's patient and CPT code, its Study Date (YYYYMMDD as received) and when it
+    was first received."""
+
+    study_instance_uid: str
+    order_accession: str
+    patient_id: str
+    cpt: str
+    study_date: str
+    first_received_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class Reconciliation:
     """Every finding for one instance, the accession number used and where it came from.
 
@@ -187,13 +217,15 @@ def reconcile(
     *,
     order_authorized: bool,
     hold_codes: frozenset[str] = DEFAULT_HOLD_CODES,
+    priors: tuple[PriorStudy, ...] = (),
 ) -> Reconciliation:
     """Check one instance against the order found by :func:`accession_of` (rule 3 of docs/rules.md).
 
     ``order`` is None when no order has that accession number. ``order_authorized`` is False
     when the order needs an auth and none was valid on the study date. Without an accession
     number or an order there is nothing to compare, so only ACCESSION_MISSING or
-    ACCESSION_UNKNOWN is reported.
+    ACCESSION_UNKNOWN is reported. ``priors`` are the archived studies the duplicate checks
+    compare with (:class:`PriorStudy`); none, no duplicate findings.
     """
     accession, source = _choose_accession(header)
 
@@ -229,6 +261,8 @@ def reconcile(
         _check_study_uid(header, order),
         None if order_authorized else _not_authorized(header, order),
         _check_cancelled(order),
+        _check_duplicate_study(header, order, priors),
+        _check_possible_duplicate_order(header, order, priors),
     )
 
 
@@ -389,4 +423,45 @@ def _check_cancelled(order: Order) -> Finding | None:
         f"Order {order.accession_number} is {order.status} in the RIS, yet images arrived "
         "for it. Check whether the exam was meant to be done: have the order reinstated, "
         "reassign the images to another order, or reject them.",
+    )  # fmt: skip
+
+
+def _day(study_date: str) -> str:
+    """A Study Date as compared: digits only (ACR-NEMA ``YYYY.MM.DD`` is still met)."""
+    return study_date.strip().replace(".", "")
+
+
+def _check_duplicate_study(header: InstanceHeader, order: Order, priors: tuple[PriorStudy, ...]) -> Finding | None:
+    earlier = sorted((p for p in priors if p.order_accession == order.accession_number
+                      and p.study_instance_uid != header.study_instance_uid),
+                     key=lambda p: (p.first_received_at, p.study_instance_uid))
+    if not earlier:
+        return None
+    first = earlier[0]
+    return Finding(
+        DUPLICATE_STUDY, header.study_instance_uid, first.study_instance_uid,
+        f"Order {order.accession_number} already has an archived study, {first.study_instance_uid} (received "
+        f"{first.first_received_at:%Y-%m-%d %H:%M}); this is a second study for it. If it is a repeat of the "
+        "same exam, reject it or have the RIS order the repeat; if it belongs to another exam, reassign it "
+        "to that order.",
+    )  # fmt: skip
+
+
+def _check_possible_duplicate_order(header: InstanceHeader, order: Order,
+                                    priors: tuple[PriorStudy, ...]) -> Finding | None:
+    day = _day(header.study_date)
+    if not day:
+        return None
+    same = sorted((p for p in priors if p.order_accession and p.order_accession != order.accession_number
+                   and p.patient_id == order.patient_id and p.cpt == order.cpt and _day(p.study_date) == day),
+                  key=lambda p: (p.first_received_at, p.study_instance_uid))
+    if not same:
+        return None
+    other = same[0]
+    return Finding(
+        POSSIBLE_DUPLICATE_ORDER, header.study_instance_uid, other.order_accession,
+        f"Order {other.order_accession} of the same patient, for the same CPT {order.cpt} on the same day, "
+        f"already has an archived study ({other.study_instance_uid}); order {order.accession_number} may "
+        "duplicate it. Check with the RIS whether the exam was ordered twice and cancel the extra order "
+        "before it is billed.",
     )  # fmt: skip

@@ -7,7 +7,8 @@ every front end.
 
 Scope: orders scheduled on or after the ``since`` day (any time after, including days
 still to come), overrides recorded since then, studies first received since then, MPPS
-steps completed since then.
+steps completed since then; orders of the period by report status, and the follow-up flags
+(overdue reports, claim deadlines near, orders completed from images) raised since then.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from store.index import Index
+from store.watch import AUDIT_FILING_NEAR, AUDIT_REPORT_OVERDUE
 from store.reconcile import CODES as FINDING_CODES
 from store.states import ARCHIVED, HELD, REJECTED, STUDY_STATES
 from worklist.gate import Gate
 from worklist.gating import BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE, REASON_CODES
-from worklist.orders import ORDER_STATUSES, WORKABLE_STATUSES
+from worklist.orders import ORDER_STATUSES, REPORT_STATUSES, WORKABLE_STATUSES
 
 BASES = (BASIS_AUTH, BASIS_NOT_REQUIRED, BASIS_OVERRIDE)
+#: The report's name of each report status ("" is "none": no report received yet).
+REPORT_STATUS_KEYS = {status: status or "none" for status in REPORT_STATUSES}
+#: Audit action of an order completed from its images (no MPPS).
+AUDIT_COMPLETED_FROM_IMAGES = "order.completed_from_images"
 #: States a held study ends its hold in; its held time runs to ``state_changed_at``.
 #: A purged study's state_changed_at is the purge, not the end of the hold: it is left out
 #: of the medians (still counted in the hold figures).
@@ -104,6 +110,10 @@ class Report:
     mpps_completed: int
     auth_units_used: int
     auths_drawn_on: int
+    completed_from_images: int = 0
+    orders_by_report_status: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REPORT_STATUS_KEYS.values()})
+    reports_overdue: int = 0
+    deadlines_near: int = 0
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -119,12 +129,18 @@ def figures(
     studies: Iterable[StudyFact],
     mpps_completed: int,
     reopened: int = 0,
+    report_statuses: dict[str, int] | None = None,
+    flags: dict[str, int] | None = None,
 ) -> Report:
     """Every figure of the report from plain rows (already limited to the period by the caller).
 
     An order withheld for several reasons counts once under each. ``override_accessions``
     has one entry per override recorded (an order overridden twice appears twice).
+    ``report_statuses`` counts the period's orders by report status; ``flags`` the follow-up
+    audit events of the period by action.
     """
+    statuses = report_statuses or {}
+    flags = flags or {}
     orders = list(orders)
     studies = list(studies)
     overrides = list(override_accessions)
@@ -163,6 +179,10 @@ def figures(
         mpps_completed=mpps_completed,
         auth_units_used=len(units),
         auths_drawn_on=len(set(units)),
+        completed_from_images=flags.get(AUDIT_COMPLETED_FROM_IMAGES, 0),
+        orders_by_report_status={key: statuses.get(status, 0) for status, key in REPORT_STATUS_KEYS.items()},
+        reports_overdue=flags.get(AUDIT_REPORT_OVERDUE, 0),
+        deadlines_near=flags.get(AUDIT_FILING_NEAR, 0),
     )
 
 
@@ -203,8 +223,10 @@ def as_json(r: Report) -> dict:
             },
             "reopened": r.reopened,
         },
-        "mpps": {"completed": r.mpps_completed},
+        "mpps": {"completed": r.mpps_completed, "completed_from_images": r.completed_from_images},
         "auth_units": {"used": r.auth_units_used, "auths": r.auths_drawn_on},
+        "reports": {"by_status": r.orders_by_report_status, "overdue": r.reports_overdue,
+                    "deadlines_near": r.deadlines_near},
     }
 
 
@@ -215,7 +237,9 @@ def load_report(gate: Gate, index: Index, since: dt.date) -> Report:
     return figures(since, now, order_facts(gate, start), gate.override_accessions_since(start),
                    [StudyFact(r.study_instance_uid, r.state, r.first_received_at, r.state_changed_at, r.held_at, codes)
                     for r, codes in index.studies_since(start)],
-                   gate.completed_steps_since(start), index.reopened_since(start))
+                   gate.completed_steps_since(start), index.reopened_since(start),
+                   gate.report_statuses_since(start),
+                   index.events_since((AUDIT_COMPLETED_FROM_IMAGES, AUDIT_REPORT_OVERDUE, AUDIT_FILING_NEAR), start))
 
 
 def order_facts(gate: Gate, start: dt.datetime, chunk: int = 2000) -> list[OrderFact]:

@@ -35,11 +35,12 @@ from store.housekeeping import Housekeeping
 from store.index import Index
 from store.placement import Placement
 from store.receiving import Receiving
-from store.reconcile import DEFAULT_HOLD_CODES
+from store.reconcile import DEFAULT_HOLD_CODES, PriorStudy
 from store.recovery import Recovery
 from store.report import Report, load_report
 from store.review import Review
 from worklist.gate import Gate
+from worklist.orders import Order
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Store:
         self.index = Index(db)
         self.placement = Placement(self.archive, self.index)
         self.receiving = Receiving(self.archive, self.index, self.placement, gate.authorization,
-                                   hold_codes=config.hold_codes, clock=clock)
+                                   hold_codes=config.hold_codes, clock=clock, priors=self.prior_studies)
         self.review = Review(self.archive, self.index, self.placement, self.receiving, gate,
                              ae_title=config.ae_title, clock=clock)
         self.recovery = Recovery(self.archive, self.index, self.placement, self.receiving)
@@ -85,6 +86,12 @@ class Store:
         self.archived_studies = self.review.archived_studies
         self.flag_aged_holds = self.housekeeping.flag_aged_holds
         self.purge_rejected = self.housekeeping.purge_rejected
+
+    def prior_studies(self, order: Order) -> tuple[PriorStudy, ...]:
+        """The archived studies a new study of ``order`` may duplicate (rule 7): those of the order
+        itself and of the patient's other orders for the same CPT code. Two indexed queries."""
+        others = self.gate.same_procedure_accessions(order)
+        return self.index.archived_of_orders({order.accession_number: order, **others})
 
     def commitment(self, request: CommitmentRequest) -> CommitmentReport:
         """Which referenced instances are durably kept (storage commitment, PS3.4 J.3)."""

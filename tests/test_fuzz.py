@@ -19,7 +19,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
 from tests.conftest import EXAMPLES, import_auths, import_orders
-from worklist.intake import IntakeError, parse_auths, parse_orders
+from worklist.intake import IntakeError, parse_auths, parse_orders, parse_policies
 
 #: Hostile values make pydicom warn about every invalid element; the warnings are expected here.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -170,11 +170,11 @@ def test_random_worklist_identifiers_get_a_status_and_leak_nothing(served):
     assert echo_and_find(server.port) == (0, expected)
 
 
-@pytest.mark.parametrize("kind", ["orders", "auths"])
+@pytest.mark.parametrize("kind", ["orders", "auths", "policies"])
 def test_mutated_import_files_are_imported_whole_or_rejected(kind):
     rng = random.Random(SEED + 2)
     valid = (EXAMPLES / f"{kind}.json").read_text()
-    parse = parse_orders if kind == "orders" else parse_auths
+    parse = {"orders": parse_orders, "auths": parse_auths, "policies": parse_policies}[kind]
     deadline = time.monotonic() + BUDGET / 3
     outcomes = {"imported": 0, "rejected": 0}
     for _ in range(1500):

@@ -450,8 +450,10 @@ def test_jobs_run_failure_exits_1_and_logs_the_traceback(app, settings_path, cli
 def test_jobs_list_shows_names_schedules_and_descriptions(app, settings_path, cli_env, capsys):
     assert main(["--config", str(settings_path), "jobs", "list"]) == 0
     out = capsys.readouterr().out
-    assert "reevaluate      daily at 00:00:05 and every 5 min" in out
-    assert "expiring_auths  daily at 06:00 (next 7 days)" in out
-    assert "held_age        every 60 min (alert after 48 h)" in out
-    assert "purge_rejected  daily at 02:00 (retention 30 days)" in out
+    assert "reevaluate             daily at 00:00:05 and every 5 min" in out
+    assert "expiring_auths         daily at 06:00 (next 7 days)" in out
+    assert "held_age               every 60 min (alert after 48 h)" in out
+    assert "purge_rejected         daily at 02:00 (retention 30 days)" in out
+    assert "complete_without_mpps  every 5 min (after 60 min without MPPS)" in out
+    assert "report_watch           daily at 07:00 (deadlines within 14 days)" in out
     assert "flag held studies older than storage.held_alert_hours" in out

@@ -268,9 +268,9 @@ def test_live_orders_are_not_cancelled(status):
 
 
 def test_default_hold_codes():
-    assert r.ALL_CODES == frozenset(r.CODES) and len(r.CODES) == 11
-    assert r.DEFAULT_HOLD_CODES == r.ALL_CODES - {r.STUDY_UID_MISMATCH}
-    assert r.hold_codes_from_warn_codes({"STUDY_UID_MISMATCH"}) == r.DEFAULT_HOLD_CODES
+    assert r.ALL_CODES == frozenset(r.CODES) and len(r.CODES) == 13
+    assert r.DEFAULT_HOLD_CODES == r.ALL_CODES - {r.STUDY_UID_MISMATCH, r.POSSIBLE_DUPLICATE_ORDER}
+    assert r.hold_codes_from_warn_codes({"STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"}) == r.DEFAULT_HOLD_CODES
 
 
 @pytest.mark.parametrize(

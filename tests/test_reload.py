@@ -78,11 +78,11 @@ def test_the_warn_codes_decide_what_the_next_instance_holds(app, settings_path, 
         return app.store.receive(write_instance(tmp_path / "sent" / f"{ds.SOPInstanceUID}.dcm", ds), "MR1")
 
     assert send().state == ARCHIVED
-    edit(settings_path, 'warn_codes = ["STUDY_UID_MISMATCH"]', "warn_codes = []")
+    edit(settings_path, 'warn_codes = ["STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"]', "warn_codes = []")
     assert app.reload(load(settings_path, environ={})) == ["reconcile.warn_codes"]
     assert "STUDY_UID_MISMATCH" in app.store.receiving.hold_codes == app.store.config.hold_codes
-    received = send()
-    assert received.state == HELD and received.hold_codes == ("STUDY_UID_MISMATCH",)
+    received = send()  # a second study of the order: DUPLICATE_STUDY (rule 7) holds it too
+    assert received.state == HELD and received.hold_codes == ("STUDY_UID_MISMATCH", "DUPLICATE_STUDY")
 
 
 def test_settings_that_need_a_restart_are_named_and_not_applied(app, settings_path):

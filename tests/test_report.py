@@ -122,19 +122,20 @@ def cli_env(monkeypatch):
 def test_report_json_from_the_command_line(scenario, settings_path, cli_env, capsys):
     assert main(["--config", str(settings_path), "report", "--since", "2026-11-01", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"since", "generated_at", "orders", "overrides", "studies", "holds", "mpps", "auth_units"}
+    assert set(data) == {"since", "generated_at", "orders", "overrides", "studies", "holds", "mpps", "auth_units",
+                         "reports"}
     assert data["since"] == "2026-11-01" and data["generated_at"] == "2026-11-30T08:00:00"
     assert data["orders"]["total"] == 8 and data["orders"]["served"] == 3 and data["orders"]["withheld"] == 2
     assert data["orders"]["withheld_by_reason"]["AUTH_MISSING"] == 2
-    assert len(data["orders"]["withheld_by_reason"]) == 10  # every reason code, zero or not
+    assert len(data["orders"]["withheld_by_reason"]) == 12  # every reason code, zero or not
     assert data["overrides"] == {"total": 2, "orders": 1}
     assert data["studies"] == {"received": 6, "by_state": {"archived": 3, "held": 1, "rejected": 1, "purged": 1},
                                "clean": 2, "clean_match_rate": 0.3333}
     assert data["holds"]["studies"] == 4 and data["holds"]["still_held"] == 1
     assert data["holds"]["median_hours_held"] == 12.0
     assert data["holds"]["by_reason"]["PATIENT_ID_MISMATCH"] == {"studies": 2, "median_hours_held": 9.0}
-    assert len(data["holds"]["by_reason"]) == 11  # every finding code
-    assert data["mpps"] == {"completed": 2}
+    assert len(data["holds"]["by_reason"]) == 13  # every finding code
+    assert data["mpps"] == {"completed": 2, "completed_from_images": 0}
     assert data["auth_units"] == {"used": 2, "auths": 1}
 
 

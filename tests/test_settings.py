@@ -14,7 +14,7 @@ SHIPPED = ROOT / "settings.toml"
 def test_shipped_file_loads_with_declared_defaults():
     s = load(SHIPPED, environ={})
     assert (s.ae_title, s.port, s.allowed_calling_aets) == ("GATEKEEPER", 11112, ())
-    assert s.warn_codes == frozenset({"STUDY_UID_MISMATCH"})
+    assert s.warn_codes == frozenset({"STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"})
     assert s.database_url == f"sqlite:///{ROOT / 'var' / 'gatekeeper.db'}"
 
 
@@ -44,7 +44,7 @@ def test_relative_paths_resolve_from_the_files_folder(tmp_path):
 @pytest.mark.parametrize("edit, words", [
     (("port = ", "prot = "), "unknown setting server.prot"),
     (("max_associations = 20", 'max_associations = "many"'), "server.max_associations must be int"),
-    (('warn_codes = ["STUDY_UID_MISMATCH"]', 'warn_codes = ["NOPE"]'), "unknown codes"),
+    (('warn_codes = ["STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"]', 'warn_codes = ["NOPE"]'), "unknown codes"),
     (('"70336",', '"7033",'), "payers.default.requires_auth"),
     (('ae_title = "GATEKEEPER"', 'ae_title = "A_VERY_LONG_AE_TITLE"'), "server.ae_title"),
     (("purge_hour = 2", "purge_hour = 25"), "jobs.purge_hour"),

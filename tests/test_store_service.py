@@ -139,7 +139,8 @@ def test_an_empty_study_date_is_judged_on_the_receive_date(app, store, tmp_path)
     app.clock.now = dt.datetime(2025, 3, 15, 9, 0)
     assert send(store, tmp_path, StudyDate="")[1].state == ARCHIVED
     app.clock.now = dt.datetime(2025, 4, 15, 9, 0)
-    assert send(store, tmp_path, StudyInstanceUID=generate_uid(), StudyDate="")[1].hold_codes == ("ORDER_NOT_AUTHORIZED",)
+    held = send(store, tmp_path, StudyInstanceUID=generate_uid(), StudyDate="")[1]
+    assert held.hold_codes == ("ORDER_NOT_AUTHORIZED", "DUPLICATE_STUDY")  # a second study of the order, too
 
 
 def test_the_orders_own_used_unit_is_not_an_exhausted_auth(app, store, tmp_path):

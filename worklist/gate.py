@@ -22,7 +22,8 @@ from infra.clock import Clock
 from infra.errors import InvalidInput, NotFound
 from worklist import records, watch
 from worklist.gating import Authorization, Decision, Reason, auth_date, auth_problems, authorize
-from worklist.intake import parse_auths, parse_orders
+from worklist.intake import parse_auths, parse_orders, parse_policies
+from worklist.necessity import NecessityPolicy, applicable
 from worklist.orders import Auth, Order
 from worklist.policy import PayerPolicy
 from worklist.records import ImportResult
@@ -62,6 +63,8 @@ class Explanation:
     needs_auth: bool
     as_of: dt.date
     auths_on_file: tuple[AuthOnFile, ...]
+    #: The necessity policies that apply to the order (rule 7); empty: no diagnosis check.
+    necessity: tuple[NecessityPolicy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,16 @@ class Gate:
         auths = parse_auths(text, source)
         return len(auths), self.import_auths(auths, user=user, source=source)
 
+    def import_policies_text(self, text: str, source: str, *, user: str = "import") -> tuple[int, ImportResult]:
+        """Parse a whole necessity policy file (JSON, NDJSON or CSV), then make its policies the
+        whole set of each payer it names (``updated`` counts the earlier policies replaced); audited."""
+        policies = parse_policies(text, source)
+        return len(policies), records.replace_necessity(self.db, policies, self.clock(), user=user, source=source)
+
+    def necessity_policies(self) -> list[NecessityPolicy]:
+        """Every necessity policy on file, by payer."""
+        return records.necessity_policies()
+
     # -- reading ---------------------------------------------------------------------------
 
     def order(self, accession: str) -> Order:
@@ -129,6 +142,11 @@ class Gate:
         """The orders with these accession numbers, keyed by accession number."""
         return records.orders_by_accession(accessions)
 
+    def same_procedure_accessions(self, order: Order) -> dict[str, Order]:
+        """The patient's other orders for the same CPT code, keyed by accession number (rule 7,
+        POSSIBLE_DUPLICATE_ORDER); by the indexed patient ID."""
+        return records.same_procedure_orders(order)
+
     def orders_since(self, start: dt.datetime) -> list[Order]:
         """Orders scheduled from ``start`` on (the report's period)."""
         return records.orders_since(start)
@@ -136,6 +154,22 @@ class Gate:
     def override_accessions_since(self, start: dt.datetime) -> list[str]:
         """One accession number per override recorded from ``start`` on."""
         return records.override_accessions_since(start)
+
+    def accessions_with_steps(self, accessions) -> set[str]:
+        """Which of these accession numbers any MPPS step has named."""
+        return records.accessions_with_steps(accessions)
+
+    def performed_without_final_report(self, since: dt.datetime) -> list[Order]:
+        """Completed orders scheduled from ``since`` on whose report is not final."""
+        return records.performed_without_final_report(since)
+
+    def report_statuses_since(self, start: dt.datetime) -> dict[str, int]:
+        """Orders scheduled from ``start`` on, counted by report status ("" for none yet)."""
+        return records.report_statuses_since(start)
+
+    def open_orders_scheduled(self, start: dt.datetime, end: dt.datetime) -> list[Order]:
+        """Open orders scheduled in [start, end)."""
+        return records.orders_scheduled(start, end, open_only=True)
 
     def completed_steps_since(self, start: dt.datetime) -> int:
         """MPPS steps completed from ``start`` on."""
@@ -163,7 +197,9 @@ class Gate:
                        other_payer=a.payer_id != order.payer_id)
             for a in sorted(auths, key=lambda a: a.auth_number)
         )
-        return Explanation(order, decision, self.policy.requires_auth(order.payer_id, order.cpt), today, on_file)
+        necessity = applicable(order, records.necessity_for_payers([order.payer_id]).get(order.payer_id, ()))
+        return Explanation(order, decision, self.policy.requires_auth(order.payer_id, order.cpt), today, on_file,
+                           necessity)
 
     # -- acting ----------------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ The date an auth must cover is the order's scheduled date, or today when the ord
 is overdue (scheduled in the past and still open): an exam is performed on the day
 the console starts it, so an auth that expires at midnight stops serving at midnight.
 
+Medical necessity (rule 7): when a necessity policy applies to the order (its payer and
+CPT code), one of the order's diagnoses must be covered by it, else the order is withheld
+with ``DIAGNOSIS_NOT_COVERED`` (``DIAGNOSIS_MISSING`` when it has none). It is a question
+for the worklist only (:func:`decide`), not for :func:`authorize`: the store's
+``ORDER_NOT_AUTHORIZED`` stays about the auth, and an MPPS completion still uses the auth
+unit of an exam performed on it. An override sets these reasons aside too.
+
 To add a reason code: a constant here, in :data:`REASON_CODES`, with its sentence where
 it is found; then its row in docs/rules.md and a case in tests/test_gating.py.
 """
@@ -24,6 +31,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Iterable
 
+from worklist.necessity import NecessityPolicy, applicable, covering
 from worklist.npi import is_valid_npi
 from worklist.orders import WORKABLE_STATUSES, Auth, Order, Override
 from worklist.policy import PayerPolicy
@@ -39,11 +47,14 @@ AUTH_ORDERING_NPI_MISMATCH = "AUTH_ORDERING_NPI_MISMATCH"
 AUTH_DATE_OUT_OF_RANGE = "AUTH_DATE_OUT_OF_RANGE"
 AUTH_EXHAUSTED = "AUTH_EXHAUSTED"
 AUTH_LATERALITY_MISMATCH = "AUTH_LATERALITY_MISMATCH"
+# Rule 7, medical necessity.
+DIAGNOSIS_MISSING = "DIAGNOSIS_MISSING"
+DIAGNOSIS_NOT_COVERED = "DIAGNOSIS_NOT_COVERED"
 
 REASON_CODES = (
     ORDER_NOT_SCHEDULED, INVALID_NPI, AUTH_MISSING, AUTH_NOT_APPROVED, AUTH_CPT_MISMATCH,
     AUTH_FACILITY_MISMATCH, AUTH_ORDERING_NPI_MISMATCH, AUTH_DATE_OUT_OF_RANGE,
-    AUTH_EXHAUSTED, AUTH_LATERALITY_MISMATCH,
+    AUTH_EXHAUSTED, AUTH_LATERALITY_MISMATCH, DIAGNOSIS_MISSING, DIAGNOSIS_NOT_COVERED,
 )
 
 # How a served order is covered.
@@ -193,21 +204,47 @@ def authorize(order: Order, auths: Iterable[Auth], policy: PayerPolicy, on: dt.d
     return Authorization(False, None, auth_number, tuple(reasons))
 
 
+def necessity_problems(order: Order, policies: Iterable[NecessityPolicy]) -> tuple[Reason, ...]:
+    """Rule 7, medical necessity: empty when no policy applies or a diagnosis is covered."""
+    found = applicable(order, policies)
+    if not found:
+        return ()
+    if not order.diagnoses:
+        return (Reason(DIAGNOSIS_MISSING, f"Payer {order.payer_id} needs a diagnosis that justifies CPT {order.cpt} "
+                                          f"and the order has none; have the ordering provider add the ICD-10 code "
+                                          f"in the RIS."),)
+    if covering(order, found):
+        return ()
+    accepted = sorted({code for p in found for code in p.covered_icd10})
+    shown = ", ".join(accepted[:8]) + (f" and {len(accepted) - 8} more" if len(accepted) > 8 else "")
+    return (Reason(DIAGNOSIS_NOT_COVERED, f"Payer {order.payer_id} does not accept diagnosis "
+                                          f"{', '.join(order.diagnoses)} for CPT {order.cpt} (it accepts {shown}); "
+                                          f"have the ordering provider confirm the diagnosis in the RIS."),)
+
+
 def decide(
     order: Order,
     auths: Iterable[Auth],
     policy: PayerPolicy,
     today: dt.date,
     override: Override | None = None,
+    necessity: Iterable[NecessityPolicy] = (),
 ) -> Decision:
     """Rule 1 for one order: served (how) or withheld (every reason, from the closest auth).
 
     The order must be scheduled or in progress, and :func:`authorize` must let it be
-    performed on :func:`auth_date`. An override cannot put a closed order back on the list.
+    performed on :func:`auth_date`; when a necessity policy applies, a diagnosis must be
+    covered (:func:`necessity_problems`). An override cannot put a closed order back on the list.
     """
+    needs = necessity_problems(order, necessity)
     if order.status not in WORKABLE_STATUSES:
         payer = authorize(order, auths, policy, auth_date(order, today))  # an override cannot reopen it
         closed = Reason(ORDER_NOT_SCHEDULED, f"The order is {order.status}; only scheduled or in-progress orders go on the worklist.")
-        return Decision(order.accession_number, False, None, payer.auth_number, (closed, *payer.reasons))
+        return Decision(order.accession_number, False, None, payer.auth_number, (closed, *payer.reasons, *needs))
     auth = authorize(order, auths, policy, auth_date(order, today), override)
-    return Decision(order.accession_number, auth.authorized, auth.basis, auth.auth_number, auth.reasons, auth.override)
+    if not needs:
+        return Decision(order.accession_number, auth.authorized, auth.basis, auth.auth_number, auth.reasons, auth.override)
+    reasons = (*auth.reasons, *needs)
+    if override is not None:
+        return Decision(order.accession_number, True, BASIS_OVERRIDE, None, reasons, override)
+    return Decision(order.accession_number, False, None, auth.auth_number, reasons)

@@ -1,10 +1,11 @@
-"""Parse and check order and auth files before anything is written.
+"""Parse and check order, auth and necessity policy files before anything is written.
 
-Accepted forms: a JSON array, NDJSON (one object a line), and for auths also CSV
-(payer portals export CSV; columns named as the JSON keys, CPT codes separated by
-``;``). The shapes of an order and an auth are described in ``examples/README.md``.
+Accepted forms: a JSON array, NDJSON (one object a line), and for auths and policies also
+CSV (payer portals export CSV; columns named as the JSON keys, codes separated by ``;``,
+:class:`CsvShape`). The shapes of an order, an auth and a policy are described in
+``examples/README.md``.
 
-A file is all or nothing: :func:`parse_orders` and :func:`parse_auths` either return
+A file is all or nothing: :func:`parse_orders`, :func:`parse_auths` and :func:`parse_policies` either return
 every record or raise :class:`IntakeError` listing each bad record by number (the first
 is record 1) and line, with the field at fault. A CSV whose header lacks a required
 column or names an unknown one is rejected once, naming the header line, not row by row.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from infra.errors import InvalidInput
+from worklist.necessity import NecessityPolicy
 from worklist.npi import is_valid_npi
 from worklist.orders import AUTH_STATUSES, LATERALITIES, ORDER_STATUSES, Auth, Order
 
@@ -53,6 +55,25 @@ _NUMBER_COLUMNS = ("units", "units_used")
 AUTH_REQUIRED = ("auth_number", "payer_id", "patient_id", "cpt_codes", "facility_npi", "ordering_npi",
                  "valid_from", "valid_to")
 AUTH_COLUMNS = AUTH_REQUIRED + ("units", "units_used", "laterality", "body_part", "status")
+
+
+@dataclass(frozen=True)
+class CsvShape:
+    """The columns a CSV of one kind of record has: all required here, and those whose cells
+    list several values separated by ``;``; ``numbers`` are the whole-number columns
+    (see :data:`_NUMBER_COLUMNS`). ``what`` names the records in messages ("auths")."""
+
+    what: str
+    required: tuple[str, ...]
+    columns: tuple[str, ...]
+    lists: tuple[str, ...] = ()
+    numbers: tuple[str, ...] = ()
+
+
+AUTH_CSV = CsvShape("auths", AUTH_REQUIRED, AUTH_COLUMNS, lists=("cpt_codes",), numbers=_NUMBER_COLUMNS)
+#: CSV columns for necessity policies (rule 7): every one required, both code columns lists.
+POLICY_COLUMNS = ("payer_id", "cpt", "covered_icd10")
+POLICY_CSV = CsvShape("policies", POLICY_COLUMNS, POLICY_COLUMNS, lists=("cpt", "covered_icd10"))
 
 
 @dataclass(frozen=True)
@@ -123,15 +144,15 @@ class _Read(dict):
 # ---------------------------------------------------------------- reading records
 
 
-def records(text: str, *, allow_csv: bool, source: str) -> Iterator[tuple[int, dict | Any]]:
-    """Yield ``(line, record)`` from a JSON array, NDJSON or (auths) CSV text."""
+def records(text: str, *, allow_csv: bool, source: str, shape: CsvShape = AUTH_CSV) -> Iterator[tuple[int, dict | Any]]:
+    """Yield ``(line, record)`` from a JSON array, NDJSON or (auths, policies) CSV text of ``shape``."""
     stripped = text.lstrip("\ufeff \t\r\n")
     if stripped.startswith("["):
         yield from _json_array(text, source)
     elif stripped.startswith("{"):
         yield from _ndjson(text, source)
     elif allow_csv:
-        yield from _csv_rows(text, source)  # an empty file too: a CSV needs its header
+        yield from _csv_rows(text, source, shape)  # an empty file too: a CSV needs its header
     elif stripped:
         raise IntakeError(source, [Problem(None, 1, "(file)", "expected a JSON array or one JSON object per line")])
 
@@ -269,7 +290,7 @@ def _json_array(text: str, source: str) -> Iterator[tuple[int, Any]]:
         after = "record"
 
 
-def _csv_rows(text: str, source: str) -> Iterator[tuple[int, dict]]:
+def _csv_rows(text: str, source: str, shape: CsvShape = AUTH_CSV) -> Iterator[tuple[int, dict]]:
     """Yield ``(line, record)`` per row, the line where the row starts, after checking the header."""
     reader = csv.reader(io.StringIO(text))
 
@@ -279,7 +300,7 @@ def _csv_rows(text: str, source: str) -> Iterator[tuple[int, dict]]:
         except csv.Error as exc:  # a cell over the reader's size limit, a lone carriage return
             if "field limit" in str(exc):
                 message = (f"a cell is longer than the {csv.field_size_limit():,} characters the CSV reader "
-                           f"takes; no auth field is longer than 64 characters")
+                           f"takes; no field is longer than 64 characters")
             elif "new-line character" in str(exc):
                 message = "a line break inside a cell that is not in quotes; quote the cell or remove the line break"
             else:
@@ -290,10 +311,10 @@ def _csv_rows(text: str, source: str) -> Iterator[tuple[int, dict]]:
     while header is not None and not any(cell.strip() for cell in header):
         header = row_or_none(None, reader.line_num + 1)
     if header is None:
-        message = "the file is empty; export the auths again, with a header line naming the columns"
+        message = f"the file is empty; export the {shape.what} again, with a header line naming the columns"
         raise IntakeError(source, [Problem(None, 1, "(file)", message)])
     names = [name.strip().lstrip("\ufeff") for name in header]
-    problems = [Problem(None, reader.line_num, "(header)", m) for m in _header_faults(names)]
+    problems = [Problem(None, reader.line_num, "(header)", m) for m in _header_faults(names, shape)]
     if problems:
         raise IntakeError(source, problems)
     start, record = reader.line_num + 1, 1
@@ -302,24 +323,24 @@ def _csv_rows(text: str, source: str) -> Iterator[tuple[int, dict]]:
         if row is None:
             return
         if row:  # a blank line is no row
-            yield start, _csv_record(names, row)
+            yield start, _csv_record(names, row, shape)
             record += 1
         start = reader.line_num + 1
 
 
-def _header_faults(names: list[str]) -> list[str]:
+def _header_faults(names: list[str], shape: CsvShape = AUTH_CSV) -> list[str]:
     """What is wrong with a CSV header: required columns it lacks, columns no auth has.
     Unnamed columns (a trailing comma) are ignored."""
     faults = []
-    missing = [c for c in AUTH_REQUIRED if c not in names]
+    missing = [c for c in shape.required if c not in names]
     if missing:
         has = ", ".join(_key(n) for n in names if n) or "no named columns"
         faults.append(f"missing {_columns(missing)}; add {_it(missing)} and import the file again "
                       f"(the header has {has})")
-    unknown = [n for n in names if n and n not in AUTH_COLUMNS]
+    unknown = [n for n in names if n and n not in shape.columns]
     if unknown:
         faults.append(f"unknown {_columns(unknown)}; rename or remove {_it(unknown)} and import the file again "
-                      f"(accepted columns: {', '.join(AUTH_COLUMNS)})")
+                      f"(accepted columns: {', '.join(shape.columns)})")
     return faults
 
 
@@ -331,7 +352,7 @@ def _it(names: list[str]) -> str:
     return "it" if len(names) == 1 else "them"
 
 
-def _csv_record(names: list[str], row: list[str]) -> dict[str, Any]:
+def _csv_record(names: list[str], row: list[str], shape: CsvShape = AUTH_CSV) -> dict[str, Any]:
     """One CSV row as an auth record: blank cells left out, CPT codes split at ``;``, a cell a
     spreadsheet would take for a formula kept as a fault of the record."""
     record: dict[str, Any] = {}
@@ -344,13 +365,13 @@ def _csv_record(names: list[str], row: list[str]) -> dict[str, Any]:
         # status starts with these, and such a cell is run as a formula once the auths are
         # exported to a spreadsheet again. In the number columns a leading "-" is a sign
         # (see _NUMBER_COLUMNS); "=", "+" and "@" are refused there too.
-        if value.startswith(_FORMULA_START) and not (key in _NUMBER_COLUMNS and value.startswith("-")):
+        if value.startswith(_FORMULA_START) and not (key in shape.numbers and value.startswith("-")):
             faults.append((key, f"{_shown(value)} starts with {value[0]!r}, which a spreadsheet runs as a "
-                                "formula; export the auths again without it"))
+                                f"formula; export the {shape.what} again without it"))
             continue
-        if key == "cpt_codes":
+        if key in shape.lists:
             record[key] = [c.strip() for c in value.split(";") if c.strip()]
-        elif key in ("units", "units_used"):
+        elif key in shape.numbers:
             # Only ASCII digits with an optional minus: "--5" or "²" pass str.isdigit() but not int().
             record[key] = int(value) if re.fullmatch(r"-?[0-9]+", value) else value
         else:
@@ -525,9 +546,10 @@ def auth_from_record(rec: Any) -> Auth:
     )
 
 
-def _parse(text: str, source: str, build: Callable[[Any], Any], key: str, allow_csv: bool) -> list:
+def _parse(text: str, source: str, build: Callable[[Any], Any], key: str, allow_csv: bool,
+           shape: CsvShape = AUTH_CSV, key_field: str | None = None) -> list:
     items, problems, seen = [], [], {}  # seen: identifier -> number of the record that has it
-    for number, (line, rec) in enumerate(records(text, allow_csv=allow_csv, source=source), start=1):
+    for number, (line, rec) in enumerate(records(text, allow_csv=allow_csv, source=source, shape=shape), start=1):
         if isinstance(rec, _Read):  # a key twice, a formula cell: each named, the record not checked further
             problems.extend(Problem(number, line, field, message) for field, message in rec.faults)
             continue
@@ -538,7 +560,7 @@ def _parse(text: str, source: str, build: Callable[[Any], Any], key: str, allow_
             continue
         ident = getattr(item, key)
         if ident in seen:
-            problems.append(Problem(number, line, key, f"{_shown(ident)} already appears in record {seen[ident]}"))
+            problems.append(Problem(number, line, key_field or key, f"{_shown(ident)} already appears in record {seen[ident]}"))
             continue
         seen[ident] = number
         items.append(item)
@@ -555,3 +577,52 @@ def parse_orders(text: str, source: str = "orders") -> list[Order]:
 def parse_auths(text: str, source: str = "auths") -> list[Auth]:
     """Every auth in a JSON array, NDJSON or CSV text, or :class:`IntakeError`."""
     return _parse(text, source, auth_from_record, "auth_number", allow_csv=True)
+
+
+# ---------------------------------------------------------------- necessity policies (rule 7)
+
+
+def _code_list(rec: dict, path: str, check: Callable[[Any, str], str]) -> tuple[str, ...]:
+    values = _get(rec, path)
+    if not isinstance(values, list) or not values:
+        raise _Bad(path, "must list at least one code")
+    return tuple(check(v, f"{path}[{i}]") for i, v in enumerate(values))
+
+
+def _cpt_entry(value: Any, path: str) -> str:
+    """A CPT code or an ascending inclusive range ("70551-70553"), as payer policies write them."""
+    if isinstance(value, str):
+        first, dash, last = (part.strip() for part in value.strip().partition("-"))
+        last = last if dash else first
+        if _CPT.fullmatch(first) and _CPT.fullmatch(last) and first <= last:
+            return f"{first}-{last}" if dash else first
+    raise _Bad(path, f"{_shown(value)} is not a CPT code or an ascending range of them (e.g. 70553 or 70551-70553)")
+
+
+def _icd10_prefix(value: Any, path: str) -> str:
+    """An ICD-10-CM code or prefix: a letter, two characters, then up to four after an optional dot."""
+    if isinstance(value, str) and _ICD10_PREFIX.fullmatch(value.strip().upper()):
+        return value.strip().upper()
+    raise _Bad(path, f"{_shown(value)} is not an ICD-10-CM code or prefix (e.g. G43 or R51.9)")
+
+
+_ICD10_PREFIX = re.compile(r"[A-Z][0-9][0-9A-Z](\.?[0-9A-Z]{1,4})?")
+
+
+def policy_from_record(rec: Any) -> NecessityPolicy:
+    """One necessity policy record (examples/README.md) to a :class:`~worklist.necessity.NecessityPolicy`."""
+    if not isinstance(rec, dict):
+        raise _Bad("(record)", "must be a JSON object")
+    unknown = sorted(set(rec) - set(POLICY_COLUMNS))
+    if unknown:
+        raise _Bad(_key(unknown[0]), f"is not a field of a policy (fields: {', '.join(POLICY_COLUMNS)})")
+    return NecessityPolicy(
+        payer_id=_text(rec, "payer_id", max_len=64),
+        cpt=_code_list(rec, "cpt", _cpt_entry),
+        covered_icd10=_code_list(rec, "covered_icd10", _icd10_prefix),
+    )
+
+
+def parse_policies(text: str, source: str = "policies") -> list[NecessityPolicy]:
+    """Every necessity policy in a JSON array, NDJSON or CSV text, or :class:`IntakeError`."""
+    return _parse(text, source, policy_from_record, "key", allow_csv=True, shape=POLICY_CSV, key_field="cpt")

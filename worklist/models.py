@@ -9,6 +9,7 @@ from __future__ import annotations
 import peewee as pw
 
 from infra.db import BaseModel
+from worklist.necessity import NecessityPolicy
 from worklist.orders import Auth, Order, Override
 
 
@@ -41,6 +42,8 @@ class OrderRow(BaseModel):
     scheduled_procedure_step_id = pw.CharField(max_length=16, default="")
     # The auth whose unit this order used when its MPPS completed (used once per order).
     auth_unit_used = pw.CharField(null=True)
+    report_status = pw.CharField(max_length=16, default="")
+    report_status_at = pw.DateTimeField(null=True)
     # Last decision recorded by the re-evaluation job: "served" or "withheld", with codes.
     last_decision = pw.CharField(max_length=8, null=True)
     last_reasons = pw.CharField(default="")
@@ -83,6 +86,8 @@ class OrderRow(BaseModel):
             requested_procedure_id=self.requested_procedure_id,
             scheduled_procedure_step_id=self.scheduled_procedure_step_id,
             auth_unit_used=self.auth_unit_used or None,
+            report_status=self.report_status or "",
+            report_status_at=self.report_status_at,
         )
 
 
@@ -204,4 +209,20 @@ class MppsRow(BaseModel):
         table_name = "mpps"
 
 
-MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow]
+class NecessityRow(BaseModel):
+    """One medical necessity policy (rule 7): a payer, CPT codes and ranges, covering ICD-10 prefixes."""
+
+    payer_id = pw.CharField(index=True)
+    cpt = pw.TextField()  # entries joined by ';' ("70551-70553;70540")
+    covered_icd10 = pw.TextField()  # prefixes joined by ';'
+    imported_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "necessity_policies"
+
+    def to_policy(self) -> NecessityPolicy:
+        return NecessityPolicy(self.payer_id, tuple(c for c in self.cpt.split(";") if c),
+                               tuple(c for c in self.covered_icd10.split(";") if c))
+
+
+MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow, NecessityRow]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 #: Order statuses (docs/rules.md, "Words").
 ORDER_STATUSES = ("scheduled", "in-progress", "completed", "cancelled", "discontinued")
+#: Report statuses the RIS sends (HL7 ORU, OBR-25): none yet, preliminary, final, corrected.
+REPORT_STATUSES = ("", "preliminary", "final", "corrected")
 #: Statuses under which an order may appear on the worklist (docs/rules.md, rule 1).
 WORKABLE_STATUSES = ("scheduled", "in-progress")
 #: Authorization statuses (auth.schema.json).
@@ -57,6 +59,10 @@ class Order:
     scheduled_procedure_step_id: str = ""
     #: The auth whose unit this order used when its exam completed (MPPS), once per order.
     auth_unit_used: str | None = None
+    #: The RIS's report status (HL7 ORU, OBR-25): "" none, "preliminary", "final" or "corrected".
+    report_status: str = ""
+    #: When the RIS says the report reached that status (OBR-22), or None.
+    report_status_at: dt.datetime | None = None
 
     @property
     def scheduled_date(self) -> dt.date:

@@ -19,7 +19,8 @@ from pydicom.uid import generate_uid
 from infra import audit
 from infra.db import batches, upsert_many
 from worklist.gating import Decision, decide
-from worklist.models import AuthRow, MppsRow, OrderRow, OverrideRow, auth_columns, order_columns
+from worklist.models import AuthRow, MppsRow, NecessityRow, OrderRow, OverrideRow, auth_columns, order_columns
+from worklist.necessity import NecessityPolicy
 from worklist.orders import WORKABLE_STATUSES, Auth, Order, Override
 from worklist.policy import PayerPolicy
 
@@ -156,6 +157,13 @@ def open_orders_of(patient_ids: Iterable[str]) -> list[Order]:
     return found
 
 
+def same_procedure_orders(order: Order) -> dict[str, Order]:
+    """The other orders of ``order``'s patient for its CPT code, keyed by accession number."""
+    rows = OrderRow.select().where((OrderRow.patient_id == order.patient_id) & (OrderRow.cpt == order.cpt)
+                                   & (OrderRow.accession_number != order.accession_number))
+    return {row.accession_number: row.to_order() for row in rows}
+
+
 def orders_since(start: dt.datetime) -> list[Order]:
     """Orders scheduled from ``start`` on (the report's period), in import order."""
     return [row.to_order() for row in OrderRow.select().where(OrderRow.scheduled_start >= start).order_by(OrderRow.id)]
@@ -231,17 +239,84 @@ def override_accessions_since(start: dt.datetime) -> list[str]:
     return [acc for (acc,) in OverrideRow.select(OverrideRow.accession_number).where(OverrideRow.at >= start).tuples()]
 
 
-def decide_all(orders: Sequence[Order], policy: PayerPolicy, today: dt.date) -> list[Decision]:
-    """Rule 1 for each order, loading auths and overrides in a few batched queries."""
+def decide_all(orders: Sequence[Order], policy: PayerPolicy, today: dt.date, *,
+               necessity: bool = True) -> list[Decision]:
+    """Rules 1 and 7 for each order, loading auths, overrides and necessity policies in a few
+    batched queries. ``necessity=False`` leaves the diagnoses out (the auth question alone)."""
+    if not orders:
+        return []
     auths = auths_for_patients(o.patient_id for o in orders)
     overrides = overrides_for(o.accession_number for o in orders)
+    policies = necessity_for_payers(o.payer_id for o in orders) if necessity else {}
     return [
-        decide(o, auths.get(o.patient_id, ()), policy, today, overrides.get(o.accession_number))
+        decide(o, auths.get(o.patient_id, ()), policy, today, overrides.get(o.accession_number),
+               policies.get(o.payer_id, ()))
         for o in orders
     ]
 
 
+# ------------------------------------------------------------------------ necessity policies
+
+
+def replace_necessity(db: pw.Database, policies: Sequence[NecessityPolicy], now: dt.datetime, *, user: str,
+                      source: str) -> ImportResult:
+    """Make ``policies`` the whole set of each payer they name, in one transaction (audited).
+
+    ``created`` counts the policies written, ``updated`` the earlier policies of those payers
+    they replace; payers the file does not name keep theirs.
+    """
+    payers = sorted({p.payer_id for p in policies})
+    with db.atomic():
+        replaced = 0
+        for batch in batches(payers):
+            replaced += NecessityRow.delete().where(NecessityRow.payer_id.in_(batch)).execute()
+        rows = [{"payer_id": p.payer_id, "cpt": ";".join(p.cpt), "covered_icd10": ";".join(p.covered_icd10),
+                 "imported_at": now} for p in policies]
+        for batch in batches(rows):
+            NecessityRow.insert_many(batch).execute()
+        audit.record(now, user, "policies.import", source or "policies", created=len(policies), replaced=replaced,
+                     payers=payers)
+    return ImportResult(len(policies), replaced)
+
+
+def necessity_for_payers(payer_ids: Iterable[str]) -> dict[str, list[NecessityPolicy]]:
+    """The necessity policies of these payers, grouped by payer ID (one indexed query a batch)."""
+    found: dict[str, list[NecessityPolicy]] = defaultdict(list)
+    for batch in batches(sorted(set(payer_ids))):
+        for row in NecessityRow.select().where(NecessityRow.payer_id.in_(batch)).order_by(NecessityRow.id):
+            found[row.payer_id].append(row.to_policy())
+    return found
+
+
+def necessity_policies() -> list[NecessityPolicy]:
+    """Every necessity policy, by payer then in import order."""
+    return [r.to_policy() for r in NecessityRow.select().order_by(NecessityRow.payer_id, NecessityRow.id)]
+
+
 # ------------------------------------------------------------------------------- MPPS
+
+
+def accessions_with_steps(accessions: Iterable[str]) -> set[str]:
+    """Which of these accession numbers any MPPS step (in any state) has named."""
+    found: set[str] = set()
+    for batch in batches(sorted(set(accessions) - {""})):
+        query = MppsRow.select(MppsRow.accession_number).where(MppsRow.accession_number.in_(batch)).distinct()
+        found.update(acc for (acc,) in query.tuples())
+    return found
+
+
+def performed_without_final_report(since: dt.datetime) -> list[Order]:
+    """Completed orders scheduled from ``since`` on whose report is not final (none, preliminary)."""
+    query = OrderRow.select().where((OrderRow.status == "completed") & (OrderRow.scheduled_start >= since)
+                                    & OrderRow.report_status.not_in(("final", "corrected")))
+    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.id)]
+
+
+def report_statuses_since(start: dt.datetime) -> dict[str, int]:
+    """Orders scheduled from ``start`` on, counted by report status."""
+    query = (OrderRow.select(OrderRow.report_status, pw.fn.COUNT(OrderRow.id))
+             .where(OrderRow.scheduled_start >= start).group_by(OrderRow.report_status))
+    return {status or "": count for status, count in query.tuples()}
 
 
 def completed_steps_since(start: dt.datetime) -> int:

@@ -7,6 +7,11 @@ once-per-order guard is a conditional UPDATE of ``OrderRow.auth_unit_used`` (onl
 it is empty), so a repeated COMPLETED, or a second step for the same order, never uses a
 second unit, even with several gateways sharing one database.
 
+Modalities without MPPS (many DX and US rooms) never report a step: :meth:`Steps.complete_from_images`
+completes such an order once its images are archived (the store's job decides when), with
+the same once-per-order guard, so an MPPS that arrives afterwards links to the completed
+order and never uses a second unit.
+
 A step whose accession number is missing or matches no order is recorded all the same
 (the unscheduled case, PS3.4 F.7.2.1.2 note 3) and logged at WARNING; the order updates
 are then skipped.
@@ -110,6 +115,32 @@ class Steps:
                 raise StepFinal("the step was ended meanwhile and may no longer be updated")
             return self._take_effect(report, row.accession_number, transition, calling_ae, now)
 
+    def complete_from_images(self, accession: str, study_instance_uid: str, *, user: str,
+                             reason: str) -> StepOutcome | None:
+        """Complete a scheduled order that no MPPS reported, from its archived study: the order
+        leaves the worklist and uses its auth unit once (as MPPS COMPLETED would); audited
+        (``order.completed_from_images``). None, changing nothing, when the order is gone, is no
+        longer scheduled or has a step after all (checked again inside the transaction)."""
+        now = self.clock()
+        with self.db.atomic():
+            order = OrderRow.get_or_none(OrderRow.accession_number == accession)
+            if order is None or order.status != "scheduled":
+                return None
+            if MppsRow.select().where(MppsRow.accession_number == accession).exists():
+                return None
+            moved = (OrderRow.update(status="completed", updated_at=now)
+                     .where((OrderRow.id == order.id) & (OrderRow.status == "scheduled")).execute())
+            if moved != 1:
+                return None  # another gateway completed it first
+            unit = self._unit_for_completion(order, study_instance_uid, user, now,
+                                             why=f"images of order {accession} arrived without MPPS")
+            audit.record(now, user, "order.completed_from_images", accession, reason,
+                         study_instance_uid=study_instance_uid, order={"before": "scheduled", "after": "completed"},
+                         auth_unit_used=unit)
+        log.info("order %s completed from its images (study %s, no MPPS)%s", accession, study_instance_uid,
+                 f"; auth {unit} unit used" if unit else "")
+        return StepOutcome(study_instance_uid, accession, "", "completed", unit)
+
     def step(self, sop_instance_uid: str) -> MppsRow | None:
         """The recorded step, for listings and tests."""
         return MppsRow.get_or_none(MppsRow.sop_instance_uid == sop_instance_uid)
@@ -147,9 +178,11 @@ class Steps:
                order={"before": before, "after": after}, auth_unit_used=unit)
         return StepOutcome(uid, accession, transition.after, after, unit)
 
-    def _unit_for_completion(self, order: OrderRow, uid: str, calling_ae: str, now: dt.datetime) -> str | None:
+    def _unit_for_completion(self, order: OrderRow, uid: str, calling_ae: str, now: dt.datetime,
+                             why: str = "") -> str | None:
         """Use one unit of the auth that serves the order now (rule 1 at completion time), once per order."""
-        decision = records.decide_all([order.to_order()], self.policy, now.date())[0]
+        # The auth question alone: an exam performed on an auth uses its unit whatever the diagnosis.
+        decision = records.decide_all([order.to_order()], self.policy, now.date(), necessity=False)[0]
         unit = mpps.unit_to_use(decision, order.auth_unit_used)
         if unit is None:
             if not decision.served and order.status in WORKABLE_STATUSES:
@@ -158,7 +191,7 @@ class Steps:
             return None
         if not _use_unit(order.accession_number, unit, now):
             return None
-        audit.record(now, calling_ae, "auth.unit_used", unit, f"MPPS completed order {order.accession_number}",
+        audit.record(now, calling_ae, "auth.unit_used", unit, why or f"MPPS completed order {order.accession_number}",
                      accession_number=order.accession_number, sop_instance_uid=uid)
         return unit
 

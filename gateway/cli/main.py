@@ -15,6 +15,7 @@ import sys
 from gateway import logs
 from gateway.app import open_app
 from gateway.cli import ops as ops_verbs
+from gateway.cli import policies as policies_verbs
 from gateway.cli import store as store_verbs
 from gateway.cli import workflow as workflow_verbs
 from gateway.cli import worklist as worklist_verbs
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="run the DICOM server (worklist, store, MPPS, commitment, jobs)")
     serve.set_defaults(run=_serve)
     worklist_verbs.register(verbs, common)
+    policies_verbs.register(verbs, common)
     store_verbs.register(verbs, common)
     workflow_verbs.register(verbs, common)
     ops_verbs.register(verbs, common)

@@ -107,7 +107,9 @@ def as_text(r: Report) -> str:
         for code, h in r.held_by_reason.items() if h.studies
     ]
     lines += [
-        f"MPPS completed: {r.mpps_completed}",
+        f"MPPS completed: {r.mpps_completed}; orders completed from images without MPPS: {r.completed_from_images}",
         f"Auth units used: {r.auth_units_used} (on {plural(r.auths_drawn_on, 'auth')})",
+        f"Reports of the orders: {', '.join(f'{n} {s}' for s, n in r.orders_by_report_status.items() if n) or 'none'}",
+        f"  reports overdue (flagged): {r.reports_overdue}; claim deadlines near (flagged): {r.deadlines_near}",
     ]
     return "\n".join(lines)

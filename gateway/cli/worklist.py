@@ -138,6 +138,8 @@ def why(app, accession: str, as_json: bool = False) -> int:
             {"auth_number": a.auth.auth_number, "problems": [r.code for r in a.problems]}
             for a in found.auths_on_file
         ]
+        entry["necessity_policies"] = [{"payer_id": p.payer_id, "cpt": list(p.cpt), "covered_icd10": list(p.covered_icd10)}
+                                       for p in found.necessity]
         print(json.dumps(entry, indent=2))
         return 0
     print("\n".join(explanation_lines(found)))
@@ -154,6 +156,10 @@ def explanation_lines(found: Explanation) -> list[str]:
         f"Payer {order.payer_id} {'requires' if found.needs_auth else 'does not require'} a prior "
         f"authorization for CPT {order.cpt}.",
     ]
+    if found.necessity:
+        accepted = sorted({code for p in found.necessity for code in p.covered_icd10})
+        lines.append(f"Payer {order.payer_id} accepts CPT {order.cpt} for diagnoses {', '.join(accepted)} "
+                     f"(necessity policy); the order's diagnoses: {', '.join(order.diagnoses) or 'none'}.")
     if decision.served:
         lines.append(f"Decision as of {found.as_of}: {decision.summary()}.")
         if decision.reasons:
