@@ -134,11 +134,10 @@ class Refusals:
         requestor = assoc.requestor
         calling, address = requestor.ae_title, requestor.address
         called = getattr(requestor, "gk_called_ae", None) or assoc.acceptor.ae_title
-        what = "association rejected" if action == "association.refused" else f"{operation} refused (0x0124)"
-        log.warning("%s: calling %r from %s, called %r, service %s: refused by %s: %s", what, calling, address,
-                    called, service or "-", decision.rule, decision.reason,
-                    extra=logs.operation(assoc, operation, None if action == "association.refused"
-                                         else st.REFUSED_NOT_AUTHORIZED))
+        if action == "operation.refused":  # a rejected association gets the server's one line (EVT_REJECTED)
+            log.warning("%s refused (0x0124): calling %r from %s, service %s: refused by %s: %s", operation, calling,
+                        address, service or "-", decision.rule, decision.reason,
+                        extra=logs.operation(assoc, operation, st.REFUSED_NOT_AUTHORIZED))
         if self.metrics is not None:
             self.metrics.access_refused(decision.rule, service or "-")
         if not self._take_audit_slot(address, decision.rule):
