@@ -57,7 +57,7 @@ REFUSAL_RULES = ("server.max_associations", "server.max_associations_per_address
                  "server.unknown_aets", "modalities.host", "modalities.services")
 #: The access rules that refuse an association or an operation (gateway.dicom.access, and MPPS).
 ACCESS_RULES = ("server.ae_title", "server.unknown_aets", "modalities.host", "modalities.services", "service",
-                "mpps.any_station_aets")
+                "mpps.any_station_aets", "server.tls_ca", "server.tls_cert")
 _RULE = re.compile(r"(?:server|modalities)\.[a-z_]+")
 
 #: Histogram buckets (seconds): a worklist query takes milliseconds, a large C-STORE minutes.

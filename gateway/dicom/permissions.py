@@ -130,10 +130,12 @@ class Refusals:
         self._last: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
-    def record(self, assoc, action: str, decision: access.Decision, service: str | None, operation: str) -> None:
+    def record(self, assoc, action: str, decision: access.Decision, service: str | None, operation: str,
+               calling: str | None = None) -> None:
+        """``calling``: the calling AE title when the association has none yet ("" before an A-ASSOCIATE-RQ)."""
         requestor = assoc.requestor
-        calling, address = requestor.ae_title, requestor.address
-        called = getattr(requestor, "gk_called_ae", None) or assoc.acceptor.ae_title
+        calling, address = (requestor.ae_title if calling is None else calling), requestor.address
+        called = getattr(requestor, "gk_called_ae", None) or ("" if calling == "" else assoc.acceptor.ae_title)
         if action == "operation.refused":  # a rejected association gets the server's one line (EVT_REJECTED)
             log.warning("%s refused (0x0124): calling %r from %s, service %s: refused by %s: %s", operation, calling,
                         address, service or "-", decision.rule, decision.reason,
@@ -146,7 +148,8 @@ class Refusals:
             return
         try:
             with connected(self.db), self.db.atomic():
-                audit.record(self.clock(), user=calling, action=action, subject=calling, reason=decision.reason,
+                audit.record(self.clock(), user=calling or "-", action=action, subject=calling or address,
+                             reason=decision.reason,
                              rule=decision.rule, address=address, called_ae=called, service=service or "")
         except Exception:  # a refusal is answered even when the audit trail cannot be written
             log.exception("could not record the refusal of %r from %s in the audit log", calling, address)

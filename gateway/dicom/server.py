@@ -25,7 +25,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway import jobs, logs
 from gateway.app import App
-from gateway.dicom import commitment, guard, mpps, permissions, storage, syntaxes, tls, tuning, worklist
+from gateway.dicom import access, commitment, guard, mpps, permissions, storage, syntaxes, tls, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from gateway.http import health
 from gateway.metrics import Metrics
@@ -61,6 +61,22 @@ def _on_conn_open(event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+
+def _on_tls_connection(event, refusals: permissions.Refusals, s) -> None:
+    """A connection to the TLS port: the handshake, in this connection's thread (:func:`.tls.handshake`).
+    One that fails (no or a wrong client certificate, an old protocol, silence) is logged,
+    audited as a refused association, and closed."""
+    socket_ = getattr(event.assoc.dul.socket, "socket", None)
+    why = tls.handshake(socket_, s.associate_timeout)
+    if why is None:
+        return
+    rule = "server.tls_ca" if s.tls_ca else "server.tls_cert"
+    requestor = event.assoc.requestor
+    log.warning("TLS connection from %s refused (%s): %s", requestor.address, rule, why)
+    refusals.record(event.assoc, "association.refused", access.Decision(False, rule, why), None, "A-ASSOCIATE-RJ",
+                    calling="")
+    event.assoc.dul.socket.close()
 
 
 def _on_accepted(event) -> None:
@@ -120,6 +136,7 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     admission = guard.Guard(s.max_associations, s.max_associations_per_address, s.associate_timeout,
                             admission=access.admission)
     handlers = [
+        (evt.EVT_CONN_OPEN, _on_tls_connection, [refusals, s]),  # first: nothing else runs on a failed handshake
         *admission.handlers(),
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_CONN_OPEN, _on_conn_open),
@@ -139,6 +156,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     storage.on_start(app)
     metrics = Metrics(app, jobs=jobs.JOBS)  # per server: tests run several in one process
     ae, handlers = build_ae(app, metrics)
+    context = _tls_context(s)  # before any port listens: bad TLS files stop the start
     try:
         server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
     except OSError as exc:
@@ -148,7 +166,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     # the kernel drop the connections after it, a console's among them, for a second or more.
     server.socket.listen(LISTEN_BACKLOG)
     try:
-        secure = _start_tls(ae, handlers, s)  # the same AE, handlers and rules on server.tls_port
+        secure = _start_tls(ae, handlers, s, context)  # the same AE, handlers and rules on server.tls_port
     except GatekeeperError:
         server.shutdown()
         raise
@@ -189,17 +207,23 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     return 0
 
 
-def _start_tls(ae: AE, handlers: list, s):
-    """The TLS listener on ``server.tls_port`` when ``server.tls_cert`` is set, else None."""
+def _tls_context(s):
+    """The TLS port's context when ``server.tls_cert`` is set, else None; files that do not load stop the start."""
     if not tls.enabled(s):
         return None
     try:
-        context = tls.server_context(s)
+        return tls.server_context(s)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise GatekeeperError(f"cannot use the TLS files (server.tls_cert {s.tls_cert}, server.tls_key {s.tls_key}"
                               + (f", server.tls_ca {s.tls_ca}" if s.tls_ca else "") + f" in {s.source}): {exc}. "
                               f"Run `gatekeeper check` for which one, or empty server.tls_cert and tls_key to run "
                               f"without TLS.") from None
+
+
+def _start_tls(ae: AE, handlers: list, s, context):
+    """The TLS listener on ``server.tls_port`` (with ``context``), or None without one."""
+    if context is None:
+        return None
     try:
         secure = ae.start_server((s.bind_address, s.tls_port), block=False, evt_handlers=handlers,
                                  ssl_context=context)

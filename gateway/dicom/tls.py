@@ -24,9 +24,19 @@ BCP195_CIPHERS = ":".join((
 ))
 
 
+class _DeferredHandshake(ssl.SSLContext):
+    """Wraps accepted sockets without the handshake: pynetdicom wraps each one in the thread
+    that accepts connections, where a peer that connects and sends nothing (or a slow
+    handshake) would hold up every other TLS connection. :func:`handshake` does it in the
+    connection's own thread, within ``server.associate_timeout``."""
+
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, *args, **kwargs):
+        return super().wrap_socket(sock, server_side, False, *args, **kwargs)
+
+
 def server_context(settings) -> ssl.SSLContext:
     """The server side of the TLS port. Raises :class:`ssl.SSLError` / :class:`OSError` for files that do not load."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _DeferredHandshake(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(BCP195_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
@@ -42,3 +52,26 @@ def server_context(settings) -> ssl.SSLContext:
 def enabled(settings) -> bool:
     """True when the TLS port listens (``server.tls_cert`` and ``server.tls_key`` are set)."""
     return bool(settings.tls_cert and settings.tls_key)
+
+
+def handshake(sock, timeout: float) -> str | None:
+    """Complete the TLS handshake of an accepted connection within ``timeout`` seconds.
+
+    None when done (or ``sock`` is not a TLS socket); else why it failed, in words.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    before = sock.gettimeout()
+    try:
+        sock.settimeout(timeout)
+        sock.do_handshake()
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed: {exc.reason or exc}"
+    except (OSError, ValueError) as exc:  # timeout, reset, closed
+        return f"TLS handshake failed: {exc or type(exc).__name__}"
+    finally:
+        try:
+            sock.settimeout(before)
+        except OSError:
+            pass
+    return None
