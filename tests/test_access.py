@@ -270,3 +270,81 @@ def test_any_station_aets(tmp_path):
     path = write_settings(tmp_path)
     path.write_text(path.read_text().replace("any_station_aets = []", 'any_station_aets = ["CT2", "MR1"]'))
     assert load(path, environ={}).any_station_aets == frozenset({"CT2", "MR1"})
+
+
+# -- every service handler is behind the decision (one place in the wiring) -----------------------
+
+
+def _event(calling, sop_class):
+    assoc = _Assoc("10.0.0.1")
+    assoc.requestor.ae_title = calling
+    return SimpleNamespace(assoc=assoc, context=SimpleNamespace(abstract_syntax=sop_class))
+
+
+def _guarded(s, event_type):
+    from pynetdicom import evt
+
+    calls = []
+
+    def handler(event, *args):
+        calls.append(args)
+        return "handled"
+
+    metrics = _Metrics()
+    refusals = permissions.Refusals(None, None, metrics, monotonic=lambda: 0.0)
+    refusals._take_audit_slot = lambda address, rule: False  # no database here
+    [(bound_type, wrapped, args)] = permissions.Permissions(s, refusals).guarded([(event_type, handler, ["x"])])
+    assert bound_type is event_type
+    return wrapped, args, calls, metrics
+
+
+@pytest.mark.parametrize("event_name, sop_class, shape", [
+    ("EVT_C_FIND", "1.2.840.10008.5.1.4.1.2.2.1", "find"),  # Study Root FIND: a qr service added later
+    ("EVT_C_GET", "1.2.840.10008.5.1.4.1.2.2.3", "get"),
+    ("EVT_C_FIND", "1.2.840.10008.5.1.4.31", "find"),
+    ("EVT_N_CREATE", "1.2.840.10008.3.1.2.3.3", "n"),
+    ("EVT_N_ACTION", "1.2.840.10008.1.20.1", "n"),
+])
+def test_a_refused_operation_never_reaches_its_handler(event_name, sop_class, shape):
+    from pynetdicom import evt
+
+    wrapped, args, calls, metrics = _guarded(settings("echo-and-store"), getattr(evt, event_name))
+    answer = wrapped(_event("STRANGER", sop_class), *args)
+    assert calls == []
+    if shape == "find":
+        [(status, identifier)] = list(answer)
+    elif shape == "get":
+        count, (status, identifier) = list(answer)
+        assert count == 1
+    else:
+        status, identifier = answer
+    assert status.Status == 0x0124 and identifier is None and "server.unknown_aets" in status.ErrorComment
+    assert metrics.refused == [("server.unknown_aets", permissions.service_of(sop_class))]
+
+
+def test_an_allowed_operation_reaches_its_handler_with_its_arguments():
+    from pynetdicom import evt
+
+    s = settings("refuse", {"QRONLY": {"services": ["qr"]}})
+    wrapped, args, calls, _ = _guarded(s, evt.EVT_C_FIND)
+    assert wrapped(_event("QRONLY", "1.2.840.10008.5.1.4.1.2.2.1"), *args) == "handled" and calls == [("x",)]
+    refused = list(wrapped(_event("QRONLY", "1.2.840.10008.5.1.4.31"), *args))  # the worklist: not granted
+    assert refused[0][0].Status == 0x0124 and len(calls) == 1
+
+
+def test_a_c_move_refusal_is_a_failure_before_any_sub_operation():
+    from pynetdicom import evt
+
+    wrapped, args, calls, _ = _guarded(settings("echo-and-store"), evt.EVT_C_MOVE)
+    with pytest.raises(PermissionError):  # pynetdicom answers 0xC511 (unable to process), contacts no destination
+        next(wrapped(_event("STRANGER", "1.2.840.10008.5.1.4.1.2.2.2"), *args))
+    assert calls == []
+
+
+def test_every_service_event_is_guarded():
+    from pynetdicom import evt
+
+    s = settings("allow")
+    bound = [(t, (lambda event: None), []) for t in (evt.EVT_C_ECHO, evt.EVT_C_STORE, evt.EVT_CONN_OPEN)]
+    out = permissions.Permissions(s, permissions.Refusals(None, None)).guarded(bound)
+    assert [fn is orig[1] for fn, orig in zip((e[1] for e in out), bound)] == [False, False, True]
