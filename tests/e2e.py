@@ -102,6 +102,15 @@ class Gateway:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def logged(self, text: str, timeout: float = 10) -> bool:
+        """True once ``text`` is in the log (the server may log just after its peer saw the answer)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
 
 @pytest.fixture
 def gateway(tmp_path):

@@ -34,6 +34,8 @@ host = "localhost"
 services = ["echo", "store"]
 [modalities.NOTHING]
 services = []
+[modalities.WLONLY]
+services = ["worklist"]
 [modalities.CT2]
 """
 SERVICES = ("echo", "worklist", "mpps", "store", "commitment")
@@ -117,7 +119,7 @@ def test_unknown_ae_per_service_per_mode(gateways, mode):
     if mode == "refuse":
         assert assoc.is_rejected and rejection(assoc) == (1, 1, 3)  # permanent, service user, calling AE
         assert "refused by server.unknown_aets" not in gw.log()  # the association line says it instead
-        assert "calling 'STRANGER' from 127.0.0.1: calling AE 'STRANGER' is not under [modalities]" in gw.log()
+        assert gw.logged("calling 'STRANGER' from 127.0.0.1: calling AE 'STRANGER' is not under [modalities]")
         return
     assert assoc.is_established
     try:
@@ -127,8 +129,8 @@ def test_unknown_ae_per_service_per_mode(gateways, mode):
     for service, status in statuses.items():
         assert status == (0x0000 if service in EXPECTED[mode] else 0x0124), (service, hex(status))
     if mode == "echo-and-store":
-        assert "C-FIND refused (0x0124): calling 'STRANGER' from 127.0.0.1, service worklist: refused by " \
-               "server.unknown_aets" in gw.log()
+        assert gw.logged("C-FIND refused (0x0124): calling 'STRANGER' from 127.0.0.1, service worklist: refused by "
+                         "server.unknown_aets")
 
 
 @pytest.mark.parametrize("mode", sorted(EXPECTED))
@@ -145,8 +147,8 @@ def test_known_ae_from_the_wrong_address_is_rejected(gateways):
     gw = gateways["allow"]  # even where any unknown AE is welcome
     assoc = associate(gw, "HOSTED")
     assert assoc.is_rejected and rejection(assoc) == (1, 1, 3)
-    assert "calling AE 'HOSTED' called from 127.0.0.1, but modalities.HOSTED.host is '10.9.9.9' " \
-           "(modalities.host)" in gw.log()
+    assert gw.logged("calling AE 'HOSTED' called from 127.0.0.1, but modalities.HOSTED.host is '10.9.9.9' "
+           "(modalities.host)")
     [event] = [e for e in audit_events(gw, "association.refused") if e[0] == "HOSTED"]
     assert event[3] == {"address": "127.0.0.1", "called_ae": "GATEKEEPER", "rule": "modalities.host", "service": ""}
 
@@ -167,12 +169,25 @@ def test_services_list_limits_a_known_ae(gateways):
                                                         "commitment": 0x0124}
     finally:
         assoc.release()
-    assert "refused by modalities.services: modalities.LIMITED.services does not grant worklist" in gw.log()
+    assert gw.logged("refused by modalities.services: modalities.LIMITED.services does not grant worklist")
     for operation in ("C-FIND", "N-CREATE", "N-ACTION"):
-        assert f"{operation} refused (0x0124): calling 'LIMITED'" in gw.log()
+        assert gw.logged(f"{operation} refused (0x0124): calling 'LIMITED'")
     # one audit event per address and rule a minute: the first refusal
     refused = [e[3]["service"] for e in audit_events(gw, "operation.refused") if e[0] == "LIMITED"]
     assert refused == ["worklist"]
+
+
+def test_echo_and_store_refused_to_a_modality_without_them(gateways):
+    gw = gateways["allow"]
+    assoc = associate(gw, "WLONLY")
+    assert assoc.is_established
+    try:
+        assert {s: use(assoc, s) for s in SERVICES} == {"echo": 0x0124, "worklist": 0, "mpps": 0x0124,
+                                                        "store": 0x0124, "commitment": 0x0124}
+    finally:
+        assoc.release()
+    assert gw.logged("C-STORE refused (0x0124): calling 'WLONLY'")
+    assert "C-STORE from WLONLY" not in gw.log()  # the storage handler never ran: nothing filed
 
 
 def test_empty_services_list_rejects_the_association(gateways):
@@ -185,7 +200,7 @@ def test_wrong_called_ae_is_rejected_with_reason_7(gateways, mode):
     gw = gateways[mode]
     assoc = associate(gw, "CT1", called="PACS")
     assert assoc.is_rejected and rejection(assoc) == (1, 1, 7)
-    assert "called AE title 'PACS' is not ours" in gw.log()
+    assert gw.logged("called AE title 'PACS' is not ours")
     assert any(e[3]["called_ae"] == "PACS" and e[3]["rule"] == "server.ae_title"
                for e in audit_events(gw, "association.refused"))
 
@@ -233,7 +248,7 @@ def test_a_faked_stations_mpps_is_refused(gateways):
     assert faker.send_n_set(completion(), ModalityPerformedProcedureStep, uid)[0].Status == 0x0124
     assert _order_status(gw, "ACC1001") == ("in-progress", None)
     faker.release()
-    assert "refused by mpps.any_station_aets" in gw.log()
+    assert gw.logged("refused by mpps.any_station_aets")
     refused = [e for e in audit_events(gw, "operation.refused") if e[0] == "DX1" and e[3]["service"] == "mpps"]
     assert refused and refused[0][3]["rule"] == "mpps.any_station_aets"
     # the station itself completes it

@@ -131,10 +131,10 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     # Who may talk to the gate (gateway.dicom.permissions): asked by the guard at each
     # A-ASSOCIATE-RQ, and in front of every service handler below.
     refusals = permissions.Refusals(app.db, app.clock, metrics)
-    access = permissions.Permissions(s, refusals)
+    rules = permissions.Permissions(s, refusals)
     ae.gk_refusals = refusals  # type: ignore[attr-defined]  # for refusals a service decides (MPPS station)
     admission = guard.Guard(s.max_associations, s.max_associations_per_address, s.associate_timeout,
-                            admission=access.admission)
+                            admission=rules.admission)
     handlers = [
         (evt.EVT_CONN_OPEN, _on_tls_connection, [refusals, s]),  # first: nothing else runs on a failed handshake
         *admission.handlers(),
@@ -147,7 +147,7 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     ]
     for service in SERVICES:
         handlers.extend(service.add_to(ae, app, metrics))
-    return ae, access.guarded(handlers)
+    return ae, rules.guarded(handlers)
 
 
 def serve(app: App, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
