@@ -265,3 +265,16 @@ def test_an_ae_of_any_station_aets_may_report_another_stations_order(gateways):
     assert ct2.send_n_set(completion(), ModalityPerformedProcedureStep, uid)[0].Status == 0
     ct2.release()
     assert _order_status(gw, "ACC1003")[0] == "completed"
+
+
+def test_a_flood_of_refused_associations_leaves_one_audit_event_a_minute(gateways):
+    gw = gateways["refuse"]
+    before = len([e for e in audit_events(gw, "association.refused") if e[3]["rule"] == "server.unknown_aets"])
+    for n in range(100):  # bounded: 100 associations, each rejected at once
+        assert associate(gw, f"FLOOD{n}").is_rejected
+    assert gw.logged("calling 'FLOOD99' from 127.0.0.1")
+    after = len([e for e in audit_events(gw, "association.refused") if e[3]["rule"] == "server.unknown_aets"])
+    assert after - before <= 1  # one per address and rule a minute (STRANGER's may have been it)
+    known = associate(gw, "CT1")  # a known modality still gets in
+    assert known.is_established
+    known.release()
