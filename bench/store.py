@@ -24,6 +24,16 @@ as modalities do. Instances per second are wall-clock over the whole batch. With
 
 Then a fresh gatekeeper child receives one M MiB instance (default 512) and the
 high-water mark of its resident memory (VmHWM in /proc/PID/status) is printed.
+
+    python3 bench/store.py --tls [--count N] [--kib K] [--rounds R]
+
+TLS mode: one gatekeeper listens on its plain port and on ``server.tls_port`` (BCP 195
+profile, client certificates required: a CA and certificates are made with ``openssl``,
+as tests/certs.py does), and each round sends the same kind of batch over plain TCP and
+over TLS, alternating which goes first (the machine may be shared and noisy). It prints
+the median instances per second of each, for one and for four associations, and the
+ratio. DCMTK's storescu sends with ``+tls`` (its default BCP 195 non-downgrading profile);
+the pynetdicom senders wrap their sockets with an ``ssl`` client context.
 """
 
 from __future__ import annotations
@@ -32,8 +42,11 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import socket
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,12 +117,15 @@ def wait_for(process: subprocess.Popen, port: int, called: str, log: Path) -> No
         time.sleep(0.1)
 
 
-def start_gatekeeper(folder: Path) -> tuple[subprocess.Popen, int]:
+def start_gatekeeper(folder: Path, tls: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """``tls``: ``{"tls_port": ..., "tls_cert": ..., "tls_key": ..., "tls_ca": ...}`` to listen on a TLS port too."""
     folder.mkdir(parents=True)
     port = free_port()
     text = (ROOT / "settings.toml").read_text()
     text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"').replace("port = 11112", f"port = {port}")
     text = text.replace("enabled = true", "enabled = false")
+    for key, value in (tls or {}).items():
+        text = re.sub(rf"^{key} = .*$", f"{key} = {json.dumps(value)}", text, count=1, flags=re.M)
     (folder / "settings.toml").write_text(text)
     env = {**os.environ, "GATEKEEPER_CONFIG": str(folder / "settings.toml"), "GATEKEEPER_NOW": NOW,
            "PYTHONPATH": str(ROOT)}
@@ -195,12 +211,19 @@ def make_batches(folder: Path, count: int, kib: int, associations: int) -> list[
 
 
 def send_batch(args) -> int:
-    """One association sending every file of ``paths`` (run in a worker process)."""
-    port, called, paths = args
+    """One association sending every file of ``paths`` (run in a worker process); ``pki``
+    (``(ca, cert, key)``, optional) sends over TLS with that client certificate."""
+    port, called, paths, *pki = args
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title="MR1")
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    tls_args = None
+    if pki and pki[0]:
+        ca, cert, key = pki[0]
+        context = ssl.create_default_context(cafile=ca)
+        context.load_cert_chain(cert, key)
+        tls_args = (context, "localhost")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, tls_args=tls_args)
     if not assoc.is_established:
         raise RuntimeError(f"could not associate with {called}")
     failed = 0
@@ -227,16 +250,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(pool, port: int, called: str, batches: list[list[str]], dcmtk: str | None) -> float:
-    """Instances per second for sending ``batches`` at once, one association each."""
+def timed(pool, port: int, called: str, batches: list[list[str]], dcmtk: str | None, pki=None) -> float:
+    """Instances per second for sending ``batches`` at once, one association each (over TLS with ``pki``)."""
     count = sum(len(b) for b in batches)
+    tls = ["+tls", pki[2], pki[1], "+cf", pki[0]] if pki else []
     started = time.perf_counter()
     if dcmtk:
-        senders = [subprocess.Popen([dcmtk, "-aet", "MR1", "-aec", called, "127.0.0.1", str(port), *b],
+        senders = [subprocess.Popen([dcmtk, *tls, "-aet", "MR1", "-aec", called, "127.0.0.1", str(port), *b],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for b in batches]
         failed = sum(p.wait() != 0 for p in senders)
     else:
-        failed = sum(pool.map(send_batch, [(port, called, b) for b in batches]))
+        failed = sum(pool.map(send_batch, [(port, called, b, pki) for b in batches]))
     elapsed = time.perf_counter() - started
     if failed:
         raise SystemExit(f"sending to {called} failed")
@@ -284,6 +308,36 @@ def speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> d
     return results
 
 
+def tls_speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> dict:
+    """Median instances per second over plain TCP and over TLS, one gatekeeper, interleaved rounds."""
+    from tests.certs import make_pki
+
+    pki = make_pki(work / "pki")
+    client = (str(pki.ca_cert), str(pki.client_cert), str(pki.client_key))
+    tls_port = free_port()
+    process, port = start_gatekeeper(work / "server", tls={
+        "tls_port": tls_port, "tls_cert": str(pki.server_cert), "tls_key": str(pki.server_key),
+        "tls_ca": str(pki.ca_cert)})
+    results: dict = {}
+    try:
+        with multiprocessing.Pool(4) as pool:
+            for associations in (1, 4):
+                rates: dict = {"tcp": [], "tls": []}
+                for r in range(rounds):
+                    order = ("tcp", "tls") if r % 2 == 0 else ("tls", "tcp")
+                    for transport in order:
+                        folder = work / f"send-{associations}-{r}-{transport}"
+                        batches = make_batches(folder, count, kib, associations)
+                        rates[transport].append(timed(pool, tls_port if transport == "tls" else port, "GATEKEEPER",
+                                                      batches, dcmtk, client if transport == "tls" else None))
+                        shutil.rmtree(folder)
+                results[associations] = {t: statistics.median(v) for t, v in rates.items()}
+                results[associations]["runs"] = rates
+    finally:
+        stop(process)
+    return results
+
+
 def memory(work: Path, mib: int) -> dict:
     folder = work / "big"
     process, port = start_gatekeeper(folder / "server")
@@ -313,6 +367,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each, best kept (default 3)")
     parser.add_argument("--sender", choices=("storescu", "pynetdicom"), default="storescu",
                         help="what sends (default: DCMTK storescu when installed)")
+    parser.add_argument("--tls", action="store_true",
+                        help="plain TCP against DICOM TLS on one gatekeeper, interleaved; medians (no bare SCP)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,6 +377,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=os.environ.get("BENCH_DIR")))
     try:
         dcmtk = storescu() if args.sender == "storescu" else None
+        if args.tls:
+            figures = {"tls": tls_speed(work, args.count, args.kib, args.rounds, dcmtk)}
+            print(f"C-STORE of {args.count} instances of {args.kib} KiB to one gatekeeper, sent by "
+                  f"{'DCMTK storescu' if dcmtk else 'pynetdicom'} (median of {args.rounds} interleaved rounds):")
+            for associations, m in figures["tls"].items():
+                print(f"  {associations} association(s): plain TCP {m['tcp']:6.1f}/s, TLS {m['tls']:6.1f}/s, "
+                      f"TLS/TCP {m['tls'] / m['tcp']:.2f}  (runs: TCP "
+                      f"{', '.join(f'{x:.1f}' for x in m['runs']['tcp'])}; TLS "
+                      f"{', '.join(f'{x:.1f}' for x in m['runs']['tls'])})")
+            if args.json:
+                print(json.dumps(figures, indent=2))
+            return
         figures = {"speed": speed(work, args.count, args.kib, args.rounds, dcmtk)}
         print(f"C-STORE of {args.count} instances of {args.kib} KiB, sent by {'DCMTK storescu' if dcmtk else 'pynetdicom'}"
               f" (best of {args.rounds}):")

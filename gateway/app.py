@@ -47,7 +47,7 @@ class App:
         self.gate = Gate(self.db, s.policy, self.clock, expiring_auth_days=s.expiring_auth_days)
         self.query = WorklistQuery(s.policy, self.clock, auth_attribute=s.auth_attribute,
                                    restrict_unnamed_station_to_caller=s.restrict_unnamed_station_to_caller)
-        self.steps = Steps(self.db, s.policy, self.clock)
+        self.steps = Steps(self.db, s.policy, self.clock, any_station_aets=s.any_station_aets)
         self.store = Store(self.db, StoreConfig(
             root=s.storage_root, ae_title=s.ae_title, hold_codes=hold_codes_from_warn_codes(s.warn_codes),
             rejected_retention_days=s.rejected_retention_days, held_alert_hours=s.held_alert_hours,

@@ -3,8 +3,12 @@
 Counted as things happen (the DICOM handlers' and the jobs' summary lines observe them):
 
 - ``gatekeeper_associations_refused_total{rule}``: A-ASSOCIATE-RJ by the setting that
-  refused (``server.max_associations``, ``server.max_associations_per_address``,
-  ``server.allowed_calling_aets``);
+  refused (``server.max_associations``, ``server.max_associations_per_address``, and the
+  access rules ``server.ae_title``, ``server.unknown_aets``, ``modalities.host``,
+  ``modalities.services``);
+- ``gatekeeper_access_refused_total{rule,service}``: associations (service ``-``) and
+  operations refused by an access rule, and
+  ``gatekeeper_access_refusals_not_audited_total{rule}``: those left out of the audit log;
 - ``gatekeeper_dicom_operation_duration_seconds{operation,status}``: a histogram of
   C-FIND, C-STORE, N-CREATE, N-SET (MPPS) and N-ACTION (storage commitment) by final
   status (``0x0000``); its ``_count`` is the number of operations;
@@ -49,8 +53,12 @@ log = logging.getLogger("gateway.metrics")
 disable_created_metrics()
 
 #: The refusal rules: the settings whose limits refuse an association.
-REFUSAL_RULES = ("server.max_associations", "server.max_associations_per_address", "server.allowed_calling_aets")
-_RULE = re.compile(r"server\.[a-z_]+")
+REFUSAL_RULES = ("server.max_associations", "server.max_associations_per_address", "server.ae_title",
+                 "server.unknown_aets", "modalities.host", "modalities.services")
+#: The access rules that refuse an association or an operation (gateway.dicom.access, and MPPS).
+ACCESS_RULES = ("server.ae_title", "server.unknown_aets", "modalities.host", "modalities.services", "service",
+                "mpps.any_station_aets", "server.tls_ca", "server.tls_cert")
+_RULE = re.compile(r"(?:server|modalities)\.[a-z_]+")
 
 #: Histogram buckets (seconds): a worklist query takes milliseconds, a large C-STORE minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -91,8 +99,16 @@ class Metrics:
         self.job_failures = Counter("gatekeeper_job_failures", "Scheduled job runs that failed.", ["job"], registry=r)
         self.job_last_success = Gauge("gatekeeper_job_last_success_timestamp_seconds",
                                       "When each job last finished without error (Unix time).", ["job"], registry=r)
+        self.access_refusals = Counter("gatekeeper_access_refused",
+                                       "Associations (service \"-\") and operations refused by an access rule.",
+                                       ["rule", "service"], registry=r)
+        self.not_audited = Counter("gatekeeper_access_refusals_not_audited",
+                                   "Refusals not written to the audit log (at most one per address and rule a "
+                                   "minute).", ["rule"], registry=r)
         for rule in REFUSAL_RULES:
             self.refusals.labels(rule)
+        for rule in ACCESS_RULES:
+            self.not_audited.labels(rule)
         for name in jobs:
             self.job_runs.labels(name)
             self.job_failures.labels(name)
@@ -102,15 +118,23 @@ class Metrics:
 
     # -- fed by the server, the handlers and the jobs ---------------------------------------------
 
-    def watch_listener(self, server) -> None:
-        """Read ``gatekeeper_associations_open`` from the DICOM listener at each scrape."""
+    def watch_listener(self, *servers) -> None:
+        """Read ``gatekeeper_associations_open`` from the DICOM listeners (plain and TLS) at each scrape."""
         self.associations_open.set_function(
-            lambda: sum(1 for a in server.active_associations if a.is_established))
+            lambda: sum(1 for server in servers for a in server.active_associations if a.is_established))
 
     def refused(self, why: str) -> None:
         """Count one refused association; ``why`` names the setting that refused it (as the log line does)."""
-        found = _RULE.search(why or "")
-        self.refusals.labels(found.group(0) if found else "other").inc()
+        found = [rule for rule in _RULE.findall(why or "") if rule in REFUSAL_RULES]  # the last names the rule
+        self.refusals.labels(found[-1] if found else "other").inc()
+
+    def access_refused(self, rule: str, service: str) -> None:
+        """Count one association or operation refused by an access rule (``service`` "-" for an association)."""
+        self.access_refusals.labels(rule, service).inc()
+
+    def refusal_not_audited(self, rule: str) -> None:
+        """Count one refusal left out of the audit trail (one event per address and rule a minute)."""
+        self.not_audited.labels(rule).inc()
 
     def operation(self, name: str, status: int, seconds: float) -> None:
         """Count one DICOM operation with its final status and duration."""

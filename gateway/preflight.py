@@ -115,6 +115,8 @@ def run_all(settings: Settings, *, database_opened: bool = False, now: dt.dateti
     checks = [check_database(settings, already_opened=database_opened)]
     checks += check_storage(settings)
     checks.append(check_dicom_port(settings))
+    if getattr(settings, "tls_cert", None):
+        checks.append(check_tls_port(settings))
     checks.append(check_metrics_port(settings))
     checks += check_tls(settings, now)
     checks += check_peers(settings)
@@ -184,6 +186,20 @@ def check_dicom_port(settings: Settings) -> Check:
     return port_state(name, "server.port", address, port, failed, ours, answer, settings.source)
 
 
+def check_tls_port(settings: Settings) -> Check:
+    """``server.tls_port``: free, or held while this gatekeeper answers C-ECHO on ``server.port``."""
+    address, port = settings.bind_address, settings.tls_port
+    name = f"DICOM TLS port {port} on {address}"
+    failed = bind_error(address, port)
+    ours, answer = False, ""
+    if failed in (errno.EADDRINUSE, errno.EACCES):
+        host = WILDCARDS.get(address, address)
+        why = dicom_echo(_calling_ae(settings), settings.ae_title, host, settings.port)
+        ours = why is None
+        answer = f"this gatekeeper answers C-ECHO on server.port {settings.port}" if ours else why
+    return port_state(name, "server.tls_port", address, port, failed, ours, answer, settings.source)
+
+
 def check_metrics_port(settings: Settings) -> Check:
     """``metrics.port`` (unless 0): free on ``metrics.bind_address``, or a gatekeeper answers ``/healthz``."""
     address, port = settings.metrics_bind_address, settings.metrics_port
@@ -218,12 +234,44 @@ def check_tls(settings: Settings, now: dt.datetime | None = None) -> list[Check]
     if key:
         try:
             load_private_key(Path(key))
-            checks.append(Check(f"TLS key {key}", OK))
         except (OSError, ValueError) as exc:
             checks.append(Check(f"TLS key {key}", FAIL,
                                 f"cannot load it: {_sentence(exc)} Point tls_key at the certificate's PEM private key "
                                 "(unencrypted, readable by the gatekeeper's user)"))
+        else:
+            why = key_mismatch(cert, Path(key))
+            checks.append(Check(f"TLS key {key}", FAIL, why) if why else Check(f"TLS key {key}", OK,
+                                                                               "matches the certificate"))
+    ca = getattr(settings, "tls_ca", None)
+    if ca:
+        checks.append(check_tls_ca(Path(ca), now))
     return checks
+
+
+def key_mismatch(cert: Path, key: Path) -> str | None:
+    """Why the TLS port could not use this certificate with this key (None when it can)."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key))
+    except (OSError, ValueError) as exc:
+        return (f"it does not go with the certificate ({_sentence(exc)}) Point tls_key at the private key of "
+                f"{cert.name}, or tls_cert at the certificate of this key")
+    return None
+
+
+def check_tls_ca(ca: Path, now: dt.datetime) -> Check:
+    """The client CA file loads as a CA bundle and its (first) certificate is valid now."""
+    import ssl
+
+    name = f"TLS client CA {ca}"
+    try:
+        ssl.create_default_context(cafile=str(ca))
+        not_before, not_after = certificate_validity(ca)
+    except (OSError, ValueError) as exc:
+        return Check(name, FAIL, f"cannot load it: {_sentence(exc)} Point tls_ca at the PEM certificates of the CA "
+                                 f"that signs the modalities' client certificates, or empty it")
+    return certificate_dates(name, not_before, not_after, now)
 
 
 def check_peers(settings: Settings) -> list[Check]:
@@ -389,9 +437,15 @@ def _advice(exc: OSError) -> str:
 
 
 def _calling_ae(settings: Settings) -> str:
-    """Our AE title as the caller of our own C-ECHO, unless the allow list would refuse it."""
-    allowed = settings.allowed_calling_aets
-    return allowed[0] if allowed and settings.ae_title not in allowed else settings.ae_title
+    """Our AE title as the caller of our own C-ECHO, unless the access rules refuse it from
+    loopback: then the first known modality they let verify from there."""
+    from gateway.dicom import access
+
+    candidates = [settings.ae_title, *sorted(getattr(settings, "modalities", {}))]
+    for ae in candidates:
+        if access.decide(ae, "127.0.0.1", "echo", settings):
+            return ae
+    return settings.ae_title
 
 
 def _openssl_validity(path: Path) -> tuple[dt.datetime, dt.datetime]:

@@ -46,7 +46,13 @@ DECLARED: tuple[Declared, ...] = (
     Declared("server.ae_title", str, "GATEKEEPER", "AE title of the gatekeeper (worklist, store, MPPS, commitment)."),
     Declared("server.bind_address", str, "0.0.0.0", "Address to listen on."),
     Declared("server.port", int, 11112, "TCP port to listen on."),
-    Declared("server.allowed_calling_aets", list, [], "Calling AE titles accepted; empty accepts any caller."),
+    Declared("server.extra_ae_titles", list, [], "More called AE titles answered besides server.ae_title."),
+    Declared("server.check_called_ae", bool, True, "Reject associations whose called AE title is not ours (reason 7)."),
+    Declared("server.unknown_aets", str, "echo-and-store", "Calling AEs not under [modalities]: allow, echo-and-store or refuse."),
+    Declared("server.tls_port", int, 2762, "TCP port of DICOM TLS (PS3.15 B.9, BCP 195); listens when tls_cert is set."),
+    Declared("server.tls_cert", str, "", "PEM certificate (chain) of the TLS port; empty: no TLS."),
+    Declared("server.tls_key", str, "", "PEM private key of server.tls_cert (unencrypted)."),
+    Declared("server.tls_ca", str, "", "PEM CA certificates; when set, TLS clients must show a certificate signed by one."),
     Declared("server.max_associations", int, 20, "Associations served at once; more are rejected (transient)."),
     Declared("server.network_timeout", int, 60, "Seconds of silence before an association is aborted."),
     Declared("server.associate_timeout", int, 10, "Seconds a peer has, in all, to deliver its A-ASSOCIATE-RQ after connecting."),
@@ -63,6 +69,7 @@ DECLARED: tuple[Declared, ...] = (
     Declared("storage.rejected_retention_days", int, 30, "Days a rejected study is kept before the purge job deletes it."),
     Declared("storage.held_alert_hours", int, 48, "A held study older than this is flagged by the held-age job."),
     Declared("storage.min_free_mb", int, 1024, "Free space (MiB) kept on the storage volume; below it C-STORE is refused with 0xA700."),
+    Declared("mpps.any_station_aets", list, [], "Calling AEs allowed to send MPPS for orders scheduled on another station."),
     Declared("worklist.auth_attribute", str, "RequestedProcedureComments", "DICOM keyword that carries 'AUTH <number>' on the console."),
     Declared("worklist.restrict_unnamed_station_to_caller", bool, False, "A query naming no station sees only the calling AE's own items."),
     Declared("worklist.complete_without_mpps_minutes", int, 60, "Minutes after its study is archived that an order no MPPS reported is completed from the images."),
@@ -89,6 +96,21 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class Modality:
+    """A known modality of ``[modalities.AE]``: where it may call from and which services it may use."""
+
+    ae_title: str
+    host: str | None = None  # None: any address
+    services: frozenset[str] | None = None  # None: every service; empty: none
+
+
+#: The DICOM services a modality may be granted (``[modalities.AE] services``).
+SERVICE_NAMES = ("echo", "worklist", "mpps", "store", "commitment", "qr")
+#: The values of ``server.unknown_aets``.
+UNKNOWN_AET_MODES = ("allow", "echo-and-store", "refuse")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings, resolved. Build with :func:`load`."""
 
@@ -96,7 +118,14 @@ class Settings:
     ae_title: str
     bind_address: str
     port: int
-    allowed_calling_aets: tuple[str, ...]
+    extra_ae_titles: tuple[str, ...]
+    check_called_ae: bool
+    unknown_aets: str
+    tls_port: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_ca: Path | None
+    any_station_aets: frozenset[str]
     max_associations: int
     network_timeout: int
     associate_timeout: int
@@ -128,6 +157,7 @@ class Settings:
     report_watch_hour: int = 7
     filing_alert_days: int = 14
     peers: dict[str, Peer] = field(default_factory=dict)
+    modalities: dict[str, Modality] = field(default_factory=dict)
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -181,14 +211,30 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
     for key in ("jobs.expiring_auth_hour", "jobs.purge_hour", "jobs.report_watch_hour"):
         if not 0 <= values[key] <= 23:
             raise SettingsError(f"{path}: {key} must be an hour from 0 to 23, not {values[key]}.")
+    tls = {key: (folder / values[key]).resolve() if values[key] else None
+           for key in ("server.tls_cert", "server.tls_key", "server.tls_ca")}
+    if bool(tls["server.tls_cert"]) != bool(tls["server.tls_key"]):
+        raise SettingsError(f"{path}: server.tls_cert and server.tls_key go together: set both (the TLS port "
+                            f"listens) or neither (no TLS).")
+    if tls["server.tls_ca"] and not tls["server.tls_cert"]:
+        raise SettingsError(f"{path}: server.tls_ca is set but server.tls_cert is not; the CA only matters on the "
+                            f"TLS port: set server.tls_cert and server.tls_key too, or empty server.tls_ca.")
+    if tls["server.tls_cert"] and values["server.tls_port"] == values["server.port"]:
+        raise SettingsError(f"{path}: server.tls_port and server.port are both {values['server.port']}; "
+                            f"TLS needs a port of its own (2762 is the registered DICOM TLS port).")
     return Settings(
         source=path,
         ae_title=_ae_title(values["server.ae_title"], "server.ae_title", path),
         bind_address=values["server.bind_address"],
         port=values["server.port"],
-        allowed_calling_aets=tuple(
-            _ae_title(a, "server.allowed_calling_aets", path) for a in values["server.allowed_calling_aets"]
-        ),
+        extra_ae_titles=tuple(_ae_title(a, "server.extra_ae_titles", path) for a in values["server.extra_ae_titles"]),
+        check_called_ae=values["server.check_called_ae"],
+        unknown_aets=_unknown_aets(values["server.unknown_aets"], path),
+        tls_port=_port(values["server.tls_port"], "server.tls_port", path),
+        tls_cert=tls["server.tls_cert"],
+        tls_key=tls["server.tls_key"],
+        tls_ca=tls["server.tls_ca"],
+        any_station_aets=frozenset(_ae_title(a, "mpps.any_station_aets", path) for a in values["mpps.any_station_aets"]),
         max_associations=values["server.max_associations"],
         network_timeout=values["server.network_timeout"],
         associate_timeout=values["server.associate_timeout"],
@@ -220,7 +266,15 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         report_watch_hour=values["jobs.report_watch_hour"],
         filing_alert_days=values["jobs.filing_alert_days"],
         peers=_peers(raw.get("peers", {}), path),
+        modalities=_modalities(raw.get("modalities", {}), path),
     )
+
+
+def _unknown_aets(value: str, path: Path) -> str:
+    if value not in UNKNOWN_AET_MODES:
+        raise SettingsError(f"{path}: server.unknown_aets is {value!r}; use \"allow\" (any calling AE, every "
+                            f"service), \"echo-and-store\" (unknown AEs may only verify and store) or \"refuse\".")
+    return value
 
 
 def _log_format(value: str, path: Path) -> str:
@@ -261,7 +315,13 @@ def resolve_database_url(url: str, folder: Path) -> str:
 
 
 def _scalars(raw: dict, path: Path) -> dict[str, Any]:
-    known_sections = {d.key.split(".")[0] for d in DECLARED} | {"payers", "peers"}
+    known_sections = {d.key.split(".")[0] for d in DECLARED} | set(TABLES)
+    if "allowed_calling_aets" in (raw.get("server") or {}):
+        raise SettingsError(
+            f"{path}: server.allowed_calling_aets is no longer a setting. List each modality in a table of its "
+            f"own instead, e.g. [modalities.MR1] with optional host = \"10.1.2.3\" and services = [\"echo\", "
+            f"\"worklist\", \"mpps\", \"store\", \"commitment\", \"qr\"], and set server.unknown_aets = "
+            f"\"refuse\" to turn every other calling AE away (see README.md, Access).")
     for section in raw:
         if section not in known_sections:
             raise SettingsError(
@@ -269,7 +329,7 @@ def _scalars(raw: dict, path: Path) -> dict[str, Any]:
             )
     declared = {d.key: d for d in DECLARED}
     for section, table in raw.items():
-        if section in ("payers", "peers"):
+        if section in TABLES:
             continue
         if not isinstance(table, dict):
             raise SettingsError(f"{path}: {section} must be a table ([{section}]).")
@@ -299,6 +359,10 @@ def _ae_title(value: Any, key: str, path: Path) -> str:
     return value.strip()
 
 
+#: Sections that are tables of named entries, parsed on their own (not in DECLARED).
+TABLES = ("payers", "peers", "modalities")
+
+
 def _check_codes(codes: frozenset[str], path: Path) -> None:
     unknown = sorted(codes - ALL_CODES)
     if unknown:
@@ -316,3 +380,37 @@ def _peers(raw: Any, path: Path) -> dict[str, Peer]:
             raise SettingsError(f"{path}: peers.{ae} must be {{ host = \"name\", port = 104 }}.")
         peers[_ae_title(ae, f"peers.{ae}", path)] = Peer(ae, entry["host"], entry["port"])
     return peers
+
+
+def _modalities(raw: Any, path: Path) -> dict[str, Modality]:
+    """``[modalities.AE]`` tables: ``host`` (optional) and ``services`` (optional, default all)."""
+    form = ('[modalities.MR1] with optional host = "10.1.2.3" and services = '
+            '["echo", "worklist", "mpps", "store", "commitment", "qr"]')
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: [modalities] must hold one table per AE title: {form}.")
+    modalities = {}
+    for ae, entry in raw.items():
+        key = f"modalities.{ae}"
+        title = _ae_title(ae, key, path)
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{path}: {key} must be a table: {form}.")
+        unknown = sorted(set(entry) - {"host", "services"})
+        if unknown:
+            raise SettingsError(f"{path}: {key} has unknown keys {unknown}; a modality takes host and services: {form}.")
+        host = entry.get("host")
+        if host is not None and (not isinstance(host, str) or not host.strip()):
+            raise SettingsError(f"{path}: {key}.host is {host!r}; give an address or a host name, or leave host out "
+                                f"to accept the AE from any address.")
+        services = entry.get("services")
+        if services is not None:
+            if not isinstance(services, list) or not all(isinstance(x, str) for x in services):
+                raise SettingsError(f"{path}: {key}.services must be a list of names from {list(SERVICE_NAMES)}.")
+            wrong = sorted(set(services) - set(SERVICE_NAMES))
+            if wrong:
+                raise SettingsError(f"{path}: {key}.services names unknown services {wrong}; "
+                                    f"known: {', '.join(SERVICE_NAMES)}.")
+            services = frozenset(services)
+        if title in modalities:
+            raise SettingsError(f"{path}: {key} is listed twice (AE titles are compared without spaces).")
+        modalities[title] = Modality(title, host.strip() if host else None, services)
+    return modalities

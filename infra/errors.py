@@ -42,6 +42,14 @@ class Refused(GatekeeperError):
     """The action is not allowed as asked: it is unsafe, or needs a confirmation it lacks."""
 
 
+class NotAuthorized(GatekeeperError):
+    """The caller may not do this (an MPPS for another station's order); ``rule`` names the setting."""
+
+    def __init__(self, message: str, rule: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
 class NotSupported(GatekeeperError):
     """The action asked for is not one the gatekeeper offers."""
 

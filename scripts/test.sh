@@ -2,6 +2,7 @@
 # Install what the test suite needs and run all of it:
 #   - DCMTK (findscu, storescu, echoscu) from Debian, for the end-to-end tests;
 #   - systemd-analyze (Debian package systemd), to verify deploy/gatekeeper.service;
+#   - openssl (Debian package openssl) for the TLS test certificates;
 #   - pg_dump and pg_restore (Debian package postgresql-client) for the backup tests;
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
@@ -19,6 +20,11 @@ if ! /usr/bin/systemd-analyze --version >/dev/null 2>&1; then  # tests/test_depl
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+if ! command -v openssl >/dev/null 2>&1; then  # tests/certs.py makes the TLS test CA and certificates
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssl >/dev/null
 fi
 if ! command -v pg_dump >/dev/null 2>&1; then  # tests/test_backup.py backs PostgreSQL up with pg_dump
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -32,9 +33,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_settings(folder: Path, port: int | None = None, extra: str = "", database_url: str | None = None) -> Path:
-    """A settings file in ``folder`` based on the shipped one, on ``port`` and loopback."""
+def write_settings(folder: Path, port: int | None = None, extra: str = "", database_url: str | None = None,
+                   unknown_aets: str = "allow", server: dict[str, str] | None = None) -> Path:
+    """A settings file in ``folder`` based on the shipped one, on ``port`` and loopback.
+
+    Tests that are not about access take any calling AE (``unknown_aets = "allow"``); tests
+    of the access rules pass the mode they test. ``server`` sets more ``[server]`` keys to
+    TOML values (e.g. ``{"tls_cert": '"server.pem"'}``).
+    """
     text = (ROOT / "settings.toml").read_text()
+    text = text.replace('unknown_aets = "echo-and-store"', f'unknown_aets = "{unknown_aets}"')
+    for key, value in (server or {}).items():  # [server] is the first section: its key comes first
+        text, found = re.subn(rf"^{key} = .*$", lambda _: f"{key} = {value}", text, count=1, flags=re.M)
+        assert found, f"no {key} in settings.toml"
     text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"')
     text = text.replace("port = 11112", f"port = {port or free_port()}")
     text = text.replace("min_free_mb = 1024", "min_free_mb = 16")  # test machines may have little room

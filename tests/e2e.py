@@ -59,9 +59,9 @@ def echo_ok(port: int, calling: str = "E2E", timeout: float = 2) -> bool:
 class Gateway:
     """A gateway folder with its settings; `serve` runs as a child process."""
 
-    def __init__(self, folder: Path, extra_settings: str = "", env: dict | None = None):
+    def __init__(self, folder: Path, extra_settings: str = "", env: dict | None = None, **settings):
         self.folder = folder
-        self.settings = write_settings(folder, extra=extra_settings)
+        self.settings = write_settings(folder, extra=extra_settings, **settings)  # unknown_aets=, server=
         self.port = int(next(line.split("=")[1] for line in self.settings.read_text().splitlines()
                              if line.startswith("port = ")))
         self.env = {**os.environ, "GATEKEEPER_CONFIG": str(self.settings), **(env or {})}
@@ -101,6 +101,15 @@ class Gateway:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logged(self, text: str, timeout: float = 10) -> bool:
+        """True once ``text`` is in the log (the server may log just after its peer saw the answer)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 @pytest.fixture

@@ -111,14 +111,14 @@ def test_certificate_dates(now, status, words):
 
 
 def test_good_settings_pass_with_our_server_on_the_port(server, settings_path, capsys):
-    with settings_path.open("a") as f:  # the running gateway is also a peer that answers
-        f.write(f'\n[peers.SELF]\nhost = "127.0.0.1"\nport = {server.port}\n')
+    with settings_path.open("a") as f:  # the running gateway is also a peer that answers (to its own AE title)
+        f.write(f'\n[peers.GATEKEEPER]\nhost = "127.0.0.1"\nport = {server.port}\n')
     code, text, json_code, report = check(capsys, settings_path)
     assert code == json_code == 0, text
     assert lines(text, "fail") == []
     assert f"DICOM port {server.port} on 127.0.0.1: in use by a running gatekeeper (C-ECHO to GATEKEEPER at " \
            f"127.0.0.1:{server.port} succeeded)" in lines(text, "ok")
-    assert f"peer SELF at 127.0.0.1:{server.port}: C-ECHO succeeded" in lines(text, "ok")
+    assert f"peer GATEKEEPER at 127.0.0.1:{server.port}: C-ECHO succeeded" in lines(text, "ok")
     assert any(line.startswith("database sqlite:///") and line.endswith("opened and up to date")
                for line in lines(text, "ok"))
     assert "metrics port: off (metrics.port = 0)" in lines(text, "skip")

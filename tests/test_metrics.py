@@ -240,7 +240,7 @@ def test_metrics_after_a_worklist_query_and_a_store(monitored):
 
 
 def test_refused_associations_are_counted_by_rule(tmp_path):
-    settings, port = _settings(tmp_path, [("allowed_calling_aets = []", 'allowed_calling_aets = ["MR1", "CT1"]'),
+    settings, port = _settings(tmp_path, [('unknown_aets = "allow"', 'unknown_aets = "refuse"'),
                                           ("max_associations = 20", "max_associations = 1")])
     app = open_app(settings, clock=Clock(EXAM_DAY))
     running = RunningServer(app).start()
@@ -254,7 +254,8 @@ def test_refused_associations_are_counted_by_rule(tmp_path):
         first.release()
         m = scrape(port)
         refused = "gatekeeper_associations_refused_total"
-        assert value(m, refused, rule="server.allowed_calling_aets") == 1
+        assert value(m, refused, rule="server.unknown_aets") == 1
+        assert value(m, "gatekeeper_access_refused_total", rule="server.unknown_aets", service="-") == 1
         assert value(m, refused, rule="server.max_associations") == 1
         assert value(m, refused, rule="server.max_associations_per_address") == 0
     finally:

@@ -299,10 +299,12 @@ def test_discontinued_frees_the_order_with_its_reason(modality):
     assert units_used() == 1
 
 
-def test_order_needing_no_auth_completes_without_a_unit(modality):
+def test_order_needing_no_auth_completes_without_a_unit(server, modality):
     uid = generate_uid()
-    modality.create(uid, creation("ACC1003"))
-    assert modality.set(uid, completion())[0].Status == 0x0000
+    dx1 = Modality(server.port, "DX1")  # ACC1003 is scheduled on DX1
+    dx1.create(uid, creation("ACC1003"))
+    assert dx1.set(uid, completion())[0].Status == 0x0000
+    dx1.release()
     row = order("ACC1003")
     assert (row.status, row.auth_unit_used) == ("completed", None)
     assert units_used() == 0
@@ -328,10 +330,12 @@ def test_set_on_an_unknown_instance_is_no_such_object(modality):
     assert order("ACC1001").status == "scheduled"
 
 
-def test_duplicate_create_is_refused_and_leaves_the_step_alone(modality):
+def test_duplicate_create_is_refused_and_leaves_the_step_alone(server, modality):
     uid = generate_uid()
     assert modality.create(uid, creation("ACC1001"))[0].Status == 0x0000
-    status, _ = modality.create(uid, creation("ACC1003"))
+    dx1 = Modality(server.port, "DX1")  # ACC1003's own station
+    status, _ = dx1.create(uid, creation("ACC1003"))
+    dx1.release()
     assert status.Status == 0x0111
     assert "exists already" in status.ErrorComment
     assert MppsRow.get(MppsRow.sop_instance_uid == uid).accession_number == "ACC1001"

@@ -23,10 +23,8 @@ def test_echo_answers_success(server):
     assert _echo(server.port) == 0x0000
 
 
-def test_calling_ae_not_on_allow_list_is_rejected(tmp_path, clock):
-    path = write_settings(tmp_path)
-    text = path.read_text().replace("allowed_calling_aets = []", 'allowed_calling_aets = ["MR1"]')
-    path.write_text(text)
+def test_calling_ae_not_under_modalities_is_rejected_when_unknown_aets_refuse(tmp_path, clock):
+    path = write_settings(tmp_path, unknown_aets="refuse")  # MR1 is a shipped [modalities] entry
     app = open_app(load(path, environ={}), clock=clock)
     running = RunningServer(app).start()
     try:

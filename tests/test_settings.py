@@ -13,7 +13,8 @@ SHIPPED = ROOT / "settings.toml"
 
 def test_shipped_file_loads_with_declared_defaults():
     s = load(SHIPPED, environ={})
-    assert (s.ae_title, s.port, s.allowed_calling_aets) == ("GATEKEEPER", 11112, ())
+    assert (s.ae_title, s.port, s.unknown_aets, s.tls_port) == ("GATEKEEPER", 11112, "echo-and-store", 2762)
+    assert {"CT1", "MR1", "DX1", "US1", "MG1"} <= set(s.modalities) and s.tls_cert is None
     assert s.warn_codes == frozenset({"STUDY_UID_MISMATCH", "POSSIBLE_DUPLICATE_ORDER"})
     assert s.database_url == f"sqlite:///{ROOT / 'var' / 'gatekeeper.db'}"
 

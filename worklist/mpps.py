@@ -151,5 +151,15 @@ def unit_to_use(decision: Decision, already_used: str | None) -> str | None:
     return None
 
 
+def station_refusal(calling_ae: str, order_station: str, any_station_aets) -> str | None:
+    """None when ``calling_ae`` may report a step of an order scheduled on ``order_station``;
+    else why not. A station reports its own orders; an AE of ``mpps.any_station_aets`` any order."""
+    calling, station = calling_ae.strip(), (order_station or "").strip()
+    if not station or calling == station or calling in any_station_aets:
+        return None
+    return (f"the order is scheduled on station {station}, not {calling}; list {calling} in mpps.any_station_aets "
+            f"if it may perform other stations' exams")
+
+
 def _norm(status: str) -> str:
     return " ".join(status.strip().upper().split())

@@ -28,6 +28,7 @@ import peewee as pw
 
 from infra import audit
 from infra.clock import Clock
+from infra.errors import NotAuthorized
 from worklist import mpps, records
 from worklist.models import AuthRow, MppsRow, OrderRow
 from worklist.mpps import DuplicateStep, NoSuchStep, StepFinal, StepReport, Transition
@@ -55,10 +56,22 @@ class StepOutcome:
 class Steps:
     """The MPPS use cases over one database."""
 
-    def __init__(self, db: pw.Database, policy: PayerPolicy, clock: Clock) -> None:
+    def __init__(self, db: pw.Database, policy: PayerPolicy, clock: Clock,
+                 any_station_aets: frozenset[str] = frozenset()) -> None:
         self.db = db
         self.policy = policy
         self.clock = clock
+        #: Calling AEs that may report steps of orders scheduled on another station.
+        self.any_station_aets = frozenset(any_station_aets)
+
+    def _check_station(self, accession: str | None, calling_ae: str) -> None:
+        """Raise :class:`~infra.errors.NotAuthorized` when the order is another station's."""
+        if not accession:
+            return
+        order = OrderRow.get_or_none(OrderRow.accession_number == accession)
+        why = mpps.station_refusal(calling_ae, order.station_ae, self.any_station_aets) if order else None
+        if why:
+            raise NotAuthorized(f"MPPS for order {accession} refused: {why}", rule="mpps.any_station_aets")
 
     def create(self, report: StepReport, calling_ae: str) -> StepOutcome:
         """N-CREATE: record a new step IN PROGRESS and start its order.
@@ -71,6 +84,7 @@ class Steps:
         now = self.clock()
         try:
             with self.db.atomic():
+                self._check_station(report.accession_number, calling_ae)
                 if MppsRow.select().where(MppsRow.sop_instance_uid == report.sop_instance_uid).exists():
                     raise DuplicateStep("this step exists already; N-SET it, or N-CREATE with a new UID")
                 MppsRow.create(
@@ -99,6 +113,7 @@ class Steps:
             row = MppsRow.get_or_none(MppsRow.sop_instance_uid == report.sop_instance_uid)
             if row is None:
                 raise NoSuchStep("no such step was created here; send its N-CREATE first")
+            self._check_station(row.accession_number, calling_ae)
             transition = mpps.on_set(row.status, report.status)
             changes = {MppsRow.status: transition.after, MppsRow.updated_at: now}
             if report.performed_series is not None:

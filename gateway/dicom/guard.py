@@ -40,7 +40,12 @@ LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 class Guard:
     """Counts admitted associations, in all and per peer address, for one server."""
 
-    def __init__(self, max_associations: int, max_per_address: int, associate_timeout: float) -> None:
+    def __init__(self, max_associations: int, max_per_address: int, associate_timeout: float,
+                 admission=None) -> None:
+        #: ``admission(assoc)``: None, or the (A-ASSOCIATE-RJ, rule) of an association the
+        #: access rules turn away (:meth:`gateway.dicom.permissions.Permissions.admission`);
+        #: asked before the limits, so a refused peer never holds a slot.
+        self.admission = admission
         self.max_associations = max_associations
         self.max_per_address = max_per_address
         self.associate_timeout = associate_timeout
@@ -59,14 +64,18 @@ class Guard:
     def _on_requested(self, event) -> None:
         assoc = event.assoc
         address = assoc.requestor.address
-        refusal = self._admit(assoc, address)
+        denied = self.admission(assoc) if self.admission is not None else None
+        if denied is not None:
+            rejection, refusal = denied
+        else:
+            rejection, refusal = LOCAL_LIMIT_EXCEEDED, self._admit(assoc, address)
         if refusal is None:
             assoc.acse_timeout = assoc.ae.acse_timeout
             return
         # As pynetdicom rejects (acse.ACSE._negotiate_as_acceptor); it skips negotiation
         # for an association a handler of EVT_REQUESTED has rejected.
         assoc.gk_refusal = refusal  # type: ignore[attr-defined]  # for the server's log line
-        assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
+        assoc.acse.send_reject(*rejection)
         assoc.is_rejected = True
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()  # returns once the A-ASSOCIATE-RJ is sent and the connection closed

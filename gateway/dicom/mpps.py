@@ -13,6 +13,7 @@ association.
 | N-CREATE with an existing SOP Instance UID | 0x0111 Duplicate SOP Instance |
 | N-SET on an unknown SOP Instance | 0x0112 No such SOP Instance |
 | N-SET on a COMPLETED or DISCONTINUED step | 0x0110 with Error ID A710 (F.7.2.2.3, Table F.7.2-2) |
+| N-CREATE or N-SET for an order scheduled on another station, from an AE not in ``mpps.any_station_aets`` | 0x0124 Refused: not authorized (PS3.7 Annex C) |
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep
 from gateway import logs
 from gateway.dicom import status as st
 from gateway.dicom import syntaxes
+from gateway.dicom.access import Decision
+from infra.errors import NotAuthorized
 from worklist.mpps import PerformedSeries, StepReport
 from worklist.steps import Steps
 
@@ -54,6 +57,7 @@ def on_n_create(event, steps: Steps, metrics=None):
         steps.create(report, calling)
         status, reply = st.SUCCESS, _created(attrs, uid, assigned=event.request.AffectedSOPInstanceUID is None)
     except Exception as exc:  # the one outer guard
+        _refused(event, exc, "N-CREATE")
         status, reply = st.failure(st.MPPS, exc, log, f"MPPS N-CREATE of {uid}"), None
     _log(event, "N-CREATE", uid, accession, status, started, metrics)
     return status, reply
@@ -72,9 +76,17 @@ def on_n_set(event, steps: Steps, metrics=None):
         accession = outcome.accession_number
         status, reply = st.SUCCESS, changes
     except Exception as exc:  # the one outer guard
+        _refused(event, exc, "N-SET")
         status, reply = st.failure(st.MPPS, exc, log, f"MPPS N-SET of {uid}"), None
     _log(event, "N-SET", uid, accession, status, started, metrics)
     return status, reply
+
+
+def _refused(event, exc: Exception, operation: str) -> None:
+    """A step of another station's order (``mpps.any_station_aets``): logged and audited as a refusal."""
+    refusals = getattr(event.assoc.ae, "gk_refusals", None)  # set by the server (gateway.dicom.permissions)
+    if isinstance(exc, NotAuthorized) and refusals is not None:
+        refusals.record(event.assoc, "operation.refused", Decision(False, exc.rule, str(exc)), "mpps", operation)
 
 
 def step_report(uid: str, ds: Dataset, *, scheduled: bool) -> StepReport:

@@ -3,10 +3,12 @@
 Wiring only. Each service module (:mod:`.worklist`, :mod:`.storage`, :mod:`.mpps`,
 :mod:`.commitment`) adds its presentation contexts to the AE and returns its event
 handlers, bound to the use cases of the app; this module adds C-ECHO, association
-logging, TCP_NODELAY, the calling-AE allow list, admission control (:mod:`.guard`: limits
+logging, TCP_NODELAY, who may talk to the gate (:mod:`.permissions`: the access rules of
+:mod:`.access` at association time and before every service handler), admission control (:mod:`.guard`: limits
 on associations, in all and per address, and on the time to associate), the scheduled jobs,
 the server's metrics (:mod:`gateway.metrics`, handed to every service's handlers) with
-``/healthz`` and ``/metrics`` (:mod:`gateway.http.health`), and a clean shutdown.
+``/healthz`` and ``/metrics`` (:mod:`gateway.http.health`), the DICOM TLS port
+(:mod:`.tls`, same AE and handlers), and a clean shutdown.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway import jobs, logs
 from gateway.app import App
-from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
+from gateway.dicom import access, commitment, guard, mpps, permissions, storage, syntaxes, tls, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from gateway.http import health
 from gateway.metrics import Metrics
@@ -61,6 +63,22 @@ def _on_conn_open(event) -> None:
             pass
 
 
+def _on_tls_connection(event, refusals: permissions.Refusals, s) -> None:
+    """A connection to the TLS port: the handshake, in this connection's thread (:func:`.tls.handshake`).
+    One that fails (no or a wrong client certificate, an old protocol, silence) is logged,
+    audited as a refused association, and closed."""
+    socket_ = getattr(event.assoc.dul.socket, "socket", None)
+    why = tls.handshake(socket_, s.associate_timeout)
+    if why is None:
+        return
+    rule = "server.tls_ca" if s.tls_ca else "server.tls_cert"
+    requestor = event.assoc.requestor
+    log.warning("TLS connection from %s refused (%s): %s", requestor.address, rule, why)
+    refusals.record(event.assoc, "association.refused", access.Decision(False, rule, why), None, "A-ASSOCIATE-RJ",
+                    calling="")
+    event.assoc.dul.socket.close()
+
+
 def _on_accepted(event) -> None:
     event.assoc.gk_started = time.monotonic()  # type: ignore[attr-defined]
     requestor = event.assoc.requestor
@@ -83,7 +101,7 @@ def _on_ended(kind: str):
 
 def _on_rejected(event, metrics: Metrics | None = None) -> None:
     requestor = event.assoc.requestor
-    why = guard.refusal(event.assoc) or "calling AE title not in server.allowed_calling_aets"
+    why = guard.refusal(event.assoc) or "rejected by pynetdicom during negotiation"
     if metrics is not None:  # every refusal comes here, the guard's (it triggers EVT_REJECTED) and pynetdicom's
         metrics.refused(why)
     log.warning("association rejected: calling %r from %s: %s", requestor.ae_title, requestor.address, why,
@@ -109,11 +127,16 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     ae.network_timeout = s.network_timeout
     ae.acse_timeout = min(s.network_timeout, 30)
     ae.dimse_timeout = s.network_timeout
-    if s.allowed_calling_aets:
-        ae.require_calling_aet = list(s.allowed_calling_aets)
     ae.add_supported_context(Verification, syntaxes.NON_STORAGE)
-    admission = guard.Guard(s.max_associations, s.max_associations_per_address, s.associate_timeout)
+    # Who may talk to the gate (gateway.dicom.permissions): asked by the guard at each
+    # A-ASSOCIATE-RQ, and in front of every service handler below.
+    refusals = permissions.Refusals(app.db, app.clock, metrics)
+    rules = permissions.Permissions(s, refusals)
+    ae.gk_refusals = refusals  # type: ignore[attr-defined]  # for refusals a service decides (MPPS station)
+    admission = guard.Guard(s.max_associations, s.max_associations_per_address, s.associate_timeout,
+                            admission=rules.admission)
     handlers = [
+        (evt.EVT_CONN_OPEN, _on_tls_connection, [refusals, s]),  # first: nothing else runs on a failed handshake
         *admission.handlers(),
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_CONN_OPEN, _on_conn_open),
@@ -124,7 +147,7 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     ]
     for service in SERVICES:
         handlers.extend(service.add_to(ae, app, metrics))
-    return ae, handlers
+    return ae, rules.guarded(handlers)
 
 
 def serve(app: App, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
@@ -133,6 +156,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     storage.on_start(app)
     metrics = Metrics(app, jobs=jobs.JOBS)  # per server: tests run several in one process
     ae, handlers = build_ae(app, metrics)
+    context = _tls_context(s)  # before any port listens: bad TLS files stop the start
     try:
         server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
     except OSError as exc:
@@ -141,11 +165,18 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
     # the kernel drop the connections after it, a console's among them, for a second or more.
     server.socket.listen(LISTEN_BACKLOG)
-    metrics.watch_listener(server)
+    try:
+        secure = _start_tls(ae, handlers, s, context)  # the same AE, handlers and rules on server.tls_port
+    except GatekeeperError:
+        server.shutdown()
+        raise
+    listeners = [server, *([secure] if secure is not None else [])]
+    metrics.watch_listener(*listeners)
     try:
         web = health.start(app, metrics, server)  # /healthz and /metrics; None when metrics.port = 0
     except GatekeeperError:
-        server.shutdown()
+        for listener in listeners:
+            listener.shutdown()
         raise
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -158,8 +189,8 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         reloads = _reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
     scheduler = jobs.start(app, metrics=metrics)
-    log.info("listening as %s on %s:%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
-             redacted(s.database_url), s.storage_root)
+    log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
+             f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
     if ready is not None:
         ready.set()
     try:
@@ -170,9 +201,39 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             web.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-        server.shutdown()
+        for listener in listeners:
+            listener.shutdown()
         log.info("stopped")
     return 0
+
+
+def _tls_context(s):
+    """The TLS port's context when ``server.tls_cert`` is set, else None; files that do not load stop the start."""
+    if not tls.enabled(s):
+        return None
+    try:
+        return tls.server_context(s)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise GatekeeperError(f"cannot use the TLS files (server.tls_cert {s.tls_cert}, server.tls_key {s.tls_key}"
+                              + (f", server.tls_ca {s.tls_ca}" if s.tls_ca else "") + f" in {s.source}): {exc}. "
+                              f"Run `gatekeeper check` for which one, or empty server.tls_cert and tls_key to run "
+                              f"without TLS.") from None
+
+
+def _start_tls(ae: AE, handlers: list, s, context):
+    """The TLS listener on ``server.tls_port`` (with ``context``), or None without one."""
+    if context is None:
+        return None
+    try:
+        secure = ae.start_server((s.bind_address, s.tls_port), block=False, evt_handlers=handlers,
+                                 ssl_context=context)
+    except OSError as exc:
+        raise GatekeeperError(port_unavailable(exc, setting="server.tls_port", address_setting="server.bind_address",
+                                               address=s.bind_address, port=s.tls_port, source=s.source,
+                                               serves=" for DICOM TLS",
+                                               off=", or empty server.tls_cert and tls_key")) from None
+    secure.socket.listen(LISTEN_BACKLOG)
+    return secure
 
 
 def _reloader(app: App) -> queue.SimpleQueue:

@@ -12,8 +12,8 @@ import logging
 from pydicom.dataset import Dataset
 
 from infra.errors import (
-    AlreadyExists, GatekeeperError, InvalidInput, MissingValue, NotFound, NotSupported, OutOfResources, Undecodable,
-    WrongState,
+    AlreadyExists, GatekeeperError, InvalidInput, MissingValue, NotAuthorized, NotFound, NotSupported, OutOfResources,
+    Undecodable, WrongState,
 )
 
 SUCCESS = 0x0000
@@ -24,6 +24,9 @@ CANCEL = 0xFE00  # C-FIND: matching ended by C-CANCEL
 OUT_OF_RESOURCES = 0xA700  # refused: out of resources; the sender should retry
 DOES_NOT_MATCH_SOP_CLASS = 0xA900  # C-STORE: data set / C-FIND: identifier does not match SOP class
 CANNOT_UNDERSTAND = 0xC000  # C-STORE: cannot understand; C-FIND: unable to process
+
+# Any DIMSE service (PS3.7 Annex C, general status): the caller may not invoke the operation.
+REFUSED_NOT_AUTHORIZED = 0x0124
 
 # N-CREATE, N-SET, N-ACTION (PS3.7 C.4)
 PROCESSING_FAILURE = 0x0110
@@ -56,7 +59,7 @@ _FAILURES: dict[str, tuple[tuple[type[Exception], int], ...]] = {
              (OutOfResources, OUT_OF_RESOURCES)),
     C_STORE: ((OutOfResources, OUT_OF_RESOURCES), (Undecodable, CANNOT_UNDERSTAND),
               (InvalidInput, DOES_NOT_MATCH_SOP_CLASS)),
-    MPPS: ((MissingValue, MISSING_ATTRIBUTE), (InvalidInput, INVALID_ATTRIBUTE_VALUE),
+    MPPS: ((NotAuthorized, REFUSED_NOT_AUTHORIZED), (MissingValue, MISSING_ATTRIBUTE), (InvalidInput, INVALID_ATTRIBUTE_VALUE),
            (AlreadyExists, DUPLICATE_SOP_INSTANCE), (NotFound, NO_SUCH_SOP_INSTANCE),
            (WrongState, PROCESSING_FAILURE)),
     N_ACTION: ((NotSupported, NO_SUCH_ACTION_TYPE), (NotFound, NO_SUCH_SOP_INSTANCE),
