@@ -124,8 +124,8 @@ def test_an_order_without_mpps_completes_at_the_minute_and_uses_its_unit_once(or
 
     # an MPPS that arrives after all links to the completed order and uses no second unit
     step = mpps.StepReport(generate_uid(), "IN PROGRESS", "ACC1")
-    assert app.steps.create(step, "DX1").order_status == "completed"
-    done = app.steps.set(dataclasses.replace(step, status="COMPLETED"), "DX1")
+    assert app.steps.create(step, "MR1").order_status == "completed"
+    done = app.steps.set(dataclasses.replace(step, status="COMPLETED"), "MR1")
     assert (done.order_status, done.auth_unit_used) == ("completed", None)
     assert units_used() == 1 and order_row().auth_unit_used == "PA-1"
 
