@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from gateway.settings import Settings
-from infra import audit, schema
+from infra import audit, schema, users
 from infra.clock import Clock, clock_from_env
 from infra.db import Database, bind, open_database
 from store import models as store_models
@@ -25,7 +25,7 @@ from worklist.query import WorklistQuery
 from worklist.steps import Steps
 
 #: Every table of the product.
-MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS]
+MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS, *users.MODELS]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class App:
     query: WorklistQuery = field(init=False)
     steps: Steps = field(init=False)
     store: Store = field(init=False)
+    users: users.Users = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -51,6 +52,7 @@ class App:
             rejected_retention_days=s.rejected_retention_days, held_alert_hours=s.held_alert_hours,
             min_free_mb=s.min_free_mb,
         ), self.gate, self.clock)
+        self.users = users.Users(self.db, self.clock)
 
     def now(self) -> dt.datetime:
         return self.clock()

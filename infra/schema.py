@@ -77,9 +77,30 @@ def add_studies_reopened_at(db: pw.Database) -> None:
     _add_column(db, "studies", "reopened_at", pw.DateTimeField(null=True))
 
 
+def add_users_table(db: pw.Database) -> None:
+    """0.3.0 (version 2 -> 3): add the ``users`` table of the review desk and the API: a unique
+    ``name``, its ``role``, an argon2id ``password_hash``, ``disabled``, ``created_at`` and
+    ``password_changed_at``. No user exists until ``gatekeeper users add``."""
+
+    class Users(pw.Model):  # the table as this step creates it, not the current model
+        name = pw.CharField(unique=True)
+        role = pw.CharField()
+        password_hash = pw.CharField()
+        disabled = pw.BooleanField(default=False)
+        created_at = pw.DateTimeField()
+        password_changed_at = pw.DateTimeField()
+
+        class Meta:
+            database = db
+            table_name = "users"
+
+    db.create_tables([Users], safe=True)
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
+    add_users_table,
 )
 
 #: The version this program writes and reads.
