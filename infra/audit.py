@@ -49,6 +49,14 @@ def details(actions: Iterable[str], subjects: Iterable[str]) -> Iterator[tuple[s
             yield subject, json.loads(detail or "{}")
 
 
+def recent(limit: int = 200, before_id: int | None = None) -> list[AuditEvent]:
+    """The latest events, newest first; ``before_id`` pages back."""
+    query = AuditEvent.select()
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    return list(query.order_by(AuditEvent.id.desc()).limit(limit))
+
+
 def protect(db: pw.Database) -> None:
     """Make the database itself refuse UPDATE and DELETE on the audit log."""
     if isinstance(db, pw.SqliteDatabase):
