@@ -74,6 +74,7 @@ class User:
     role: str
     disabled: bool
     created_at: dt.datetime
+    password_changed_at: dt.datetime | None = None
 
     def may(self, action: str) -> bool:
         return not self.disabled and may(self.role, action)
@@ -90,7 +91,7 @@ def who_may(action: str) -> str:
 
 
 def _user(row: UserRow) -> User:
-    return User(row.name, row.role, bool(row.disabled), row.created_at)
+    return User(row.name, row.role, bool(row.disabled), row.created_at, row.password_changed_at)
 
 
 def check_name(name: str) -> str:

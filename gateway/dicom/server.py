@@ -25,6 +25,7 @@ from gateway import jobs, logs
 from gateway.app import App
 from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
+from gateway.http import desk as http_desk
 from gateway.http import health
 from gateway.metrics import Metrics
 from gateway.settings import SettingsError, load, port_unavailable
@@ -157,6 +158,13 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             signal.signal(sig, lambda *_: stops.put(True))
         reloads = _reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
+    try:
+        desk = http_desk.start(app)  # the review desk and /api/ on http.port; None when it is 0
+    except GatekeeperError:
+        if web is not None:
+            web.stop()
+        server.shutdown()
+        raise
     scheduler = jobs.start(app, metrics=metrics)
     log.info("listening as %s on %s:%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
              redacted(s.database_url), s.storage_root)
@@ -168,6 +176,8 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         log.info("shutting down: finishing open associations")
         if web is not None:
             web.stop()
+        if desk is not None:
+            desk.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         server.shutdown()
