@@ -17,6 +17,7 @@ only ``admin`` reads the audit log.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ class User:
     disabled: bool
     created_at: dt.datetime
     password_changed_at: dt.datetime | None = None
+    #: Changes whenever the password does (a digest of the salted hash, not the hash).
+    password_stamp: str = ""
 
     def may(self, action: str) -> bool:
         return not self.disabled and may(self.role, action)
@@ -91,7 +94,8 @@ def who_may(action: str) -> str:
 
 
 def _user(row: UserRow) -> User:
-    return User(row.name, row.role, bool(row.disabled), row.created_at, row.password_changed_at)
+    return User(row.name, row.role, bool(row.disabled), row.created_at, row.password_changed_at,
+                hashlib.sha256(row.password_hash.encode()).hexdigest()[:16])
 
 
 def check_name(name: str) -> str:

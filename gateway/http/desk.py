@@ -88,12 +88,12 @@ class Desk:
             known = await self.acall(self.app.users.get, name)
         except GatekeeperError:
             known = None
-        stamp = str(known.password_changed_at) if known else ""
+        stamp = known.password_stamp if known else ""
         if known is not None and not known.disabled and self.basic_cache.get(name, password, stamp):
             return known
         user = await self.login(name, password, address)
         if user is not None:
-            self.basic_cache.put(name, password, str(user.password_changed_at))
+            self.basic_cache.put(name, password, user.password_stamp)
         return user
 
     async def session_user(self, request: Request) -> User | None:
