@@ -44,7 +44,7 @@ def load_examples(app) -> None:
     app.gate.import_auths_text((EXAMPLES / "auths.json").read_text(), "auths.json", user="test")
 
 
-def hold(app, folder: Path, count: int = 2, series: int = 1, **overrides) -> str:
+def hold(app, folder: Path, count: int = 2, series: int = 1, edit=None, **overrides) -> str:
     """Receive a study of ACC1001 whose images differ from the order (default: a misspelled name); its UID."""
     from pydicom.uid import generate_uid
 
@@ -55,6 +55,8 @@ def hold(app, folder: Path, count: int = 2, series: int = 1, **overrides) -> str
     series_uids = [generate_uid() for _ in range(series)]
     for i in range(count):
         ds = make_instance(StudyInstanceUID=study, SeriesInstanceUID=series_uids[i % series], **overrides)
+        if edit is not None:
+            edit(ds)
         path = write_instance(folder / f"{ds.SOPInstanceUID}.dcm", ds)
         app.store.receive(path, "MR1")
     return study

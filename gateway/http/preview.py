@@ -24,7 +24,10 @@ SIZE = 256
 
 
 def _png(image: Image.Image) -> bytes:
-    image.thumbnail((SIZE, SIZE))
+    scale = SIZE / max(image.size)
+    if scale != 1:  # small images are enlarged with their pixels kept square, large ones smoothed down
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.NEAREST if scale > 1 else Image.LANCZOS)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
