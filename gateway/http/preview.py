@@ -72,11 +72,11 @@ def windowed(pixels: np.ndarray, center: float | None, width: float | None) -> n
         scaled = ((pixels - (center - 0.5)) / (width - 1) + 0.5) * 255
         scaled[pixels <= low] = 0
         scaled[pixels > high] = 255
-        return np.clip(scaled, 0, 255).astype(np.uint8)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     low, high = float(pixels.min()), float(pixels.max())
     if high <= low:
         return np.zeros(pixels.shape, dtype=np.uint8)
-    return ((pixels - low) / (high - low) * 255).astype(np.uint8)
+    return np.rint((pixels - low) / (high - low) * 255).astype(np.uint8)
 
 
 def render(path: Path) -> bytes:
