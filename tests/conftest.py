@@ -22,6 +22,9 @@ EXAMPLES = ROOT / "examples"
 EXAMPLE_NOW = dt.datetime(2026, 11, 30, 8, 0, 0)
 #: The same moment for a `serve` process (tests/e2e.py).
 EXAMPLES_NOW = {"GATEKEEPER_NOW": EXAMPLE_NOW.isoformat()}
+#: The review desk's fixtures (desk, sleeps, cheap_hashes), for every test module.
+pytest_plugins = ["tests.desk_fixtures"]
+
 #: Set by CI (or by hand) to run the database tests against PostgreSQL too.
 PG_URL_ENV = "GATEKEEPER_TEST_PG_URL"
 

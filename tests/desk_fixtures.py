@@ -62,7 +62,7 @@ def hold(app, folder: Path, count: int = 2, series: int = 1, edit=None, **overri
     return study
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def cheap_hashes(monkeypatch):
     """argon2 at its lowest cost: the tests check logins, not the hash's strength."""
     from argon2 import PasswordHasher
@@ -78,7 +78,7 @@ def sleeps() -> Sleeps:
 
 
 @pytest.fixture
-def desk(app, sleeps):
+def desk(app, sleeps, cheap_hashes):
     """The review desk of ``app`` in process: (client, app), with users and the examples loaded."""
     from fastapi.testclient import TestClient
 

@@ -9,7 +9,7 @@ import pytest
 from infra.audit import AuditEvent
 from store.states import ARCHIVED, REJECTED
 from tests.conftest import EXAMPLES
-from tests.desk_fixtures import MISSPELLED, PASSWORD, ROLES, USERS, basic, cheap_hashes, desk, hold, sleeps  # noqa: F401
+from tests.desk_fixtures import MISSPELLED, ROLES, USERS, basic, hold
 
 PROBLEM = "application/problem+json"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from gateway.http.security import SESSION_COOKIE
 from infra.audit import AuditEvent
-from tests.desk_fixtures import MISSPELLED, PASSWORD, USERS, cheap_hashes, desk, hold, sleeps  # noqa: F401
+from tests.desk_fixtures import MISSPELLED, PASSWORD, USERS, hold
 
 
 def csrf_of(html: str) -> str:

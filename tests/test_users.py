@@ -10,7 +10,6 @@ from infra import users
 from infra.audit import AuditEvent
 from infra.errors import AlreadyExists, InvalidInput, NotFound
 from infra.users import ADMIN, AUDIT_LOG, BILLING, IMPORT, MANAGE_USERS, OVERRIDE, READ, REVIEW, SCHEDULER, TECHNOLOGIST
-from tests.desk_fixtures import cheap_hashes  # noqa: F401
 
 
 @pytest.fixture
@@ -20,7 +19,7 @@ def stdin(monkeypatch):
     return give
 
 
-def test_add_list_disable_password(run, stdin):
+def test_add_list_disable_password(run, stdin, cheap_hashes):
     stdin("a-long-password\n")
     code, out, err = run("users", "add", "jane", "--role", "technologist")
     assert code == 0 and "User jane added as technologist" in out and "a-long-password" not in out + err
