@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from gateway.settings import Settings
-from infra import audit, schema
+from infra import audit, schema, users
 from infra.clock import Clock, clock_from_env
 from infra.db import Database, bind, open_database
 from store import models as store_models
@@ -26,7 +26,7 @@ from worklist.query import WorklistQuery
 from worklist.steps import Steps
 
 #: Every table of the product.
-MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS]
+MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS, *users.MODELS]
 
 
 @dataclass
@@ -41,6 +41,7 @@ class App:
     steps: Steps = field(init=False)
     store: Store = field(init=False)
     followup: Followup = field(init=False)
+    users: users.Users = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -56,6 +57,7 @@ class App:
         self.followup = Followup(self.db, self.store.index, self.gate, self.steps, self.clock,
                                  filing_alert_days=s.filing_alert_days,
                                  complete_without_mpps_minutes=s.complete_without_mpps_minutes)
+        self.users = users.Users(self.db, self.clock)
 
     def now(self) -> dt.datetime:
         return self.clock()

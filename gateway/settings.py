@@ -64,6 +64,11 @@ DECLARED: tuple[Declared, ...] = (
     Declared("log.format", str, "text", "text (one line a record) or json (one JSON object a line)."),
     Declared("metrics.port", int, 9102, "Port of /healthz and /metrics (Prometheus); 0 = off."),
     Declared("metrics.bind_address", str, "127.0.0.1", "Address /healthz and /metrics listen on."),
+    Declared("http.port", int, 8080, "Port of the review desk (web pages) and the HTTP API; 0 = off."),
+    Declared("http.bind_address", str, "127.0.0.1", "Address the review desk and the API listen on."),
+    Declared("http.tls_cert", str, "", "PEM certificate (relative to the settings file) to serve HTTPS; empty: plain HTTP."),
+    Declared("http.tls_key", str, "", "PEM private key of http.tls_cert."),
+    Declared("http.session_hours", int, 12, "Hours a review desk login lasts before the user logs in again."),
     Declared("database.url", str, "sqlite:///var/gatekeeper.db", "Database: sqlite:///relative/or/absolute/path or postgresql://user@host:port/db."),
     Declared("storage.root", str, "var/store", "Folder holding archive/, held/, rejected/ and incoming/."),
     Declared("storage.rejected_retention_days", int, 30, "Days a rejected study is kept before the purge job deletes it."),
@@ -138,6 +143,11 @@ class Settings:
     log_format: str
     metrics_port: int
     metrics_bind_address: str
+    http_port: int
+    http_bind_address: str
+    http_tls_cert: Path | None
+    http_tls_key: Path | None
+    http_session_hours: int
     storage_root: Path
     rejected_retention_days: int
     held_alert_hours: int
@@ -247,6 +257,11 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         log_format=_log_format(values["log.format"], path),
         metrics_port=_port(values["metrics.port"], "metrics.port", path, allow_zero=True),
         metrics_bind_address=values["metrics.bind_address"],
+        http_port=_port(values["http.port"], "http.port", path, allow_zero=True),
+        http_bind_address=values["http.bind_address"],
+        http_tls_cert=(folder / values["http.tls_cert"]).resolve() if values["http.tls_cert"] else None,
+        http_tls_key=(folder / values["http.tls_key"]).resolve() if values["http.tls_key"] else None,
+        http_session_hours=_http_session_hours(values, path),
         storage_root=(folder / values["storage.root"]).resolve(),
         rejected_retention_days=values["storage.rejected_retention_days"],
         held_alert_hours=values["storage.held_alert_hours"],
@@ -275,6 +290,13 @@ def _unknown_aets(value: str, path: Path) -> str:
         raise SettingsError(f"{path}: server.unknown_aets is {value!r}; use \"allow\" (any calling AE, every "
                             f"service), \"echo-and-store\" (unknown AEs may only verify and store) or \"refuse\".")
     return value
+def _http_session_hours(values: dict, path: Path) -> int:
+    if bool(values["http.tls_cert"]) != bool(values["http.tls_key"]):
+        raise SettingsError(f"{path}: http.tls_cert and http.tls_key go together: set both to serve HTTPS, "
+                            "or neither for plain HTTP.")
+    if values["http.session_hours"] < 1:
+        raise SettingsError(f"{path}: http.session_hours must be at least 1, not {values['http.session_hours']}.")
+    return values["http.session_hours"]
 
 
 def _log_format(value: str, path: Path) -> str:

@@ -56,6 +56,12 @@ def counts_since(actions: Iterable[str], start: dt.datetime) -> dict[str, int]:
              .where(AuditEvent.action.in_(actions) & (AuditEvent.at >= start)).group_by(AuditEvent.action))
     found = dict(query.tuples())
     return {action: found.get(action, 0) for action in actions}
+def recent(limit: int = 200, before_id: int | None = None) -> list[AuditEvent]:
+    """The latest events, newest first; ``before_id`` pages back."""
+    query = AuditEvent.select()
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    return list(query.order_by(AuditEvent.id.desc()).limit(limit))
 
 
 def protect(db: pw.Database) -> None:

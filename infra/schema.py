@@ -101,6 +101,24 @@ def add_necessity_policies(db: pw.Database) -> None:
     if "necessity_policies" not in db.get_tables():
         db.create_tables([NecessityPolicy])
         run_migrations(migrator(db).add_index("necessity_policies", ("payer_id",), False))
+def add_users_table(db: pw.Database) -> None:
+    """0.3.0 (version 4 -> 5): add the ``users`` table of the review desk and the API: a unique
+    ``name``, its ``role``, an argon2id ``password_hash``, ``disabled``, ``created_at`` and
+    ``password_changed_at``. No user exists until ``gatekeeper users add``."""
+
+    class Users(pw.Model):  # the table as this step creates it, not the current model
+        name = pw.CharField(unique=True)
+        role = pw.CharField()
+        password_hash = pw.CharField()
+        disabled = pw.BooleanField(default=False)
+        created_at = pw.DateTimeField()
+        password_changed_at = pw.DateTimeField()
+
+        class Meta:
+            database = db
+            table_name = "users"
+
+    db.create_tables([Users], safe=True)
 
 
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
@@ -108,6 +126,7 @@ STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
     add_orders_report_status,
     add_necessity_policies,
+    add_users_table,
 )
 
 #: The version this program writes and reads.

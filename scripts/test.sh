@@ -4,6 +4,9 @@
 #   - systemd-analyze (Debian package systemd), to verify deploy/gatekeeper.service;
 #   - openssl (Debian package openssl) for the TLS test certificates;
 #   - pg_dump and pg_restore (Debian package postgresql-client) for the backup tests;
+#   - Chromium and its WebDriver (Debian packages chromium, chromium-driver) for the review
+#     desk's browser tests; their screenshots go to $GATEKEEPER_TEST_ARTIFACTS (default
+#     test-artifacts/ here);
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
 #     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
@@ -31,9 +34,15 @@ if ! command -v pg_dump >/dev/null 2>&1; then  # tests/test_backup.py backs Post
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
 fi
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then  # tests/test_browser.py
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 export GATEKEEPER_TEST_PG_URL="${GATEKEEPER_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+export GATEKEEPER_TEST_ARTIFACTS="${GATEKEEPER_TEST_ARTIFACTS:-$PWD/test-artifacts}"
 exec .venv/bin/python -m pytest "$@"

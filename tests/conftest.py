@@ -23,6 +23,9 @@ EXAMPLES = ROOT / "examples"
 EXAMPLE_NOW = dt.datetime(2026, 11, 30, 8, 0, 0)
 #: The same moment for a `serve` process (tests/e2e.py).
 EXAMPLES_NOW = {"GATEKEEPER_NOW": EXAMPLE_NOW.isoformat()}
+#: The review desk's fixtures (desk, sleeps, cheap_hashes), for every test module.
+pytest_plugins = ["tests.desk_fixtures"]
+
 #: Set by CI (or by hand) to run the database tests against PostgreSQL too.
 PG_URL_ENV = "GATEKEEPER_TEST_PG_URL"
 
@@ -50,6 +53,8 @@ def write_settings(folder: Path, port: int | None = None, extra: str = "", datab
     text = text.replace("port = 11112", f"port = {port or free_port()}")
     text = text.replace("min_free_mb = 1024", "min_free_mb = 16")  # test machines may have little room
     text = text.replace("port = 9102", "port = 0")  # metrics off unless a test asks for them
+    # the review desk off unless a test asks for it (a line of its own: tests look for metrics' "port = 0")
+    text = text.replace("port = 8080", "port = 0  # http: the review desk, off in tests")
     if database_url:
         text = text.replace('url = "sqlite:///var/gatekeeper.db"', f'url = "{database_url}"')
     path = folder / "settings.toml"

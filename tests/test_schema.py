@@ -295,7 +295,7 @@ def test_two_processes_opening_a_0_1_0_database_at_once_upgrade_it_once(url):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(map(len, results)) == [0, len(schema.STEPS)], results
+    assert sorted(map(len, results)) == [0, len(schema.STEPS)], results  # one line a step, once
     assert recorded_version(url) == schema.SCHEMA_VERSION
 
 
@@ -320,14 +320,16 @@ def test_an_empty_database_is_created_at_the_current_version(url, tmp_path):
         db.close()
 
 
+#: A version a later release might write.
 NEWER = schema.SCHEMA_VERSION + 1
 TOO_NEW = (f"the database is at schema version {NEWER} but this gatekeeper knows versions up to "
-           f"{schema.SCHEMA_VERSION}, so it was left untouched: upgrade the gatekeeper to the release that wrote "
-           f"it, or restore a backup taken before that upgrade")
+           f"{schema.SCHEMA_VERSION}, so it was left "
+           "untouched: upgrade the gatekeeper to the release that wrote it, or restore a backup taken before "
+           "that upgrade")
 
 
-def _make_version_3(url: str, tmp_path: Path) -> None:
-    """A database as a later release might leave it: one version on, with a column this program does not know."""
+def _make_newer_version(url: str, tmp_path: Path) -> None:
+    """A database as a later release might leave it: a newer version, with a column this program does not know."""
     open_database_of(settings_for(url, tmp_path)).close()
     with raw(url) as conn:
         conn.cursor().execute(f"UPDATE {schema.VERSION_TABLE} SET version = {NEWER}")
@@ -335,7 +337,7 @@ def _make_version_3(url: str, tmp_path: Path) -> None:
 
 
 def test_a_database_newer_than_the_program_is_refused_and_left_untouched(url, tmp_path):
-    _make_version_3(url, tmp_path)
+    _make_newer_version(url, tmp_path)
     db = opened(url)
     before = describe(db)
     db.close()
@@ -353,7 +355,7 @@ def test_the_command_line_says_the_one_sentence(tmp_path, capsys, monkeypatch):
     from gateway.cli.main import main
 
     url = f"sqlite:///{tmp_path / 'gk.db'}"
-    _make_version_3(url, tmp_path)
+    _make_newer_version(url, tmp_path)
     monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
     code = main(["--config", str(tmp_path / "gateway" / "settings.toml"), "jobs", "list"])
     assert (code, capsys.readouterr().err) == (1, f"gatekeeper: {TOO_NEW}\n")
@@ -398,3 +400,15 @@ def test_each_step_says_what_it_changes_and_in_which_release():
     for version, step in enumerate(schema.STEPS, start=2):
         doc = step.__doc__ or ""
         assert re.match(rf"\d+\.\d+\.\d+ \(version {version - 1} -> {version}\): \S", doc), step.__name__
+
+
+def test_the_users_step_adds_an_empty_users_table(url, tmp_path):
+    build_v1(url)
+    db = open_database_of(settings_for(url, tmp_path))
+    try:
+        assert "users" in db.get_tables()
+        assert {c.name for c in db.get_columns("users")} == {
+            "id", "name", "role", "password_hash", "disabled", "created_at", "password_changed_at"}
+        assert db.execute_sql("SELECT COUNT(*) FROM users").fetchone()[0] == 0
+    finally:
+        db.close()

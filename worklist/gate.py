@@ -146,6 +146,16 @@ class Gate:
         """The patient's other orders for the same CPT code, keyed by accession number (rule 7,
         POSSIBLE_DUPLICATE_ORDER); by the indexed patient ID."""
         return records.same_procedure_orders(order)
+    def auths_current(self, limit: int = 500) -> list[Auth]:
+        """Auths valid today or later, soonest end first."""
+        return records.auths_valid_on_or_after(self.clock().date(), limit)
+
+    def search_orders(self, text: str, limit: int = 50) -> list[Order]:
+        """Orders by accession number, patient ID, or a part of the patient's name (``DOE^JA``, ``doe ja``)."""
+        text = text.strip()
+        if not text:
+            raise InvalidInput("say what to search for: an accession number, a patient ID or part of a name")
+        return records.search_orders(text, limit)
 
     def orders_since(self, start: dt.datetime) -> list[Order]:
         """Orders scheduled from ``start`` on (the report's period)."""

@@ -569,6 +569,27 @@ def _parse(text: str, source: str, build: Callable[[Any], Any], key: str, allow_
     return items
 
 
+def auths_from_records(recs: list, source: str) -> list[Auth]:
+    """Auth records already read (e.g. mapped from a FHIR ClaimResponse), checked as a file's are:
+    all or nothing, numbered from 1."""
+    items, problems, seen = [], [], {}
+    for number, rec in enumerate(recs, start=1):
+        try:
+            item = auth_from_record(rec)
+        except _Bad as bad:
+            problems.append(Problem(number, 1, bad.field, bad.message))
+            continue
+        if item.auth_number in seen:
+            problems.append(Problem(number, 1, "auth_number",
+                                    f"{_shown(item.auth_number)} already appears in record {seen[item.auth_number]}"))
+            continue
+        seen[item.auth_number] = number
+        items.append(item)
+    if problems:
+        raise IntakeError(source, problems)
+    return items
+
+
 def parse_orders(text: str, source: str = "orders") -> list[Order]:
     """Every order in a JSON array or NDJSON text, or :class:`IntakeError`."""
     return _parse(text, source, order_from_record, "accession_number", allow_csv=False)

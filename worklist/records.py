@@ -224,6 +224,21 @@ def auths_for_patients(patient_ids: Iterable[str]) -> dict[str, list[Auth]]:
     return found
 
 
+def auths_valid_on_or_after(day: dt.date, limit: int) -> list[Auth]:
+    """Auths still valid on ``day`` or later, soonest end first (the review desk's auth list)."""
+    query = AuthRow.select().where(AuthRow.valid_to >= day).order_by(AuthRow.valid_to, AuthRow.auth_number)
+    return [row.to_auth() for row in query.limit(limit)]
+
+
+def search_orders(text: str, limit: int) -> list[Order]:
+    """Orders whose accession number or patient ID is ``text``, or whose patient name contains it
+    (case-insensitive), newest scheduled first."""
+    name = text.replace("%", "").replace("_", "").replace(", ", "^").replace(" ", "^").upper()
+    query = OrderRow.select().where((OrderRow.accession_number == text) | (OrderRow.patient_id == text)
+                                    | pw.fn.UPPER(OrderRow.patient_name).contains(name))
+    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start.desc()).limit(limit)]
+
+
 def overrides_for(accessions: Iterable[str]) -> dict[str, Override]:
     """The latest override of each of these orders."""
     found: dict[str, Override] = {}

@@ -17,6 +17,7 @@ from gateway.app import open_app
 from gateway.cli import ops as ops_verbs
 from gateway.cli import policies as policies_verbs
 from gateway.cli import store as store_verbs
+from gateway.cli import users as users_verbs
 from gateway.cli import workflow as workflow_verbs
 from gateway.cli import worklist as worklist_verbs
 from gateway.settings import SettingsError, config_path, load
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_verbs.register(verbs, common)
     workflow_verbs.register(verbs, common)
     ops_verbs.register(verbs, common)
+    users_verbs.register(verbs, common)
     return parser
 
 

@@ -12,8 +12,8 @@ import json
 import sys
 
 from gateway.cli.text import plural
-from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, AmbiguousAccession, ArchivedStudy, HeldStudy, ReviewResult
-from worklist.orders import Order
+from gateway.shapes import held_detail_json, held_json, studies_json
+from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, AmbiguousAccession, HeldStudy, ReviewResult
 
 _ACTIONS = {
     "release": "archive the study as it is",
@@ -53,38 +53,6 @@ def register(verbs, common) -> None:
     listing.set_defaults(run=studies_list)
 
 
-def held_json(study: HeldStudy) -> dict:
-    """One held study in ``held list --json`` and ``held show --json``."""
-    return {
-        "study_instance_uid": study.study_instance_uid,
-        "accession_number": study.accession_number,
-        "held_since": study.held_since.isoformat(),
-        "instance_count": study.instance_count,
-        "codes": list(study.codes),
-        "reopened": study.reopened,
-    }
-
-
-def order_json(order: Order | None) -> dict | None:
-    if order is None:
-        return None
-    return {
-        "accession_number": order.accession_number,
-        "status": order.status,
-        "patient_id": order.patient_id,
-        "patient_name": order.patient_name,
-        "birth_date": order.birth_date.isoformat(),
-        "sex": order.sex,
-        "cpt": order.cpt,
-        "description": order.description,
-        "modality": order.modality,
-        "laterality": order.laterality,
-        "scheduled_start": order.scheduled_start.isoformat(),
-        "station_ae": order.station_ae,
-        "study_instance_uid": order.study_instance_uid,
-    }
-
-
 def held_list(app, args) -> int:
     studies = app.store.held_studies()
     if args.json:
@@ -121,15 +89,7 @@ def _study(app, named: str) -> str:
 def held_show(app, args) -> int:
     detail = app.store.held_study(_study(app, args.study))
     if args.json:
-        entry = held_json(detail.study)
-        entry["received_from"] = list(detail.received_from)
-        entry["findings"] = [
-            {"code": f.code, "instance_value": f.instance_value, "order_value": f.order_value,
-             "holds": f.holds, "instances": f.instances, "message": f.message}
-            for f in detail.findings
-        ]
-        entry["order"] = order_json(detail.order)
-        print(json.dumps(entry, indent=2))
+        print(json.dumps(held_detail_json(detail), indent=2))
         return 0
     s = detail.study
     senders = ", ".join(detail.received_from) or "unknown"
@@ -181,17 +141,6 @@ def _done(result: ReviewResult, retention_days: int) -> str:
                      f"{', '.join(result.remaining_codes)}.")
         return text
     return f"{study} released and archived as it is."
-
-
-def studies_json(study: ArchivedStudy) -> dict:
-    return {
-        "study_instance_uid": study.study_instance_uid,
-        "accession_number": study.accession_number,
-        "instance_count": study.instance_count,
-        "first_received_at": study.first_received_at.isoformat(),
-        "last_received_at": study.last_received_at.isoformat(),
-        "order": order_json(study.order),
-    }
 
 
 def studies_list(app, args) -> int:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from gateway.cli.text import plural
+from gateway.shapes import day_json, why_json
 from infra.errors import InvalidInput
 from worklist.gate import Explanation
 
@@ -72,28 +73,6 @@ def override(app, args) -> int:
     return 0
 
 
-def decision_json(order, decision) -> dict:
-    """One order's entry in ``worklist --json`` (keys are a stable interface)."""
-    return {
-        "accession_number": order.accession_number,
-        "scheduled_start": order.scheduled_start.isoformat(),
-        "station_ae": order.station_ae,
-        "modality": order.modality,
-        "cpt": order.cpt,
-        "payer_id": order.payer_id,
-        "status": order.status,
-        "served": decision.served,
-        "basis": decision.basis,
-        "auth_number": decision.auth_number,
-        "reasons": [{"code": r.code, "text": r.text} for r in decision.reasons],
-        "override": None if decision.override is None else {
-            "user": decision.override.user,
-            "reason": decision.override.reason,
-            "at": decision.override.at.isoformat(),
-        },
-    }
-
-
 def worklist(app, args) -> int:
     words = args.words
     if words and words[0] == "why":
@@ -107,12 +86,7 @@ def worklist(app, args) -> int:
     day = args.date or app.today()
     entries = app.gate.day(day, args.station)
     if args.json:
-        print(json.dumps({
-            "date": day.isoformat(),
-            "evaluated_at": app.now().isoformat(),
-            "station_ae": args.station,
-            "orders": [decision_json(e.order, e.decision) for e in entries],
-        }, indent=2))
+        print(json.dumps(day_json(day, app.now(), args.station, entries), indent=2))
         return 0
     served = sum(e.decision.served for e in entries)
     where = f" at {args.station}" if args.station else ""
@@ -133,14 +107,7 @@ def worklist(app, args) -> int:
 def why(app, accession: str, as_json: bool = False) -> int:
     found = app.gate.explain(accession)
     if as_json:
-        entry = decision_json(found.order, found.decision)
-        entry["auths_on_file"] = [
-            {"auth_number": a.auth.auth_number, "problems": [r.code for r in a.problems]}
-            for a in found.auths_on_file
-        ]
-        entry["necessity_policies"] = [{"payer_id": p.payer_id, "cpt": list(p.cpt), "covered_icd10": list(p.covered_icd10)}
-                                       for p in found.necessity]
-        print(json.dumps(entry, indent=2))
+        print(json.dumps(why_json(found), indent=2))
         return 0
     print("\n".join(explanation_lines(found)))
     return 0

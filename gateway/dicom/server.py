@@ -27,6 +27,7 @@ from gateway import jobs, logs
 from gateway.app import App
 from gateway.dicom import access, commitment, guard, mpps, permissions, storage, syntaxes, tls, tuning, worklist
 from gateway.dicom.status import SUCCESS
+from gateway.http import desk as http_desk
 from gateway.http import health
 from gateway.metrics import Metrics
 from gateway.settings import SettingsError, load, port_unavailable
@@ -188,6 +189,13 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             signal.signal(sig, lambda *_: stops.put(True))
         reloads = _reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
+    try:
+        desk = http_desk.start(app)  # the review desk and /api/ on http.port; None when it is 0
+    except GatekeeperError:
+        if web is not None:
+            web.stop()
+        server.shutdown()
+        raise
     scheduler = jobs.start(app, metrics=metrics)
     log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
              f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
@@ -199,6 +207,8 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         log.info("shutting down: finishing open associations")
         if web is not None:
             web.stop()
+        if desk is not None:
+            desk.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         for listener in listeners:
