@@ -197,7 +197,7 @@ def desk_settings(tmp_path, port, edit=("", "")):
 
     path = write_settings(tmp_path)
     head, tail = path.read_text().split("[http]", 1)
-    path.write_text((head + "[http]" + tail.replace("port = 0", f"port = {port}", 1)).replace(*edit))
+    path.write_text(head + "[http]" + tail.replace("port = 0", f"port = {port}", 1).replace(*edit))
     return load(path, environ={})
 
 

@@ -1,7 +1,7 @@
 """The review desk's and the API's answer to every error, in one place.
 
 A core error (:mod:`infra.errors`) and the front end's own two (no login, wrong role)
-get an HTTP status here and nowhere else: 401 no login, 403 role, 404 unknown, 409 wrong
+get an HTTP status here and nowhere else: 401 no login, 403 role (or a caller the core does not authorize), 404 unknown, 409 wrong
 state or refused, 422 bad input, 503 out of resources or a storage failure. Under
 ``/api/`` the body is an RFC 9457 problem details object
 (``application/problem+json``: ``type``, ``title``, ``status``, ``detail``, and for a
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from infra.errors import (AlreadyExists, GatekeeperError, InvalidInput, NotFound, NotSupported, OutOfResources, Refused,
-                          StorageFailure, WrongState)
+from infra.errors import (AlreadyExists, GatekeeperError, InvalidInput, NotAuthorized, NotFound, NotSupported, OutOfResources,
+                          Refused, StorageFailure, WrongState)
 
 log = logging.getLogger("gateway.http")
 
@@ -41,6 +41,7 @@ STATUSES: tuple[tuple[type[Exception], int, str, str], ...] = (
     (LoginRequired, 401, "Login required", "login-required"),
     (Forbidden, 403, "Not allowed for this role", "forbidden"),
     (BadForm, 403, "Form refused", "csrf"),
+    (NotAuthorized, 403, "Not authorized", "not-authorized"),
     (NotFound, 404, "Not found", "not-found"),
     (AlreadyExists, 409, "Already exists", "already-exists"),
     (WrongState, 409, "Wrong state", "wrong-state"),
