@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from gateway.settings import Settings
-from infra import audit, schema
+from infra import audit, audit_outbox, schema
 from infra.clock import Clock, clock_from_env
 from infra.db import Database, bind, open_database
 from store import models as store_models
@@ -25,7 +25,7 @@ from worklist.query import WorklistQuery
 from worklist.steps import Steps
 
 #: Every table of the product.
-MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS]
+MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS, *audit_outbox.MODELS]
 
 
 @dataclass

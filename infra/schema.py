@@ -77,9 +77,31 @@ def add_studies_reopened_at(db: pw.Database) -> None:
     _add_column(db, "studies", "reopened_at", pw.DateTimeField(null=True))
 
 
+def add_audit_outbox(db: pw.Database) -> None:
+    """0.3.0 (version 2 -> 3): add table ``audit_outbox``, the cursor of the audit trail's
+    delivery to a syslog collector: ``name`` (unique), ``last_id`` (the last audit event
+    sent), ``owner`` and ``lease_until`` (which gateway sends), ``sent_at``. Empty: the
+    first ``serve`` with ``[audit.syslog]`` set sends the audit log from its first event."""
+
+    class AuditOutbox(pw.Model):  # the table as this step makes it, not the model of today
+        name = pw.CharField(unique=True)
+        last_id = pw.IntegerField(default=0)
+        owner = pw.CharField(default="")
+        lease_until = pw.FloatField(default=0.0)
+        sent_at = pw.DateTimeField(null=True)
+
+        class Meta:
+            database = db
+            table_name = "audit_outbox"
+            legacy_table_names = False  # index names as the models make them (audit_outbox_name)
+
+    db.create_tables([AuditOutbox], safe=True)
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
+    add_audit_outbox,
 )
 
 #: The version this program writes and reads.
