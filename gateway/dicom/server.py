@@ -21,7 +21,7 @@ import time
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from gateway import jobs, logs
+from gateway import audit_trail, jobs, logs
 from gateway.app import App
 from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
@@ -158,6 +158,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         reloads = _reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
     scheduler = jobs.start(app, metrics=metrics)
+    trail = audit_trail.start(app)  # [audit.syslog]: the audit log to a syslog collector, in its own thread
     log.info("listening as %s on %s:%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
              redacted(s.database_url), s.storage_root)
     if ready is not None:
@@ -170,6 +171,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             web.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        trail.stop()
         server.shutdown()
         log.info("stopped")
     return 0
