@@ -52,7 +52,8 @@ class Formatter:
         severity = syslog.NOTICE if kind.outcome == audit_message.SUCCESS else syslog.WARNING
         return syslog.rfc5424(facility=self.config.facility, severity=severity, at=record.at,
                               hostname=self.hostname, app_name=self.config.app_name, procid=self.procid,
-                              msgid=syslog.DICOM_MSGID, message=audit_message.audit_message(record, self.source))
+                              msgid=syslog.DICOM_MSGID, message=audit_message.audit_message(record, self.source),
+                              sequence_id=record.id if 1 <= record.id <= 2147483647 else None)
 
 
 def formatter_of(app: App, config: AuditSyslog) -> Formatter:

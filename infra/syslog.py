@@ -44,8 +44,12 @@ def facility_code(name: str | int) -> int:
 
 
 def rfc5424(*, facility: int, severity: int, at: dt.datetime, hostname: str, app_name: str, procid: str,
-            msgid: str, message: str) -> bytes:
-    """One RFC 5424 message: header, no structured data (``-``), then BOM and the UTF-8 ``message``.
+            msgid: str, message: str, sequence_id: int | None = None) -> bytes:
+    """One RFC 5424 message: header, structured data, then BOM and the UTF-8 ``message``.
+
+    ``sequence_id`` (1 to 2147483647) goes in the ``meta`` element (RFC 5424 7.3.1,
+    ``[meta sequenceId="N"]``): the audit event's id, by which a collector can tell a
+    message sent again after a crash; without it the structured data is ``-``.
 
     ``at`` should carry its UTC offset (a naive time is written without one, as RFC 3339
     local time is not allowed: it is taken as UTC, ``Z``).
@@ -57,9 +61,18 @@ def rfc5424(*, facility: int, severity: int, at: dt.datetime, hostname: str, app
         stamp = stamp[:-6] + "Z"
     header = " ".join((
         f"<{facility * 8 + severity}>1", stamp, _field(hostname, 255), _field(app_name, 48), _field(procid, 128),
-        _field(msgid, 32), "-",
+        _field(msgid, 32), meta(sequence_id),
     ))
     return header.encode("ascii") + b" " + BOM + message.encode("utf-8")
+
+
+def meta(sequence_id: int | None) -> str:
+    """``[meta sequenceId="N"]``, or ``-`` (no structured data)."""
+    if sequence_id is None:
+        return "-"
+    if not 1 <= sequence_id <= 2147483647:
+        raise ValueError(f"sequenceId {sequence_id} is not 1 to 2147483647")
+    return f'[meta sequenceId="{sequence_id}"]'
 
 
 def octet_counted(message: bytes) -> bytes:
@@ -141,6 +154,7 @@ class TlsSender:
             except BaseException:
                 raw.close()
                 raise
+            self._settle()
         sent = 0
         try:
             for message in messages:
@@ -150,6 +164,23 @@ class TlsSender:
             self.close()
             raise
         return sent
+
+    def _settle(self) -> None:
+        """Under TLS 1.3 the client's certificate is checked after the client's handshake ends: a
+        collector that refuses it closes the connection a moment later, and what was sent
+        meanwhile is lost. Wait up to ``SETTLE_SECONDS`` for that refusal before sending."""
+        assert self._sock is not None
+        if self._sock.version() != "TLSv1.3":
+            return
+        readable, _, _ = select.select([self._sock], [], [], self.SETTLE_SECONDS)
+        if readable and not self._still_open():
+            self.close()
+            raise ConnectionRefusedError(
+                f"the collector {self.host}:{self.port} closed the TLS connection after the handshake: it does not "
+                f"accept the client certificate (audit.syslog.cert and key), or needs one")
+
+    #: Seconds a new TLS 1.3 connection is given to be refused before the first message goes.
+    SETTLE_SECONDS = 0.3
 
     def _still_open(self) -> bool:
         """False when the collector closed the connection (it sends nothing, so readable means EOF or an alert)."""

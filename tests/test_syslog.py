@@ -15,7 +15,8 @@ from tests.certs import make_pki
 
 AT = dt.datetime(2026, 12, 1, 10, 15, 30, 250000, tzinfo=dt.timezone(dt.timedelta(hours=1)))
 #: RFC 5424 6: HEADER SP STRUCTURED-DATA [SP MSG]
-RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S{1,255}) (\S{1,48}) (\S{1,128}) (\S{1,32}) - \xef\xbb\xbf(.*)$", re.S)
+RFC5424 = re.compile(rb"^<(\d{1,3})>1 (\S+) (\S{1,255}) (\S{1,48}) (\S{1,128}) (\S{1,32}) (-|\[[^]]+\]) \xef\xbb\xbf(.*)$",
+                     re.S)
 
 
 def message(**changes) -> bytes:
@@ -27,10 +28,10 @@ def message(**changes) -> bytes:
 def test_the_header_fields_in_rfc_5424_order():
     match = RFC5424.match(message())
     assert match, message()
-    pri, stamp, host, app, procid, msgid, body = match.groups()
+    pri, stamp, host, app, procid, msgid, sd, body = match.groups()
     assert int(pri) == 10 * 8 + 5 == 85
     assert stamp == b"2026-12-01T10:15:30.250+01:00"
-    assert (host, app, procid, msgid) == (b"gk1.example.org", b"gatekeeper", b"4242", b"DICOM+RFC3881")
+    assert (host, app, procid, msgid, sd) == (b"gk1.example.org", b"gatekeeper", b"4242", b"DICOM+RFC3881", b"-")
     assert body == b"<AuditMessage/>"
 
 
@@ -53,9 +54,21 @@ def test_utc_is_written_z_and_a_naive_time_is_taken_as_utc():
 def test_header_fields_are_printable_ascii_cut_to_their_length_and_dash_when_empty():
     match = RFC5424.match(message(hostname="", app_name="gate keeper\u00e9" + "x" * 60, procid="", msgid=""))
     assert match
-    _, _, host, app, procid, msgid, _ = match.groups()
+    _, _, host, app, procid, msgid, _, _ = match.groups()
     assert host == b"-" and procid == b"-" and msgid == b"-"
     assert app == (b"gatekeeper" + b"x" * 60)[:48]
+
+
+@pytest.mark.parametrize("sequence_id", [1, 12, 2147483647])
+def test_the_event_id_is_the_meta_sequence_id(sequence_id):
+    match = RFC5424.match(message(sequence_id=sequence_id))
+    assert match and match.group(7) == f'[meta sequenceId="{sequence_id}"]'.encode()
+
+
+@pytest.mark.parametrize("sequence_id", [0, 2147483648])
+def test_a_sequence_id_out_of_range_is_refused(sequence_id):
+    with pytest.raises(ValueError):
+        message(sequence_id=sequence_id)
 
 
 def test_the_message_is_utf8_after_a_bom():
