@@ -3,6 +3,7 @@
 #   - DCMTK (findscu, storescu, echoscu) from Debian, for the end-to-end tests;
 #   - systemd-analyze (Debian package systemd), to verify deploy/gatekeeper.service;
 #   - pg_dump and pg_restore (Debian package postgresql-client) for the backup tests;
+#   - rsyslogd with TLS (Debian packages rsyslog, rsyslog-gnutls) and openssl, for the audit trail tests;
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
 #     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
@@ -24,6 +25,12 @@ if ! command -v pg_dump >/dev/null 2>&1; then  # tests/test_backup.py backs Post
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
+fi
+
+if [ ! -x /usr/sbin/rsyslogd ] || ! dpkg -s rsyslog-gnutls >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then  # tests/test_audit_rsyslog.py: a syslog collector over UDP and TLS
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls openssl >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
