@@ -110,6 +110,8 @@ class Outbox:
         self.wall, self.monotonic = wall, monotonic
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._gap: Gap | None = None
+        self._cursor: int | None = None  # last_id, known while the lease is held
+        self._held_until = 0.0
         self.failures = 0
         self.sent = 0
 
@@ -140,28 +142,42 @@ class Outbox:
         return done
 
     def _claim(self) -> int | None:
-        """Take or renew the lease on the cursor row; its ``last_id``, or None when another gateway holds it."""
+        """The cursor, while this gateway holds the lease on it; None when another gateway does.
+
+        A round while more than half the lease is left only reads: an idle gateway writes
+        to the database once per half lease, not once per poll.
+        """
         now = self.wall()
-        AuditOutbox.insert(name=self.config.name, last_id=0).on_conflict_ignore().execute()
+        if self._cursor is not None and self._held_until - now > LEASE_SECONDS / 2:
+            return self._cursor
+        if AuditOutbox.get_or_none(AuditOutbox.name == self.config.name) is None:
+            AuditOutbox.insert(name=self.config.name, last_id=0).on_conflict_ignore().execute()
         took = (AuditOutbox.update(owner=self.owner, lease_until=now + LEASE_SECONDS)
                 .where((AuditOutbox.name == self.config.name)
                        & ((AuditOutbox.owner == self.owner) | (AuditOutbox.lease_until < now)))
                 .execute())
         if took != 1:
+            self._cursor = None
             return None
-        return AuditOutbox.get(AuditOutbox.name == self.config.name).last_id
+        self._held_until = now + LEASE_SECONDS
+        self._cursor = AuditOutbox.get(AuditOutbox.name == self.config.name).last_id
+        return self._cursor
 
     def _advance(self, old: int, new: int) -> None:
         moved = (AuditOutbox.update(last_id=new, sent_at=dt.datetime.fromtimestamp(self.wall()).replace(microsecond=0))
                  .where((AuditOutbox.name == self.config.name) & (AuditOutbox.owner == self.owner)
                         & (AuditOutbox.last_id == old))
                  .execute())
-        if moved != 1:
-            log.warning("audit trail: another gateway took over sending while events %d to %d were sent; "
-                        "they may reach the collector twice", old + 1, new)
+        if moved == 1:
+            self._cursor = new
+            return
+        self._cursor = None  # read it again, with the lease, next round
+        log.warning("audit trail: another gateway took over sending while events %d to %d were sent; "
+                    "they may reach the collector twice", old + 1, new)
 
     def release(self) -> None:
         """Give up the lease (a clean stop), so another gateway may send at once."""
+        self._cursor = None
         (AuditOutbox.update(lease_until=0.0)
          .where((AuditOutbox.name == self.config.name) & (AuditOutbox.owner == self.owner)).execute())
 

@@ -176,6 +176,32 @@ def test_one_gateway_sends_at_a_time_and_the_other_takes_over_after_a_clean_stop
     assert len(one.got) == 3 and len(two.got) == 1 and not set(one.got) & set(two.got)
 
 
+def test_an_idle_gateway_renews_its_lease_once_per_half_lease_and_otherwise_only_reads(app):
+    record(1)
+    wall = Wall()
+    box = outbox(app, Collector(), wall=wall)
+    box.once()
+    held = AuditOutbox.get().lease_until
+    wall.now += LEASE_SECONDS / 2 - 1
+    assert box.once() == 0 and AuditOutbox.get().lease_until == held
+    wall.now += 2
+    assert box.once() == 0 and AuditOutbox.get().lease_until == wall.now + LEASE_SECONDS
+
+
+def test_a_gateway_that_lost_its_lease_sends_nothing_until_it_has_it_again(app):
+    record(1)
+    wall = Wall()
+    slow, other = Collector(), Collector()
+    first, second = outbox(app, slow, wall=wall), outbox(app, other, wall=wall)
+    first.once()
+    wall.now += LEASE_SECONDS + 1  # first stalled past its lease; second takes over
+    later = record(1)
+    assert second.once() == 1 and other.got == later
+    assert first.once() == 0 and slow.got == [1]  # first finds the lease gone
+    record(1)
+    assert first.once() == 0  # and stays out while second holds it
+
+
 def test_an_id_not_yet_committed_is_waited_for(app):
     record(1)
     got = Collector()
