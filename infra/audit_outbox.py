@@ -11,8 +11,9 @@ in the database (table ``audit_outbox``, one row per destination name), so that:
   what was handed to the transport; a failed send is retried with back-off (doubling,
   up to ``retry_max_seconds``), and a restart resumes at the cursor;
 - nothing is sent twice in normal operation: one gateway at a time sends (a lease on the
-  cursor row, renewed each round and taken over when it lapses), and the cursor is
-  moved only by its holder. A crash between a send and the cursor's update sends those
+  cursor row, renewed every half lease and taken over when it lapses; gateways sharing a
+  database compare wall clocks, so keep them in step with NTP), and the cursor is moved
+  only by its holder. A crash between a send and the cursor's update sends those
   events again (at least once, never silently dropped);
 - an id not yet committed is waited for: PostgreSQL hands out ids at INSERT, so event 11
   may commit before event 10. A gap at the cursor is waited for up to ``GAP_SECONDS``
