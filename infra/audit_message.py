@@ -10,7 +10,8 @@ is sent as :data:`DEFAULT` (Application Activity, action "E").
 What a message carries about a patient: the Patient ID, when the event's detail has one
 (PS3.15 A.5.3: the patient is identified by ID). Never a patient name nor a birth date:
 :data:`NEVER_SENT` detail keys are dropped even when present, and free detail values are
-not copied into the message (only the identifiers named in :data:`IDENTIFIER_KEYS`).
+not copied into the message (only the identifiers named in :data:`IDENTIFIER_KEYS`). The
+event's reason is sent as EventOutcomeDescription, as typed.
 """
 
 from __future__ import annotations
@@ -128,8 +129,10 @@ MAPPING: dict[str, EventKind] = {
 #: An action not in :data:`MAPPING`.
 DEFAULT = EventKind(APPLICATION_ACTIVITY, "E", OTHER)
 
-#: Detail keys copied into the message as identifiers of participant objects.
-IDENTIFIER_KEYS = ("accession_number", "patient_id", "previous_patient_id", "sop_instance_uid", "auth_number")
+#: The only detail keys a message uses: identifiers of participants and objects. Every other
+#: detail value (codes, counts, free text) stays in the local log.
+IDENTIFIER_KEYS = ("accession_number", "patient_id", "previous_patient_id", "sop_instance_uid", "address",
+                   "called_ae", "service")
 #: Detail keys never sent, whatever an event carries.
 NEVER_SENT = frozenset({"patient_name", "birth_date", "patient_birth_date", "PatientName", "PatientBirthDate"})
 #: Users that are the gatekeeper's own jobs (``job:NAME``), an application rather than a person.
@@ -166,7 +169,7 @@ def kind_of(action: str) -> EventKind:
 def audit_message(event: EventRecord, source: Source) -> str:
     """The PS3.15 A.5 AuditMessage of ``event``, as XML text (no declaration; UTF-8 when encoded)."""
     kind = kind_of(event.action)
-    detail = {k: v for k, v in event.detail.items() if k not in NEVER_SENT}
+    detail = {k: event.detail[k] for k in IDENTIFIER_KEYS if k in event.detail and k not in NEVER_SENT}
     root = ET.Element("AuditMessage")
     ident = ET.SubElement(root, "EventIdentification", {
         "EventActionCode": kind.action_code,
@@ -239,7 +242,7 @@ def _objects(event: EventRecord, kind: EventKind, detail: Mapping[str, Any]):
         yield _object(subject, SYSTEM_OBJECT, ROLE_SECURITY_RESOURCE), NODE_ID, details
     elif subject:
         yield _object(subject, SYSTEM_OBJECT, ROLE_REPORT), LOG_SUBJECT, []
-    if kind.subject != STUDY and kind.subject != AUTH and kind.subject != ORDER and accession:
+    if kind.subject not in (STUDY, ORDER, AUTH) and accession:
         yield _object(accession, SYSTEM_OBJECT, ROLE_REPORT), ACCESSION, []
     for key in ("patient_id", "previous_patient_id"):
         patient = _text(detail.get(key))

@@ -141,3 +141,25 @@ def test_tls_a_collector_refusing_the_client_certificate_gets_nothing_and_nothin
         assert audit_ids(collector.wait_for(2)) == [1, 2]
     finally:
         gw.stop()
+
+
+def test_check_handshakes_with_the_collector_and_names_a_refused_certificate(tmp_path, collectors):
+    from gateway import preflight
+    from gateway.settings import load
+
+    pki = make_pki(tmp_path / "pki")
+    collector = Rsyslog(tmp_path / "rsyslog", pki=pki).start()
+    collectors.append(collector)
+    good = gateway_sending_to(tmp_path / "good", collector, "tls",
+                              f'ca = "{pki.ca_cert}"\ncert = "{pki.client_cert}"\nkey = "{pki.client_key}"\n')
+    [ok] = preflight.check_audit_syslog(load(good.settings, environ={}))
+    assert (ok.status, ok.detail) == ("ok", "TLS handshake succeeded")
+    stranger = gateway_sending_to(tmp_path / "stranger", collector, "tls",
+                                  f'ca = "{pki.ca_cert}"\ncert = "{pki.other_ca_client_cert}"\n'
+                                  f'key = "{pki.other_ca_client_key}"\n')
+    [refused] = preflight.check_audit_syslog(load(stranger.settings, environ={}))
+    assert refused.status == "fail" and "does not accept the client certificate" in refused.detail
+    wrong_ca = gateway_sending_to(tmp_path / "wrong_ca", collector, "tls", f'ca = "{pki.other_ca_client_cert}"\n')
+    [untrusted] = preflight.check_audit_syslog(load(wrong_ca.settings, environ={}))
+    assert untrusted.status == "fail" and "certificate verify failed" in untrusted.detail
+    assert collector.received() == []  # a check sends nothing

@@ -88,3 +88,13 @@ def test_the_trail_is_off_without_a_host(app: App):
 def test_the_sender_follows_the_transport(tmp_path):
     udp = load(with_syslog(tmp_path, 'host = "127.0.0.1"'), environ={}).audit_syslog
     assert isinstance(audit_trail.sender_of(udp), syslog.UdpSender)
+
+
+def test_check_of_a_udp_collector_resolves_its_host(tmp_path):
+    from gateway import preflight
+
+    [ok] = preflight.check_audit_syslog(load(with_syslog(tmp_path, 'host = "localhost"'), environ={}))
+    assert ok.status == "ok" and "UDP cannot tell" in ok.detail
+    [bad] = preflight.check_audit_syslog(load(with_syslog(tmp_path, 'host = "no-such-host.invalid"'), environ={}))
+    assert bad.status == "fail" and "does not resolve" in bad.detail and "audit.syslog.host" in bad.detail
+    assert preflight.check_audit_syslog(load(with_syslog(tmp_path, 'host = ""'), environ={})) == []
