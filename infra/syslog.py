@@ -51,8 +51,8 @@ def rfc5424(*, facility: int, severity: int, at: dt.datetime, hostname: str, app
     ``[meta sequenceId="N"]``): the audit event's id, by which a collector can tell a
     message sent again after a crash; without it the structured data is ``-``.
 
-    ``at`` should carry its UTC offset (a naive time is written without one, as RFC 3339
-    local time is not allowed: it is taken as UTC, ``Z``).
+    ``at`` should carry its UTC offset: an RFC 5424 timestamp must have one, so a naive
+    time is taken as UTC (written ``Z``).
     """
     if not 0 <= facility <= 23 or not 0 <= severity <= 7:
         raise ValueError(f"facility {facility} or severity {severity} out of range")
