@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from gateway.settings import Settings
-from infra import audit, schema, users
+from infra import audit, audit_outbox, schema, users
 from infra.clock import Clock, clock_from_env
 from infra.db import Database, bind, open_database
 from store import models as store_models
@@ -26,7 +26,7 @@ from worklist.query import WorklistQuery
 from worklist.steps import Steps
 
 #: Every table of the product.
-MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS, *users.MODELS]
+MODELS = [*worklist_models.MODELS, *store_models.MODELS, *audit.MODELS, *audit_outbox.MODELS, *users.MODELS]
 
 
 @dataclass
@@ -119,7 +119,7 @@ class App:
         for key in keys:
             if name == key.split(".", 1)[1]:
                 return key
-        return {"policy": "payers"}.get(name, name)
+        return {"policy": "payers", "audit_syslog": "audit.syslog"}.get(name, name)
 
     def _apply_policy(self, policy) -> None:
         # The query's caches hold items per order and auth number, never per policy: a

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.settings import DATABASE_URL_ENV, Settings
+from infra import syslog
 from infra.db import redacted
 from infra.errors import GatekeeperError
 from store.archive import INCOMING, TREES
@@ -120,6 +121,7 @@ def run_all(settings: Settings, *, database_opened: bool = False, now: dt.dateti
     checks.append(check_metrics_port(settings))
     checks += check_tls(settings, now)
     checks += check_peers(settings)
+    checks += check_audit_syslog(settings)
     return checks
 
 
@@ -287,6 +289,33 @@ def check_peers(settings: Settings) -> list[Check]:
                                             f"[peers.{ae}] in {settings.source}, and that it accepts "
                                             f"calling AE {settings.ae_title}"))
     return checks
+
+
+def check_audit_syslog(settings: Settings) -> list[Check]:
+    """The audit trail's collector, when ``[audit.syslog]`` names one: over TLS, a connection and
+    handshake with our certificate; over UDP, only that the host resolves (UDP has no answer)."""
+    config = settings.audit_syslog
+    if config is None:
+        return []
+    name = f"audit trail collector {_host_port(config.host, config.port)} ({config.transport})"
+    if config.transport == "udp":
+        try:
+            socket.getaddrinfo(config.host, config.port, type=socket.SOCK_DGRAM)
+        except socket.gaierror:
+            return [Check(name, FAIL, f"the host name {config.host!r} does not resolve: check audit.syslog.host "
+                                      f"in {settings.source}")]
+        return [Check(name, OK, "the host resolves (UDP cannot tell whether a collector listens)")]
+    files = syslog.TlsFiles(*(str(p) if p else "" for p in (config.ca, config.cert, config.key)))
+    try:
+        sender = syslog.TlsSender(config.host, config.port, files, timeout=TIMEOUT)
+        try:
+            sender.send([])  # connect and handshake, nothing sent
+        finally:
+            sender.close()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        return [Check(name, FAIL, f"{_one_line(exc)}: check that the collector runs, audit.syslog.host, port, "
+                                  f"ca, cert and key in {settings.source}")]
+    return [Check(name, OK, "TLS handshake succeeded")]
 
 
 # -- the probes ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import InvalidInput
+from infra.syslog import facility_code
 from store.reconcile import ALL_CODES
 from worklist.mwl_item import check_auth_attribute
 from worklist.policy import PayerPolicy, parse_policy
@@ -116,6 +117,39 @@ UNKNOWN_AET_MODES = ("allow", "echo-and-store", "refuse")
 
 
 @dataclass(frozen=True)
+class AuditSyslog:
+    """``[audit.syslog]``: where the audit trail goes as DICOM audit messages (RFC 5424 syslog)."""
+
+    host: str
+    port: int
+    transport: str  # "udp" (RFC 5426) or "tls" (RFC 5425)
+    ca: Path | None  # TLS: the CA that signs the collector's certificate (None: the system's CAs)
+    cert: Path | None  # TLS: the gatekeeper's client certificate, when the collector asks for one
+    key: Path | None
+    app_name: str
+    facility: int
+    site: str  # AuditEnterpriseSiteID; empty leaves it out
+    poll_seconds: float
+    retry_max_seconds: float
+
+
+#: ``[audit.syslog]`` keys: type(s), default, help. ``host`` empty = the trail is not sent.
+AUDIT_SYSLOG_KEYS: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "host": ((str,), "", "Collector's host name or address; empty sends nothing."),
+    "port": ((int,), 0, "Collector's port; 0 = 514 for udp, 6514 for tls."),
+    "transport": ((str,), "udp", "udp (RFC 5426, best effort) or tls (RFC 5425)."),
+    "ca": ((str,), "", "TLS: CA certificate (PEM) the collector's certificate must chain to; empty = system CAs."),
+    "cert": ((str,), "", "TLS: client certificate (PEM) for a collector that asks for one."),
+    "key": ((str,), "", "TLS: the client certificate's private key (PEM)."),
+    "app_name": ((str,), "gatekeeper", "APP-NAME of the syslog messages."),
+    "facility": ((str, int), "authpriv", "Syslog facility: a name (authpriv, local0 ...) or a number 0 to 23."),
+    "site": ((str,), "", "AuditEnterpriseSiteID of the messages; empty leaves it out."),
+    "poll_seconds": ((int, float), 2, "Seconds between looks at the audit log for new events."),
+    "retry_max_seconds": ((int, float), 60, "Longest wait between two attempts while the collector is unreachable."),
+}
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings, resolved. Build with :func:`load`."""
 
@@ -168,6 +202,7 @@ class Settings:
     filing_alert_days: int = 14
     peers: dict[str, Peer] = field(default_factory=dict)
     modalities: dict[str, Modality] = field(default_factory=dict)
+    audit_syslog: AuditSyslog | None = None  # None: the audit trail is not sent
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -282,6 +317,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         filing_alert_days=values["jobs.filing_alert_days"],
         peers=_peers(raw.get("peers", {}), path),
         modalities=_modalities(raw.get("modalities", {}), path),
+        audit_syslog=_audit_syslog(raw.get("audit", {}), path),
     )
 
 
@@ -382,7 +418,7 @@ def _ae_title(value: Any, key: str, path: Path) -> str:
 
 
 #: Sections that are tables of named entries, parsed on their own (not in DECLARED).
-TABLES = ("payers", "peers", "modalities")
+TABLES = ("payers", "peers", "modalities", "audit")
 
 
 def _check_codes(codes: frozenset[str], path: Path) -> None:
@@ -436,3 +472,52 @@ def _modalities(raw: Any, path: Path) -> dict[str, Modality]:
             raise SettingsError(f"{path}: {key} is listed twice (AE titles are compared without spaces).")
         modalities[title] = Modality(title, host.strip() if host else None, services)
     return modalities
+
+
+def _audit_syslog(raw: Any, path: Path) -> AuditSyslog | None:
+    """``[audit.syslog]``, or None when it is absent or its host is empty."""
+    if not isinstance(raw, dict) or set(raw) - {"syslog"}:
+        raise SettingsError(f"{path}: [audit] holds only the table [audit.syslog]; found "
+                            f"{', '.join(sorted(set(raw) - {'syslog'})) if isinstance(raw, dict) else repr(raw)}.")
+    table = raw.get("syslog", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: audit.syslog must be a table ([audit.syslog]).")
+    unknown = sorted(set(table) - set(AUDIT_SYSLOG_KEYS))
+    if unknown:
+        raise SettingsError(f"{path}: unknown setting audit.syslog.{unknown[0]}. Known: {', '.join(AUDIT_SYSLOG_KEYS)}.")
+    values = {}
+    for key, (kinds, default, help_) in AUDIT_SYSLOG_KEYS.items():
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise SettingsError(f"{path}: audit.syslog.{key} must be {' or '.join(k.__name__ for k in kinds)}, "
+                                f"got {value!r}. ({help_})")
+        values[key] = value
+    host = values["host"].strip()
+    if not host:
+        return None
+    transport = values["transport"].lower()
+    if transport not in ("udp", "tls"):
+        raise SettingsError(f"{path}: audit.syslog.transport is {values['transport']!r}; use \"udp\" or \"tls\".")
+    port = values["port"] or (6514 if transport == "tls" else 514)
+    _port(port, "audit.syslog.port", path)
+    try:
+        facility = facility_code(values["facility"])
+    except ValueError as exc:
+        raise SettingsError(f"{path}: audit.syslog.facility: {exc}.") from None
+    files = {}
+    for key in ("ca", "cert", "key"):
+        files[key] = (path.parent / values[key]).resolve() if values[key] else None
+        if files[key] is not None and not files[key].is_file():
+            raise SettingsError(f"{path}: audit.syslog.{key} names {files[key]}, which is not a file; "
+                                f"give the PEM file's path (relative to the settings file) or leave it empty.")
+    if transport == "udp" and any(files.values()):
+        raise SettingsError(f"{path}: audit.syslog.ca, cert and key are for transport = \"tls\"; "
+                            f"set transport = \"tls\" or remove them.")
+    if files["key"] and not files["cert"]:
+        raise SettingsError(f"{path}: audit.syslog.key is set without audit.syslog.cert; set both or neither.")
+    for key in ("poll_seconds", "retry_max_seconds"):
+        if values[key] <= 0:
+            raise SettingsError(f"{path}: audit.syslog.{key} must be more than 0, not {values[key]}.")
+    return AuditSyslog(host=host, port=port, transport=transport, ca=files["ca"], cert=files["cert"], key=files["key"],
+                       app_name=values["app_name"] or "gatekeeper", facility=facility, site=values["site"],
+                       poll_seconds=float(values["poll_seconds"]), retry_max_seconds=float(values["retry_max_seconds"]))

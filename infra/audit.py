@@ -56,12 +56,48 @@ def counts_since(actions: Iterable[str], start: dt.datetime) -> dict[str, int]:
              .where(AuditEvent.action.in_(actions) & (AuditEvent.at >= start)).group_by(AuditEvent.action))
     found = dict(query.tuples())
     return {action: found.get(action, 0) for action in actions}
+
+
 def recent(limit: int = 200, before_id: int | None = None) -> list[AuditEvent]:
     """The latest events, newest first; ``before_id`` pages back."""
     query = AuditEvent.select()
     if before_id is not None:
         query = query.where(AuditEvent.id < before_id)
     return list(query.order_by(AuditEvent.id.desc()).limit(limit))
+
+
+def events_after(last_id: int, limit: int) -> list[AuditEvent]:
+    """Up to ``limit`` events with an id above ``last_id``, oldest first (the outbox's read)."""
+    return list(AuditEvent.select().where(AuditEvent.id > last_id).order_by(AuditEvent.id).limit(limit))
+
+
+def listing(*, since: dt.datetime | None = None, actor: str | None = None, study: str | None = None,
+            accession: str | None = None, limit: int = 100, oldest_first: bool = False) -> list[AuditEvent]:
+    """Events matching every filter given, newest first (or oldest first), at most ``limit``.
+
+    ``study`` and ``accession`` match the subject, or the detail's ``study_instance_uid``
+    and ``accession_number`` (an event about a study names its accession in the detail).
+    """
+    query = AuditEvent.select()
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)
+    if actor:
+        query = query.where(AuditEvent.user == actor)
+    for value, key in ((study, "study_instance_uid"), (accession, "accession_number")):
+        if value:
+            # the detail is JSON written by record() (sort_keys, ", " and ": "); the LIKE only narrows,
+            # the exact test on the parsed detail is below
+            query = query.where((AuditEvent.subject == value) | AuditEvent.detail.contains(json.dumps(value)))
+    order = AuditEvent.id.asc() if oldest_first else AuditEvent.id.desc()
+    found = []
+    for event in query.order_by(order).iterator():
+        detail = json.loads(event.detail or "{}")
+        if all(not value or event.subject == value or detail.get(key) == value
+               for value, key in ((study, "study_instance_uid"), (accession, "accession_number"))):
+            found.append(event)
+            if len(found) >= limit:
+                break
+    return found
 
 
 def protect(db: pw.Database) -> None:

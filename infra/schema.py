@@ -101,6 +101,8 @@ def add_necessity_policies(db: pw.Database) -> None:
     if "necessity_policies" not in db.get_tables():
         db.create_tables([NecessityPolicy])
         run_migrations(migrator(db).add_index("necessity_policies", ("payer_id",), False))
+
+
 def add_users_table(db: pw.Database) -> None:
     """0.3.0 (version 4 -> 5): add the ``users`` table of the review desk and the API: a unique
     ``name``, its ``role``, an argon2id ``password_hash``, ``disabled``, ``created_at`` and
@@ -121,12 +123,34 @@ def add_users_table(db: pw.Database) -> None:
     db.create_tables([Users], safe=True)
 
 
+def add_audit_outbox(db: pw.Database) -> None:
+    """0.3.0 (version 5 -> 6): add table ``audit_outbox``, the cursor of the audit trail's
+    delivery to a syslog collector: ``name`` (unique), ``last_id`` (the last audit event
+    sent), ``owner`` and ``lease_until`` (which gateway sends), ``sent_at``. Empty: the
+    first ``serve`` with ``[audit.syslog]`` set sends the audit log from its first event."""
+
+    class AuditOutbox(pw.Model):  # the table as this step makes it, not the model of today
+        name = pw.CharField(unique=True)
+        last_id = pw.IntegerField(default=0)
+        owner = pw.CharField(default="")
+        lease_until = pw.FloatField(default=0.0)
+        sent_at = pw.DateTimeField(null=True)
+
+        class Meta:
+            database = db
+            table_name = "audit_outbox"
+            legacy_table_names = False  # index names as the models make them (audit_outbox_name)
+
+    db.create_tables([AuditOutbox], safe=True)
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
     add_orders_report_status,
     add_necessity_policies,
     add_users_table,
+    add_audit_outbox,
 )
 
 #: The version this program writes and reads.

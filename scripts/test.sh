@@ -7,6 +7,7 @@
 #   - Chromium and its WebDriver (Debian packages chromium, chromium-driver) for the review
 #     desk's browser tests; their screenshots go to $GATEKEEPER_TEST_ARTIFACTS (default
 #     test-artifacts/ here);
+#   - rsyslogd with TLS (Debian packages rsyslog, rsyslog-gnutls) and openssl, for the audit trail tests;
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
 #     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
@@ -38,6 +39,12 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then  # tests/t
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
+if [ ! -x /usr/sbin/rsyslogd ] || ! dpkg -s rsyslog-gnutls >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then  # tests/test_audit_rsyslog.py: a syslog collector over UDP and TLS
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls openssl >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

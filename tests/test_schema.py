@@ -187,7 +187,7 @@ def test_a_0_1_0_database_is_upgraded_in_place(url, tmp_path):
 
     db = open_database_of(settings_for(url, tmp_path))  # what serve and check do
     try:
-        assert schema.version_of(db) == schema.SCHEMA_VERSION == len(schema.STEPS) + 1
+        assert schema.version_of(db) == schema.SCHEMA_VERSION
         assert recorded_version(url) == schema.SCHEMA_VERSION
         assert "reopened_at" in {c.name for c in db.get_columns("studies")}
 
@@ -295,7 +295,7 @@ def test_two_processes_opening_a_0_1_0_database_at_once_upgrade_it_once(url):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(map(len, results)) == [0, len(schema.STEPS)], results  # one line a step, once
+    assert sorted(map(len, results)) == [0, len(schema.STEPS)], results  # one process ran every step
     assert recorded_version(url) == schema.SCHEMA_VERSION
 
 
@@ -320,24 +320,23 @@ def test_an_empty_database_is_created_at_the_current_version(url, tmp_path):
         db.close()
 
 
-#: A version a later release might write.
-NEWER = schema.SCHEMA_VERSION + 1
-TOO_NEW = (f"the database is at schema version {NEWER} but this gatekeeper knows versions up to "
-           f"{schema.SCHEMA_VERSION}, so it was left "
-           "untouched: upgrade the gatekeeper to the release that wrote it, or restore a backup taken before "
-           "that upgrade")
+#: The version a later release might write: one more than this program knows.
+LATER = schema.SCHEMA_VERSION + 1
+TOO_NEW = (f"the database is at schema version {LATER} but this gatekeeper knows versions up to "
+           f"{schema.SCHEMA_VERSION}, so it was left untouched: upgrade the gatekeeper to the release that wrote "
+           f"it, or restore a backup taken before that upgrade")
 
 
-def _make_newer_version(url: str, tmp_path: Path) -> None:
-    """A database as a later release might leave it: a newer version, with a column this program does not know."""
+def _make_later_version(url: str, tmp_path: Path) -> None:
+    """A database as a later release might leave it: a higher version, with a column this program does not know."""
     open_database_of(settings_for(url, tmp_path)).close()
     with raw(url) as conn:
-        conn.cursor().execute(f"UPDATE {schema.VERSION_TABLE} SET version = {NEWER}")
+        conn.cursor().execute(f"UPDATE {schema.VERSION_TABLE} SET version = {LATER}")
         conn.cursor().execute("ALTER TABLE orders ADD COLUMN later_release_column INTEGER")
 
 
 def test_a_database_newer_than_the_program_is_refused_and_left_untouched(url, tmp_path):
-    _make_newer_version(url, tmp_path)
+    _make_later_version(url, tmp_path)
     db = opened(url)
     before = describe(db)
     db.close()
@@ -346,7 +345,7 @@ def test_a_database_newer_than_the_program_is_refused_and_left_untouched(url, tm
     assert str(refused.value) == TOO_NEW
     db = opened(url)
     try:
-        assert describe(db) == before and recorded_version(url) == NEWER
+        assert describe(db) == before and recorded_version(url) == LATER
     finally:
         db.close()
 
@@ -355,7 +354,7 @@ def test_the_command_line_says_the_one_sentence(tmp_path, capsys, monkeypatch):
     from gateway.cli.main import main
 
     url = f"sqlite:///{tmp_path / 'gk.db'}"
-    _make_newer_version(url, tmp_path)
+    _make_later_version(url, tmp_path)
     monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
     code = main(["--config", str(tmp_path / "gateway" / "settings.toml"), "jobs", "list"])
     assert (code, capsys.readouterr().err) == (1, f"gatekeeper: {TOO_NEW}\n")

@@ -23,7 +23,7 @@ import time
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from gateway import jobs, logs
+from gateway import audit_trail, jobs, logs
 from gateway.app import App
 from gateway.dicom import access, commitment, guard, mpps, permissions, storage, syntaxes, tls, tuning, worklist
 from gateway.dicom.status import SUCCESS
@@ -194,9 +194,11 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     except GatekeeperError:
         if web is not None:
             web.stop()
-        server.shutdown()
+        for listener in listeners:
+            listener.shutdown()
         raise
     scheduler = jobs.start(app, metrics=metrics)
+    trail = audit_trail.start(app)  # [audit.syslog]: the audit log to a syslog collector, in its own thread
     log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
              f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
     if ready is not None:
@@ -211,6 +213,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             desk.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        trail.stop()
         for listener in listeners:
             listener.shutdown()
         log.info("stopped")
