@@ -56,6 +56,8 @@ USER_AUTHENTICATION = dcm("110114", "User Authentication")
 NODE_AUTHENTICATION = dcm("110126", "Node Authentication")
 EMERGENCY_OVERRIDE_STARTED = dcm("110127", "Emergency Override Started")
 USE_OF_RESTRICTED_FUNCTION = dcm("110132", "Use of Restricted Function")
+SECURITY_ROLES_CHANGED = dcm("110136", "Security Roles Changed")
+USER_SECURITY_ATTRIBUTES_CHANGED = dcm("110137", "User Security Attributes Changed")
 
 # RoleIDCode (CID 402 Audit Active Participant Role ID Code)
 ROLE_APPLICATION = dcm("110150", "Application")
@@ -116,6 +118,15 @@ MAPPING: dict[str, EventKind] = {
     "order.auth_will_expire": EventKind(ORDER_RECORD, "R", ORDER),
     "order.auth_units_short": EventKind(ORDER_RECORD, "R", ORDER),
     "auth.unit_used": EventKind(ORDER_RECORD, "U", AUTH),
+    # rule 7: necessity policies, orders completed from their images, reports and filing deadlines
+    "policies.import": EventKind(IMPORT, "C", SOURCE),
+    "order.completed_from_images": EventKind(PROCEDURE_RECORD, "U", ORDER),
+    "study.report_overdue": EventKind(APPLICATION_ACTIVITY, "E", STUDY),
+    "order.filing_deadline_near": EventKind(ORDER_RECORD, "R", ORDER),
+    # the users of the review desk and the API
+    "user.added": EventKind(SECURITY_ALERT, "C", OTHER, event_type=SECURITY_ROLES_CHANGED),
+    "user.disabled": EventKind(SECURITY_ALERT, "U", OTHER, event_type=SECURITY_ROLES_CHANGED),
+    "user.password_changed": EventKind(SECURITY_ALERT, "U", OTHER, event_type=USER_SECURITY_ATTRIBUTES_CHANGED),
     # MPPS from the modalities
     "mpps.start": EventKind(PROCEDURE_RECORD, "C", ORDER),
     "mpps.complete": EventKind(PROCEDURE_RECORD, "U", ORDER),

@@ -10,7 +10,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from infra import audit_message as am
-from store import aging, receiving, review
+from infra import users
+from store import aging, receiving, report, review
+from store import watch as store_watch
 from tests.conftest import ROOT
 from worklist import mpps, watch
 
@@ -42,6 +44,13 @@ EXAMPLES = {
     "association.refused": ("XR9", "XR9", {"address": "10.9.9.9", "called_ae": "GATEKEEPER", "service": "worklist"}),
     "operation.refused": ("MR1", "MR1", {"address": "10.1.2.3", "called_ae": "GATEKEEPER", "service": "mpps"}),
     "security.alert": ("GATEKEEPER", "tls", {"address": "10.9.9.9"}),
+    "policies.import": ("import", "policies.json", {"created": 2, "updated": 0}),
+    "order.completed_from_images": ("job:complete_without_mpps", "ACC1002", {"study_instance_uid": STUDY}),
+    "study.report_overdue": ("job:report_watch", STUDY, {"accession_number": "ACC1002", "report_status": ""}),
+    "order.filing_deadline_near": ("job:report_watch", "ACC1002", {"deadline": "2027-03-01"}),
+    "user.added": ("admin", "jane", {"role": "technologist"}),
+    "user.disabled": ("admin", "jane", {}),
+    "user.password_changed": ("admin", "jane", {}),
 }
 
 #: What each action must say (EventID code, EventActionCode, EventOutcomeIndicator).
@@ -56,6 +65,10 @@ EXPECTED = {
     "mpps.start": ("110111", "C", "0"), "mpps.complete": ("110111", "U", "0"),
     "mpps.discontinue": ("110111", "U", "0"), "association.refused": ("110113", "E", "4"),
     "operation.refused": ("110113", "E", "4"), "security.alert": ("110113", "E", "4"),
+    "policies.import": ("110107", "C", "0"), "order.completed_from_images": ("110111", "U", "0"),
+    "study.report_overdue": ("110100", "E", "0"), "order.filing_deadline_near": ("110109", "R", "0"),
+    "user.added": ("110113", "C", "0"), "user.disabled": ("110113", "U", "0"),
+    "user.password_changed": ("110113", "U", "0"),
 }
 
 
@@ -228,7 +241,9 @@ def test_every_action_the_product_records_is_mapped():
     """Actions recorded as literals or constants anywhere in the core are in the table."""
     recorded = {review.AUDIT_RELEASED, review.AUDIT_CORRECTED, review.AUDIT_REJECTED, receiving.AUDIT_REOPENED,
                 aging.AUDIT_HELD_TOO_LONG, aging.AUDIT_PURGED, watch.AUDIT_SERVED, watch.AUDIT_WITHHELD,
-                *watch.RISK_ACTIONS.values(), *mpps.AUDIT_ACTIONS.values()}
+                *watch.RISK_ACTIONS.values(), *mpps.AUDIT_ACTIONS.values(),
+                users.AUDIT_ADDED, users.AUDIT_DISABLED, users.AUDIT_PASSWORD, report.AUDIT_COMPLETED_FROM_IMAGES,
+                store_watch.AUDIT_REPORT_OVERDUE, store_watch.AUDIT_FILING_NEAR}
     literal = re.compile(r"audit\.record\(\s*[^,]+,\s*[^,]+,\s*\"([a-z_.]+)\"")
     for package in ("infra", "worklist", "store", "gateway"):
         for path in (ROOT / package).rglob("*.py"):
