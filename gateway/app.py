@@ -17,6 +17,7 @@ from infra import audit, schema
 from infra.clock import Clock, clock_from_env
 from infra.db import Database, bind, open_database
 from store import models as store_models
+from store.qr import QueryRetrieve
 from store.reconcile import hold_codes_from_warn_codes
 from store.store import Store, StoreConfig
 from worklist import models as worklist_models
@@ -39,6 +40,7 @@ class App:
     query: WorklistQuery = field(init=False)
     steps: Steps = field(init=False)
     store: Store = field(init=False)
+    qr: QueryRetrieve = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -51,6 +53,8 @@ class App:
             rejected_retention_days=s.rejected_retention_days, held_alert_hours=s.held_alert_hours,
             min_free_mb=s.min_free_mb,
         ), self.gate, self.clock)
+        self.qr = QueryRetrieve(self.store.index, self.store.root, ae_title=s.ae_title,
+                                include_held=s.qr_include_held, held_viewers=s.qr_held_viewers)
 
     def now(self) -> dt.datetime:
         return self.clock()

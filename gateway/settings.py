@@ -72,6 +72,8 @@ DECLARED: tuple[Declared, ...] = (
     Declared("jobs.expiring_auth_hour", int, 6, "Hour of the day (0-23) the expiring-auth warning runs."),
     Declared("jobs.held_age_minutes", int, 60, "Minutes between checks for held studies older than storage.held_alert_hours."),
     Declared("jobs.purge_hour", int, 2, "Hour of the day (0-23) the rejected-study purge runs."),
+    Declared("qr.include_held", bool, False, "Let the AE titles of qr.held_viewers query and retrieve held studies too."),
+    Declared("qr.held_viewers", list, [], "AE titles that see held studies when qr.include_held is true."),
 )
 
 
@@ -120,6 +122,8 @@ class Settings:
     purge_hour: int
     policy: PayerPolicy
     peers: dict[str, Peer] = field(default_factory=dict)
+    qr_include_held: bool = False
+    qr_held_viewers: tuple[str, ...] = ()
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -208,6 +212,8 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         purge_hour=values["jobs.purge_hour"],
         policy=policy,
         peers=_peers(raw.get("peers", {}), path),
+        qr_include_held=values["qr.include_held"],
+        qr_held_viewers=tuple(_ae_title(a, "qr.held_viewers", path) for a in values["qr.held_viewers"]),
     )
 
 

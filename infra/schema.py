@@ -77,9 +77,26 @@ def add_studies_reopened_at(db: pw.Database) -> None:
     _add_column(db, "studies", "reopened_at", pw.DateTimeField(null=True))
 
 
+def add_query_retrieve_attributes(db: pw.Database) -> None:
+    """0.3.0 (version 2 -> 3): add the attributes the Query/Retrieve SCP matches and returns,
+    all VARCHAR NOT NULL, filled at receive time from the header: ``studies.patient_name``,
+    ``birth_date``, ``patient_sex``, ``study_time``, ``study_id``, ``study_description``,
+    ``referring_physician``; ``instances.modality``, ``series_number``, ``series_description``,
+    ``instance_number``. Existing rows get empty values (their files are not read again): such
+    studies are still found by UID, patient ID, accession number and study date, and their
+    empty attributes match only universal keys."""
+    for column, length in (("patient_name", 200), ("birth_date", 8), ("patient_sex", 16), ("study_time", 16),
+                           ("study_id", 16), ("study_description", 64), ("referring_physician", 200)):
+        _add_column(db, "studies", column, pw.CharField(max_length=length, default=""))
+    for column, length in (("modality", 16), ("series_number", 12), ("series_description", 64),
+                           ("instance_number", 12)):
+        _add_column(db, "instances", column, pw.CharField(max_length=length, default=""))
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
+    add_query_retrieve_attributes,
 )
 
 #: The version this program writes and reads.

@@ -26,7 +26,8 @@ ALLOWED = {
 #: Pure rule modules: plain functions over plain data.
 PURE = ("worklist/gating.py", "worklist/npi.py", "worklist/policy.py", "worklist/orders.py", "worklist/intake.py",
         "worklist/watch.py", "worklist/mpps.py", "worklist/mwl.py", "worklist/mwl_item.py", "worklist/mwl_match.py",
-        "store/reconcile.py", "store/aging.py", "store/commitment.py", "store/states.py", "store/report.py")
+        "store/reconcile.py", "store/aging.py", "store/commitment.py", "store/states.py", "store/report.py",
+        "store/qr_match.py")
 IMPURE_MODULES = {"peewee", "playhouse", "pynetdicom", "socket", "os", "shutil", "sqlite3", "psycopg2", "time",
                   "apscheduler", "infra.db", "infra.audit", "infra.clock"}
 

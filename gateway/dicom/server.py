@@ -1,7 +1,7 @@
 """``gatekeeper serve``: one pynetdicom AE carrying every DICOM service, until SIGTERM.
 
 Wiring only. Each service module (:mod:`.worklist`, :mod:`.storage`, :mod:`.mpps`,
-:mod:`.commitment`) adds its presentation contexts to the AE and returns its event
+:mod:`.commitment`, :mod:`.qr`) adds its presentation contexts to the AE and returns its event
 handlers, bound to the use cases of the app; this module adds C-ECHO, association
 logging, TCP_NODELAY, the calling-AE allow list, admission control (:mod:`.guard`: limits
 on associations, in all and per address, and on the time to associate), the scheduled jobs,
@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway import jobs, logs
 from gateway.app import App
-from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
+from gateway.dicom import commitment, guard, mpps, qr, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from gateway.http import health
 from gateway.metrics import Metrics
@@ -34,7 +34,7 @@ from infra.errors import GatekeeperError
 log = logging.getLogger("gateway.dicom.server")
 
 #: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``.
-SERVICES = (worklist, storage, mpps, commitment)
+SERVICES = (worklist, storage, mpps, commitment, qr)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
 #: longer one is refused with an A-ABORT (tuning.py, change 5).
@@ -124,7 +124,27 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     ]
     for service in SERVICES:
         handlers.extend(service.add_to(ae, app, metrics))
-    return ae, handlers
+    return ae, _route_finds(handlers)
+
+
+def _route_finds(handlers: list) -> list:
+    """One EVT_C_FIND handler for every service that answers C-FIND.
+
+    pynetdicom binds one handler to an intervention event such as EVT_C_FIND. A handler
+    with a ``sop_classes`` attribute (the Q/R models) gets the requests of those SOP
+    classes; the one without (the worklist's) gets the rest.
+    """
+    finds = [h for h in handlers if h[0] is evt.EVT_C_FIND]
+    if len(finds) < 2:
+        return handlers
+    routes = {uid: h for h in finds for uid in getattr(h[1], "sop_classes", ())}
+    default = next((h for h in finds if not hasattr(h[1], "sop_classes")), finds[0])
+
+    def on_find(event):
+        _, handler, args = routes.get(str(event.request.AffectedSOPClassUID), default)
+        return handler(event, *args)
+
+    return [h for h in handlers if h[0] is not evt.EVT_C_FIND] + [(evt.EVT_C_FIND, on_find)]
 
 
 def serve(app: App, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
