@@ -75,6 +75,8 @@ class App:
     RELOADABLE = (
         ("payers", "policy", lambda app, s: app._apply_policy(s.policy)),
         ("reconcile.warn_codes", "warn_codes", lambda app, s: app._apply_warn_codes(s.warn_codes)),
+        ("qr.include_held", "qr_include_held", lambda app, s: setattr(app.qr, "include_held", s.qr_include_held)),
+        ("qr.held_viewers", "qr_held_viewers", lambda app, s: setattr(app.qr, "held_viewers", s.qr_held_viewers)),
     )
 
     def reload(self, new_settings: Settings) -> list[str]:

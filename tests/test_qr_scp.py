@@ -180,16 +180,19 @@ def test_held_studies_only_for_held_viewers(server, studies, calling, expected):
     assert {a.StudyInstanceUID for a in answers} == expected
 
 
-def test_held_studies_stay_hidden_when_include_held_is_off(tmp_path, clock, studies, app):
-    app.qr.include_held = False
-    from tests.conftest import RunningServer
+def test_held_studies_stay_hidden_when_include_held_is_off_and_the_settings_reload(server, studies, app,
+                                                                                    settings_path):
+    from gateway.settings import load
 
-    running = RunningServer(app).start()
-    try:
-        answers, _ = find(running.port, identifier("STUDY", StudyInstanceUID=""), calling="TECH_WS")
-    finally:
-        running.stop()
-    assert {a.StudyInstanceUID for a in answers} == {ARCHIVED_UID}
+    ds = identifier("STUDY", StudyInstanceUID="")
+    settings_path.write_text(settings_path.read_text().replace("include_held = true", "include_held = false"))
+    assert app.reload(load(settings_path, environ={})) == ["qr.include_held"]  # SIGHUP
+    assert {a.StudyInstanceUID for a in find(server.port, ds, calling="TECH_WS")[0]} == {ARCHIVED_UID}
+    text = settings_path.read_text().replace("include_held = false", "include_held = true")
+    settings_path.write_text(text.replace('held_viewers = ["TECH_WS"]', 'held_viewers = ["OTHER_WS"]'))
+    assert app.reload(load(settings_path, environ={})) == ["qr.include_held", "qr.held_viewers"]
+    assert {a.StudyInstanceUID for a in find(server.port, ds, calling="TECH_WS")[0]} == {ARCHIVED_UID}
+    assert {a.StudyInstanceUID for a in find(server.port, ds, calling="OTHER_WS")[0]} == {ARCHIVED_UID, HELD_UID}
 
 
 def test_series_and_image_levels(server, studies):
@@ -447,3 +450,18 @@ def test_a_corrected_study_is_answered_with_the_corrected_patient(server, studie
     assert find(server.port, identifier("STUDY", PatientName="DOE^JOAN", StudyInstanceUID=""), calling="TECH_WS")[0] == []
     statuses, received = get(server.port, identifier("STUDY", StudyInstanceUID=HELD_UID))
     assert [str(d.PatientName) for d in received] == ["DOE^JANE^Q"]
+
+
+def test_info_lines_carry_uids_never_patient_names(server, studies, receiver, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gateway.dicom.qr")
+    assert find(server.port, identifier("STUDY", PatientName=["DOE^JANE", "DOE^JOAN"]))[1] == 0xA900
+    find(server.port, identifier("STUDY", PatientName="DOE^JANE*", StudyInstanceUID=""))
+    move(server.port, identifier("STUDY", StudyInstanceUID=ARCHIVED_UID))
+    qr_records = [r for r in caplog.records if r.name == "gateway.dicom.qr"]
+    infos = [r.getMessage() for r in qr_records if r.levelno == logging.INFO]
+    assert any("refused (0xA900)" in line for line in infos)
+    assert any(f"studies {ARCHIVED_UID}" in line and "3 of 3 sub-operations" in line for line in infos)
+    assert not any("DOE^" in line for line in infos)
+    assert any(r.levelno == logging.WARNING and "only UID keys take a list" in r.getMessage() for r in qr_records)

@@ -101,7 +101,8 @@ def on_find(event, app, metrics=None):
             yield st.PENDING, answer
     except Exception as exc:  # the one outer guard
         reply = st.failure(st.C_FIND, exc, log, f"Q/R query from {calling}")
-        outcome, code = f"refused (0x{reply.Status:04X}): {exc}", reply.Status
+        outcome, code = f"refused (0x{reply.Status:04X})", reply.Status
+        _warn_refused("query", calling, reply.Status, exc)
         yield reply, None
     finally:
         took = time.monotonic() - started
@@ -135,7 +136,8 @@ def on_move(event, app, metrics=None):
         instances = app.qr.retrieve(event.identifier, model, visible_to(event, app))
     except Exception as exc:  # the one outer guard
         reply = st.failure(st.C_MOVE, exc, log, f"Q/R move from {calling}")
-        _log_retrieve(event, "C-MOVE", calling, model, f"to {destination}", f"refused (0x{reply.Status:04X}): {exc}",
+        _warn_refused("move", calling, reply.Status, exc)
+        _log_retrieve(event, "C-MOVE", calling, model, f"to {destination}", f"refused (0x{reply.Status:04X})",
                       0, started, metrics, reply.Status)
         yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
         yield 1
@@ -155,7 +157,8 @@ def on_get(event, app, metrics=None):
         instances = app.qr.retrieve(event.identifier, model, visible_to(event, app))
     except Exception as exc:  # the one outer guard
         reply = st.failure(st.C_GET, exc, log, f"Q/R get from {calling}")
-        _log_retrieve(event, "C-GET", calling, model, "", f"refused (0x{reply.Status:04X}): {exc}", 0, started,
+        _warn_refused("get", calling, reply.Status, exc)
+        _log_retrieve(event, "C-GET", calling, model, "", f"refused (0x{reply.Status:04X})", 0, started,
                       metrics, reply.Status)
         yield 1
         yield reply, None
@@ -191,6 +194,12 @@ def _send(event, app, instances: list[Instance], operation: str, calling: str, m
             detail += f", {unreadable} unreadable"
         _log_retrieve(event, operation, calling, model, where, detail + f", studies {', '.join(studies) or '-'}",
                       len(instances), started, metrics, code)
+
+
+def _warn_refused(what: str, calling: str, status: int, exc: Exception) -> None:
+    """Why a request was refused, at WARNING (the message may quote the keys sent; INFO never does)."""
+    if status == st.DOES_NOT_MATCH_SOP_CLASS:
+        log.warning("Q/R %s from %s refused (0x%04X): %s", what, calling, status, exc)
 
 
 def _unsendable(instance: Instance) -> Dataset:

@@ -141,8 +141,8 @@ def _route_finds(handlers: list) -> list:
     default = next((h for h in finds if not hasattr(h[1], "sop_classes")), finds[0])
 
     def on_find(event):
-        _, handler, args = routes.get(str(event.request.AffectedSOPClassUID), default)
-        return handler(event, *args)
+        route = routes.get(str(event.request.AffectedSOPClassUID), default)
+        return route[1](event, *(route[2] if len(route) > 2 else ()))
 
     return [h for h in handlers if h[0] is not evt.EVT_C_FIND] + [(evt.EVT_C_FIND, on_find)]
 
