@@ -342,8 +342,11 @@ class Index:
     # ------------------------------------------------------------------ query/retrieve
 
     def qr_studies(self, states: Iterable[str], *, study_uids: Iterable[str] = (), patient_id: str | None = None,
-                   accession: str | None = None) -> list[StudyRow]:
-        """Studies in ``states``, narrowed by the exact values given (the Q/R SQL pre-filter)."""
+                   accession: str | None = None,
+                   study_dates: tuple[str | None, str | None] | None = None) -> list[StudyRow]:
+        """Studies in ``states``, narrowed by the values given (the Q/R SQL pre-filter): UIDs,
+        an exact Patient ID or Accession Number, a range of Study Dates (``YYYYMMDD`` text
+        compares as the dates do; an empty or malformed stored date is in no range)."""
         query = StudyRow.select().where(StudyRow.state.in_(list(states)))
         uids = sorted(set(study_uids))
         if uids:
@@ -352,6 +355,13 @@ class Index:
             query = query.where(StudyRow.patient_id == patient_id)
         if accession is not None:
             query = query.where(StudyRow.accession_number == accession)
+        if study_dates is not None:
+            low, high = study_dates
+            query = query.where(pw.fn.LENGTH(StudyRow.study_date) == 8)
+            if low:
+                query = query.where(StudyRow.study_date >= low)
+            if high:
+                query = query.where(StudyRow.study_date <= high)
         return list(query.order_by(StudyRow.first_received_at, StudyRow.study_instance_uid))
 
     def qr_instances(self, studies: Iterable[str], *, series_uids: Iterable[str] = (),

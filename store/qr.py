@@ -65,7 +65,8 @@ class QueryRetrieve:
     def _records(self, query: qm.Query, states: frozenset[str]) -> Iterator[dict]:
         study_uids = query.uids("StudyInstanceUID")
         studies = self.index.qr_studies(states, study_uids=study_uids, patient_id=query.value("PatientID"),
-                                        accession=query.value("AccessionNumber") if query.level == qm.STUDY else None)
+                                        accession=query.value("AccessionNumber") if query.level == qm.STUDY else None,
+                                        study_dates=query.date_range("StudyDate"))
         if query.level == qm.PATIENT:
             yield from self._patients(studies, query)
             return

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -113,6 +114,16 @@ class Query:
         if m.key_vr(elem) in m.RANGE_VRS:
             return None
         return values[0]
+
+    def date_range(self, keyword: str) -> tuple[str | None, str | None] | None:
+        """The bounds of a DA key as ``YYYYMMDD`` text (None for an open end), or None when
+        it is absent or universal: what an index lookup may narrow by."""
+        elem = self.matching.data_element(keyword) if keyword in self.matching else None
+        if elem is None or m.key_vr(elem) != "DA":
+            return None
+        found = m.range_of(elem, keyword)
+        return (found.low.strftime("%Y%m%d") if found.low else None,
+                found.high.strftime("%Y%m%d") if found.high else None)
 
     def uids(self, keyword: str) -> tuple[str, ...]:
         """The UIDs a UID key lists, () when it is absent or universal."""
@@ -211,7 +222,8 @@ def record_dataset(record: Record) -> Dataset:
             value = str(value)
         elif value == "":
             value = None
-        ds.add(DataElement(tag, vr, value))
+        # As stored: a malformed value (a modality's) is matched as text, not warned about per query.
+        ds.add(DataElement(tag, vr, value, validation_mode=config.IGNORE))
     return ds
 
 
@@ -224,7 +236,8 @@ def matches(query: Query, record: Record) -> bool:
             return False
     if not len(query.matching):
         return True
-    return m.matches(query.matching, record_dataset(record))
+    keywords = [keyword_for_tag(elem.tag) for elem in query.matching]
+    return m.matches(query.matching, record_dataset({k: record[k] for k in keywords if k in record}))
 
 
 def response(query: Query, record: Record, retrieve_ae: str) -> Dataset:

@@ -238,3 +238,18 @@ def test_retrieval_identifiers(level, model, keys, expected):
 ])
 def test_who_sees_held_studies(calling, include_held, viewers, expected):
     assert qm.visible_states(calling, include_held, viewers) == expected
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"StudyDate": ""}, True),
+    ({"StudyDate": "20000101-"}, False),  # a malformed stored date is in no range
+    ({"StudyTime": "-2359"}, False),
+    ({"PatientBirthDate": "19800203"}, False),
+])
+def test_malformed_stored_values_are_matched_without_warnings(keys, expected, recwarn):
+    record = {**STUDY, "StudyDate": "2026-12-01", "StudyTime": "quarter past ten", "PatientBirthDate": "1980"}
+    query = qm.parse_query(ident("STUDY", **keys), qm.STUDY_ROOT)
+    recwarn.clear()
+    assert qm.matches(query, record) is expected
+    assert qm.response(query, record, "GATEKEEPER") is not None
+    assert [str(w.message) for w in recwarn] == []

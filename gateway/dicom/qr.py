@@ -47,7 +47,7 @@ from pynetdicom.sop_class import (
 from gateway import logs
 from gateway.destinations import move_destination
 from gateway.dicom import status as st
-from gateway.dicom import syntaxes
+from gateway.dicom import syntaxes, tuning
 from store.qr import Instance
 from store.qr_match import PATIENT_ROOT, STUDY_ROOT
 
@@ -143,7 +143,7 @@ def on_move(event, app, metrics=None):
         yield 1
         yield reply, None
         return
-    yield peer.host, peer.port, {"contexts": _contexts(instances)}
+    yield peer.host, peer.port, {"contexts": _contexts(instances), "evt_handlers": [(evt.EVT_CONN_OPEN, tuning.no_delay)]}
     yield len(instances)
     yield from _send(event, app, instances, "C-MOVE", calling, model, f"to {destination}", started, metrics)
 

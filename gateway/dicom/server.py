@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-import socket
 import threading
 import time
 
@@ -51,14 +50,7 @@ def _on_echo(event) -> int:
     return SUCCESS
 
 
-def _on_conn_open(event) -> None:
-    # pynetdicom leaves Nagle's algorithm on, which costs ~40 ms per small exchange.
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+_on_conn_open = tuning.no_delay
 
 
 def _on_accepted(event) -> None:
