@@ -18,8 +18,8 @@ class StudyRow(BaseModel):
     accession_number = pw.CharField(max_length=16, default="", index=True)
     # The order the study is linked to (empty while the accession matches none).
     order_accession = pw.CharField(max_length=16, default="", index=True)
-    patient_id = pw.CharField(max_length=64, default="")
-    study_date = pw.CharField(max_length=8, default="")
+    patient_id = pw.CharField(max_length=64, default="", index=True)  # indexed for Q/R lookups
+    study_date = pw.CharField(max_length=8, default="", index=True)
     first_received_at = pw.DateTimeField(index=True)
     last_received_at = pw.DateTimeField()
     # When the study was first held (kept after release, for the held-time figures).
