@@ -465,3 +465,16 @@ def test_info_lines_carry_uids_never_patient_names(server, studies, receiver, ca
     assert any(f"studies {ARCHIVED_UID}" in line and "3 of 3 sub-operations" in line for line in infos)
     assert not any("DOE^" in line for line in infos)
     assert any(r.levelno == logging.WARNING and "only UID keys take a list" in r.getMessage() for r in qr_records)
+
+
+def test_every_storage_context_accepts_the_role_selection_c_get_needs(app):
+    from pynetdicom import AllStoragePresentationContexts
+
+    from gateway.dicom.server import build_ae
+
+    ae, handlers = build_ae(app)
+    contexts = {c.abstract_syntax: c for c in ae.supported_contexts}
+    for storage in AllStoragePresentationContexts:
+        context = contexts[storage.abstract_syntax]
+        assert (context.scu_role, context.scp_role) == (True, True), storage.abstract_syntax
+    assert sum(1 for h in handlers if h[0] is evt.EVT_C_FIND) == 1  # one C-FIND handler routes worklist and Q/R

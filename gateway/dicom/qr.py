@@ -69,6 +69,8 @@ def add_to(ae, app, metrics=None) -> list:
     C-GET); return the C-FIND, C-MOVE and C-GET handlers."""
     for sop_class in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
         ae.add_supported_context(sop_class, syntaxes.NON_STORAGE)
+    # After storage.add_to (server.SERVICES order): pynetdicom resets the roles of a context
+    # added again, so a later add without roles would undo these.
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, syntaxes.STORAGE, scu_role=True, scp_role=True)
     return [

@@ -32,7 +32,8 @@ from infra.errors import GatekeeperError
 
 log = logging.getLogger("gateway.dicom.server")
 
-#: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``.
+#: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``
+#: (qr after storage: it sets the SCP/SCU roles of the storage contexts for C-GET).
 SERVICES = (worklist, storage, mpps, commitment, qr)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
