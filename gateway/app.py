@@ -18,6 +18,7 @@ from infra.clock import Clock, clock_from_env
 from infra.db import Database, bind, open_database
 from store import models as store_models
 from store.followup import Followup
+from store.qr import QueryRetrieve
 from store.reconcile import hold_codes_from_warn_codes
 from store.store import Store, StoreConfig
 from worklist import models as worklist_models
@@ -42,6 +43,7 @@ class App:
     store: Store = field(init=False)
     followup: Followup = field(init=False)
     users: users.Users = field(init=False)
+    qr: QueryRetrieve = field(init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -58,6 +60,8 @@ class App:
                                  filing_alert_days=s.filing_alert_days,
                                  complete_without_mpps_minutes=s.complete_without_mpps_minutes)
         self.users = users.Users(self.db, self.clock)
+        self.qr = QueryRetrieve(self.store.index, self.store.root, ae_title=s.ae_title,
+                                include_held=s.qr_include_held, held_viewers=s.qr_held_viewers)
 
     def now(self) -> dt.datetime:
         return self.clock()
@@ -78,6 +82,8 @@ class App:
     RELOADABLE = (
         ("payers", "policy", lambda app, s: app._apply_policy(s.policy)),
         ("reconcile.warn_codes", "warn_codes", lambda app, s: app._apply_warn_codes(s.warn_codes)),
+        ("qr.include_held", "qr_include_held", lambda app, s: setattr(app.qr, "include_held", s.qr_include_held)),
+        ("qr.held_viewers", "qr_held_viewers", lambda app, s: setattr(app.qr, "held_viewers", s.qr_held_viewers)),
     )
 
     def reload(self, new_settings: Settings) -> list[str]:

@@ -89,6 +89,8 @@ DECLARED: tuple[Declared, ...] = (
     Declared("jobs.complete_check_minutes", int, 5, "Minutes between checks for orders whose images arrived without MPPS; 0 = by hand only."),
     Declared("jobs.report_watch_hour", int, 7, "Hour of the day (0-23) the report and timely-filing watch runs."),
     Declared("jobs.filing_alert_days", int, 14, "Flag exams whose claim deadline is this many days away or less while the report is not final."),
+    Declared("qr.include_held", bool, False, "Let the AE titles of qr.held_viewers query and retrieve held studies too."),
+    Declared("qr.held_viewers", list, [], "AE titles that see held studies when qr.include_held is true."),
 )
 
 
@@ -203,6 +205,8 @@ class Settings:
     peers: dict[str, Peer] = field(default_factory=dict)
     modalities: dict[str, Modality] = field(default_factory=dict)
     audit_syslog: AuditSyslog | None = None  # None: the audit trail is not sent
+    qr_include_held: bool = False
+    qr_held_viewers: tuple[str, ...] = ()
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -318,6 +322,8 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         peers=_peers(raw.get("peers", {}), path),
         modalities=_modalities(raw.get("modalities", {}), path),
         audit_syslog=_audit_syslog(raw.get("audit", {}), path),
+        qr_include_held=values["qr.include_held"],
+        qr_held_viewers=tuple(_ae_title(a, "qr.held_viewers", path) for a in values["qr.held_viewers"]),
     )
 
 

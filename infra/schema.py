@@ -144,6 +144,25 @@ def add_audit_outbox(db: pw.Database) -> None:
     db.create_tables([AuditOutbox], safe=True)
 
 
+def add_query_retrieve_attributes(db: pw.Database) -> None:
+    """0.3.0 (version 6 -> 7): add the attributes the Query/Retrieve SCP matches and returns,
+    all VARCHAR NOT NULL, filled at receive time from the header: ``studies.patient_name``,
+    ``birth_date``, ``patient_sex``, ``study_time``, ``study_id``, ``study_description``,
+    ``referring_physician``; ``instances.modality``, ``series_number``, ``series_description``,
+    ``instance_number``. Existing rows get empty values (their files are not read again): such
+    studies are still found by UID, patient ID, accession number and study date, and their
+    empty attributes match only universal keys. Also indexes ``studies.patient_id`` and
+    ``studies.study_date``, which Q/R lookups narrow by."""
+    for column, length in (("patient_name", 200), ("birth_date", 8), ("patient_sex", 16), ("study_time", 16),
+                           ("study_id", 16), ("study_description", 64), ("referring_physician", 200)):
+        _add_column(db, "studies", column, pw.CharField(max_length=length, default=""))
+    for column, length in (("modality", 16), ("series_number", 12), ("series_description", 64),
+                           ("instance_number", 12)):
+        _add_column(db, "instances", column, pw.CharField(max_length=length, default=""))
+    for column in ("patient_id", "study_date"):
+        _add_index(db, "studies", column)
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
@@ -151,6 +170,7 @@ STEPS: tuple[Step, ...] = (
     add_necessity_policies,
     add_users_table,
     add_audit_outbox,
+    add_query_retrieve_attributes,
 )
 
 #: The version this program writes and reads.
@@ -274,6 +294,13 @@ def _missing(db: pw.Database, models: Sequence[type[pw.Model]]) -> list[str]:
 def migrator(db: pw.Database) -> SchemaMigrator:
     """peewee's schema migrator for ``db`` (SQLite or PostgreSQL)."""
     return SqliteMigrator(db) if isinstance(db, pw.SqliteDatabase) else PostgresqlMigrator(db)
+
+
+def _add_index(db: pw.Database, table: str, column: str) -> None:
+    """Add the non-unique index peewee names ``table_column`` unless it is there."""
+    if f"{table}_{column}" in {i.name for i in db.get_indexes(table)}:
+        return
+    run_migrations(migrator(db).add_index(table, (column,), False))
 
 
 def _add_column(db: pw.Database, table: str, column: str, field: pw.Field) -> None:

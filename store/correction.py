@@ -151,6 +151,17 @@ def correct_file(
     return changes
 
 
+def corrected_patient(order: Order) -> dict[str, str]:
+    """The index's patient query attributes (``store.models.StudyRow``) as :func:`correct` sets
+    them in every file: name and birth date from the order, sex only when the order knows it."""
+    born = order.birth_date
+    values = {"patient_name": order.patient_name.strip()[:200],
+              "birth_date": f"{born.year:04d}{born.month:02d}{born.day:02d}"}
+    if order.sex:
+        values["patient_sex"] = order.sex.strip().upper()[:16]
+    return values
+
+
 def _targets(ds: Dataset, order: Order) -> list[tuple[str, str]]:
     """(keyword, new value) for each attribute whose value the order changes."""
     born = order.birth_date

@@ -45,6 +45,15 @@ HEADER_KEYWORDS = (
     # Enhanced multi-frame objects keep laterality in Frame Anatomy (PS3.3 C.7.6.16.2.8);
     # the shared groups are small, the per-frame groups are not read.
     "SharedFunctionalGroupsSequence",
+    # For the Query/Retrieve keys (store/qr_match.py): indexed at receive time, so a
+    # query never opens a file.
+    "StudyTime",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "SeriesNumber",
+    "SeriesDescription",
+    "InstanceNumber",
 )
 HEADER_TAGS = tuple(Tag(keyword) for keyword in HEADER_KEYWORDS)
 
@@ -85,6 +94,14 @@ class InstanceHeader:
     laterality: str = ""
     study_date: str = ""
     transfer_syntax_uid: str = ""
+    # Query/Retrieve return keys (as text, padding removed).
+    study_time: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    referring_physician: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    instance_number: str = ""
 
 
 def read_header(path: str | os.PathLike[str]) -> InstanceHeader:
@@ -143,6 +160,13 @@ def _header_of(ds: Dataset) -> InstanceHeader:
         laterality=_laterality(ds),
         study_date=_text(ds, "StudyDate"),
         transfer_syntax_uid=_text(file_meta, "TransferSyntaxUID") if file_meta is not None else "",
+        study_time=_text(ds, "StudyTime"),
+        study_id=_text(ds, "StudyID"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician=_text(ds, "ReferringPhysicianName"),
+        series_number=_text(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        instance_number=_text(ds, "InstanceNumber"),
     )
 
 

@@ -44,6 +44,15 @@ class IndexedInstance(NamedTuple):
     path: str
 
 
+class StudySummary(NamedTuple):
+    """What a study's instances say of it, for the Query/Retrieve study-level keys."""
+
+    modalities: tuple[str, ...]
+    sop_classes: tuple[str, ...]
+    series: int
+    instances: int
+
+
 class Index:
     """The store's rows in one database.
 
@@ -129,6 +138,10 @@ class Index:
                 order_accession=order_accession, patient_id=header.patient_id[:64],
                 study_date=header.study_date[:8], first_received_at=now, last_received_at=now,
                 held_at=now if state == HELD else None, state_changed_at=now, instance_count=1,
+                patient_name=header.patient_name[:200], birth_date=header.birth_date[:8],
+                patient_sex=header.sex[:16], study_time=header.study_time[:16], study_id=header.study_id[:16],
+                study_description=header.study_description[:64],
+                referring_physician=header.referring_physician[:200],
             ))
         else:
             changes: dict = {"last_received_at": now}
@@ -145,7 +158,8 @@ class Index:
             study_instance_uid=study, series_instance_uid=header.series_instance_uid,
             sop_class_uid=header.sop_class_uid, transfer_syntax_uid=header.transfer_syntax_uid[:64],
             path=str(stored.path), size=stored.size, sha256=stored.sha256, received_from=calling_ae[:16],
-            received_at=now,
+            received_at=now, modality=header.modality[:16], series_number=header.series_number[:12],
+            series_description=header.series_description[:64], instance_number=header.instance_number[:12],
         )
         if existing is None:
             self._insert(InstanceRow, dict(sop_instance_uid=sop, **columns))
@@ -203,11 +217,15 @@ class Index:
         self.repath(study, tree)
 
     def set_corrected(self, row_id: int, accession: str, patient_id: str, now: dt.datetime,
-                      files: Iterable[tuple[int, StoredFile]]) -> None:
-        """The study is archived under order ``accession`` from ``now``; ``files`` are (instance row id, corrected file)."""
+                      files: Iterable[tuple[int, StoredFile]], patient: dict[str, str] | None = None) -> None:
+        """The study is archived under order ``accession`` from ``now``; ``files`` are (instance row id, corrected file).
+
+        ``patient`` holds the query attributes the corrected files now carry (``patient_name``,
+        ``birth_date``, ``patient_sex``), so a Query/Retrieve answer agrees with the files.
+        """
         StudyRow.update(state=ARCHIVED, state_changed_at=now, accession_number=accession,
-                        order_accession=accession, patient_id=patient_id,
-                        pending_files=PRUNE).where(StudyRow.id == row_id).execute()
+                        order_accession=accession, patient_id=patient_id, pending_files=PRUNE,
+                        **(patient or {})).where(StudyRow.id == row_id).execute()
         for instance_id, new in files:
             InstanceRow.update(path=str(new.path), size=new.size, sha256=new.sha256).where(
                 InstanceRow.id == instance_id).execute()
@@ -348,3 +366,62 @@ class Index:
                                                (root / r.path).is_file())
             for r in rows
         }
+
+    # ------------------------------------------------------------------ query/retrieve
+
+    def qr_studies(self, states: Iterable[str], *, study_uids: Iterable[str] = (), patient_id: str | None = None,
+                   accession: str | None = None,
+                   study_dates: tuple[str | None, str | None] | None = None) -> list[StudyRow]:
+        """Studies in ``states``, narrowed by the values given (the Q/R SQL pre-filter): UIDs,
+        an exact Patient ID or Accession Number, a range of Study Dates (``YYYYMMDD`` text
+        compares as the dates do; an empty or malformed stored date is in no range)."""
+        query = StudyRow.select().where(StudyRow.state.in_(list(states)))
+        uids = sorted(set(study_uids))
+        if uids:
+            query = query.where(StudyRow.study_instance_uid.in_(uids))
+        if patient_id is not None:
+            query = query.where(StudyRow.patient_id == patient_id)
+        if accession is not None:
+            query = query.where(StudyRow.accession_number == accession)
+        if study_dates is not None:
+            low, high = study_dates
+            query = query.where(pw.fn.LENGTH(StudyRow.study_date) == 8)
+            if low:
+                query = query.where(StudyRow.study_date >= low)
+            if high:
+                query = query.where(StudyRow.study_date <= high)
+        return list(query.order_by(StudyRow.first_received_at, StudyRow.study_instance_uid))
+
+    def qr_instances(self, studies: Iterable[str], *, series_uids: Iterable[str] = (),
+                     sop_uids: Iterable[str] = ()) -> list[InstanceRow]:
+        """The instance rows of ``studies``, optionally only of some series or instances, in the order received."""
+        rows: list[InstanceRow] = []
+        series, sops = sorted(set(series_uids)), sorted(set(sop_uids))
+        for batch in batches(sorted(set(studies))):
+            query = InstanceRow.select().where(InstanceRow.study_instance_uid.in_(batch))
+            if series:
+                query = query.where(InstanceRow.series_instance_uid.in_(series))
+            if sops:
+                query = query.where(InstanceRow.sop_instance_uid.in_(sops))
+            rows.extend(query)
+        rows.sort(key=lambda r: r.id)
+        return rows
+
+    def qr_summary(self, studies: Iterable[str]) -> dict[str, StudySummary]:
+        """For each of ``studies``: its modalities and SOP classes, and how many series and instances it has."""
+        found: dict[str, tuple[set, set, set, list]] = {}
+        for batch in batches(sorted(set(studies))):
+            query = (InstanceRow.select(InstanceRow.study_instance_uid, InstanceRow.series_instance_uid,
+                                        InstanceRow.modality, InstanceRow.sop_class_uid, pw.fn.COUNT(InstanceRow.id))
+                     .where(InstanceRow.study_instance_uid.in_(batch))
+                     .group_by(InstanceRow.study_instance_uid, InstanceRow.series_instance_uid, InstanceRow.modality,
+                               InstanceRow.sop_class_uid).tuples())
+            for study, series, modality, sop_class, count in query:
+                modalities, classes, serieses, counts = found.setdefault(study, (set(), set(), set(), [0]))
+                if modality:
+                    modalities.add(modality)
+                classes.add(sop_class)
+                serieses.add(series)
+                counts[0] += count
+        return {study: StudySummary(tuple(sorted(a)), tuple(sorted(b)), len(c), d[0])
+                for study, (a, b, c, d) in found.items()}

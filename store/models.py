@@ -18,8 +18,8 @@ class StudyRow(BaseModel):
     accession_number = pw.CharField(max_length=16, default="", index=True)
     # The order the study is linked to (empty while the accession matches none).
     order_accession = pw.CharField(max_length=16, default="", index=True)
-    patient_id = pw.CharField(max_length=64, default="")
-    study_date = pw.CharField(max_length=8, default="")
+    patient_id = pw.CharField(max_length=64, default="", index=True)  # indexed for Q/R lookups
+    study_date = pw.CharField(max_length=8, default="", index=True)
     first_received_at = pw.DateTimeField(index=True)
     last_received_at = pw.DateTimeField()
     # When the study was first held (kept after release, for the held-time figures).
@@ -36,6 +36,15 @@ class StudyRow(BaseModel):
     # in the same transaction as the state change and clears it once the files are in
     # place; the server finishes what a crash interrupted at start.
     pending_files = pw.CharField(max_length=8, null=True)
+    # Query/Retrieve attributes (store/qr_match.py), from the first instance received (a
+    # correction sets the patient's from the order). Empty for studies received before 0.3.0.
+    patient_name = pw.CharField(max_length=200, default="")
+    birth_date = pw.CharField(max_length=8, default="")
+    patient_sex = pw.CharField(max_length=16, default="")
+    study_time = pw.CharField(max_length=16, default="")
+    study_id = pw.CharField(max_length=16, default="")
+    study_description = pw.CharField(max_length=64, default="")
+    referring_physician = pw.CharField(max_length=200, default="")
 
     class Meta:
         table_name = "studies"
@@ -52,6 +61,12 @@ class InstanceRow(BaseModel):
     sha256 = pw.CharField(max_length=64)
     received_from = pw.CharField(max_length=16, default="")
     received_at = pw.DateTimeField()
+    # Query/Retrieve attributes of the instance and its series (store/qr_match.py); empty
+    # for instances received before 0.3.0.
+    modality = pw.CharField(max_length=16, default="")
+    series_number = pw.CharField(max_length=12, default="")
+    series_description = pw.CharField(max_length=64, default="")
+    instance_number = pw.CharField(max_length=12, default="")
 
     class Meta:
         table_name = "instances"

@@ -18,7 +18,7 @@ from infra.clock import Clock
 from infra.errors import InvalidInput, NotFound, Refused, StorageFailure, WrongState
 from store import archive as trees
 from store.archive import WRITE_ERRORS, Archive, StoredFile, unlink_quietly
-from store.correction import correct_file
+from store.correction import correct_file, corrected_patient
 from store.header import read_header
 from store.index import PRUNE, Index
 from store.models import InstanceRow, StudyRow
@@ -224,7 +224,8 @@ class Review:
             with self.index.transaction():
                 codes = list(self.index.hold_codes([study]).get(study, ()))
                 self.index.set_corrected(row.id, order.accession_number, order.patient_id, now,
-                                         [(instance.id, new) for (instance, _, _), new in zip(written, stored)])
+                                         [(instance.id, new) for (instance, _, _), new in zip(written, stored)],
+                                         patient=corrected_patient(order))
                 self.index.replace_findings(study, found, now)
                 audit.record(now, user, AUDIT_CORRECTED, study, reason, accession_number=order.accession_number,
                              previous_accession=row.accession_number, instances=len(written), changed=changed,

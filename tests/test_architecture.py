@@ -27,7 +27,7 @@ ALLOWED = {
 PURE = ("worklist/gating.py", "worklist/npi.py", "worklist/policy.py", "worklist/orders.py", "worklist/intake.py",
         "worklist/watch.py", "worklist/mpps.py", "worklist/claim_response.py", "worklist/mwl.py", "worklist/mwl_item.py",
         "worklist/mwl_match.py", "worklist/necessity.py", "store/reconcile.py", "store/aging.py", "store/daily.py",
-        "store/commitment.py", "store/states.py", "store/report.py", "store/watch.py")
+        "store/commitment.py", "store/states.py", "store/report.py", "store/watch.py", "store/qr_match.py")
 IMPURE_MODULES = {"peewee", "playhouse", "pynetdicom", "socket", "os", "shutil", "sqlite3", "psycopg2", "time",
                   "apscheduler", "infra.db", "infra.audit", "infra.clock"}
 

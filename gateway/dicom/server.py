@@ -1,7 +1,7 @@
 """``gatekeeper serve``: one pynetdicom AE carrying every DICOM service, until SIGTERM.
 
 Wiring only. Each service module (:mod:`.worklist`, :mod:`.storage`, :mod:`.mpps`,
-:mod:`.commitment`) adds its presentation contexts to the AE and returns its event
+:mod:`.commitment`, :mod:`.qr`) adds its presentation contexts to the AE and returns its event
 handlers, bound to the use cases of the app; this module adds C-ECHO, association
 logging, TCP_NODELAY, who may talk to the gate (:mod:`.permissions`: the access rules of
 :mod:`.access` at association time and before every service handler), admission control (:mod:`.guard`: limits
@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-import socket
 import threading
 import time
 
@@ -25,7 +24,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway import audit_trail, jobs, logs
 from gateway.app import App
-from gateway.dicom import access, commitment, guard, mpps, permissions, storage, syntaxes, tls, tuning, worklist
+from gateway.dicom import access, commitment, guard, mpps, permissions, qr, storage, syntaxes, tls, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from gateway.http import desk as http_desk
 from gateway.http import health
@@ -36,8 +35,9 @@ from infra.errors import GatekeeperError
 
 log = logging.getLogger("gateway.dicom.server")
 
-#: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``.
-SERVICES = (worklist, storage, mpps, commitment)
+#: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``
+#: (qr after storage: it sets the SCP/SCU roles of the storage contexts for C-GET).
+SERVICES = (worklist, storage, mpps, commitment, qr)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
 #: longer one is refused with an A-ABORT (tuning.py, change 5).
@@ -54,14 +54,7 @@ def _on_echo(event) -> int:
     return SUCCESS
 
 
-def _on_conn_open(event) -> None:
-    # pynetdicom leaves Nagle's algorithm on, which costs ~40 ms per small exchange.
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+_on_conn_open = tuning.no_delay
 
 
 def _on_tls_connection(event, refusals: permissions.Refusals, s) -> None:
@@ -148,7 +141,27 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     ]
     for service in SERVICES:
         handlers.extend(service.add_to(ae, app, metrics))
-    return ae, rules.guarded(handlers)
+    return ae, rules.guarded(_route_finds(handlers))
+
+
+def _route_finds(handlers: list) -> list:
+    """One EVT_C_FIND handler for every service that answers C-FIND.
+
+    pynetdicom binds one handler to an intervention event such as EVT_C_FIND. A handler
+    with a ``sop_classes`` attribute (the Q/R models) gets the requests of those SOP
+    classes; the one without (the worklist's) gets the rest.
+    """
+    finds = [h for h in handlers if h[0] is evt.EVT_C_FIND]
+    if len(finds) < 2:
+        return handlers
+    routes = {uid: h for h in finds for uid in getattr(h[1], "sop_classes", ())}
+    default = next((h for h in finds if not hasattr(h[1], "sop_classes")), finds[0])
+
+    def on_find(event):
+        route = routes.get(str(event.request.AffectedSOPClassUID), default)
+        return route[1](event, *(route[2] if len(route) > 2 else ()))
+
+    return [h for h in handlers if h[0] is not evt.EVT_C_FIND] + [(evt.EVT_C_FIND, on_find)]
 
 
 def serve(app: App, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:

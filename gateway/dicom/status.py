@@ -27,6 +27,11 @@ CANNOT_UNDERSTAND = 0xC000  # C-STORE: cannot understand; C-FIND: unable to proc
 
 # Any DIMSE service (PS3.7 Annex C, general status): the caller may not invoke the operation.
 REFUSED_NOT_AUTHORIZED = 0x0124
+# C-MOVE and C-GET (PS3.4 C.4.2.1.5, C.4.3.1.4)
+MOVE_DESTINATION_UNKNOWN = 0xA801  # C-MOVE: no such Move Destination, or it refused the association
+SUBOPERATIONS_FAILED = 0xA702  # every sub-operation failed (pynetdicom answers it)
+SUBOPERATIONS_WARNING = 0xB000  # some sub-operations failed or had warnings (pynetdicom answers it)
+RETRIEVE_OUT_OF_RESOURCES = 0xA701  # refused: out of resources, unable to calculate the matches
 
 # N-CREATE, N-SET, N-ACTION (PS3.7 C.4)
 PROCESSING_FAILURE = 0x0110
@@ -51,6 +56,7 @@ COMMIT_FAILURE_NO_SUCH_OBJECT = 0x0112  # never received
 COMMIT_FAILURE_CLASS_INSTANCE_CONFLICT = 0x0119  # received under another SOP class
 
 C_FIND, C_STORE, MPPS, N_ACTION = "C-FIND", "C-STORE", "MPPS", "N-ACTION"
+C_MOVE, C_GET = "C-MOVE", "C-GET"
 
 #: For each service: (error class, status), the first class the error is an instance of wins.
 #: An error of no listed class (a bug, a lost database) gets the service's last resort.
@@ -64,9 +70,13 @@ _FAILURES: dict[str, tuple[tuple[type[Exception], int], ...]] = {
            (WrongState, PROCESSING_FAILURE)),
     N_ACTION: ((NotSupported, NO_SUCH_ACTION_TYPE), (NotFound, NO_SUCH_SOP_INSTANCE),
                (InvalidInput, INVALID_ARGUMENT_VALUE)),
+    C_MOVE: ((Undecodable, CANNOT_UNDERSTAND), (InvalidInput, DOES_NOT_MATCH_SOP_CLASS),
+             (OutOfResources, RETRIEVE_OUT_OF_RESOURCES)),
+    C_GET: ((Undecodable, CANNOT_UNDERSTAND), (InvalidInput, DOES_NOT_MATCH_SOP_CLASS),
+            (OutOfResources, RETRIEVE_OUT_OF_RESOURCES)),
 }
 _LAST_RESORT = {C_FIND: CANNOT_UNDERSTAND, C_STORE: CANNOT_UNDERSTAND, MPPS: PROCESSING_FAILURE,
-                N_ACTION: PROCESSING_FAILURE}
+                N_ACTION: PROCESSING_FAILURE, C_MOVE: CANNOT_UNDERSTAND, C_GET: CANNOT_UNDERSTAND}
 #: The Error Comment (LO, 64 characters) of a C-STORE failure; the log has the whole story.
 _STORE_COMMENTS = {
     OUT_OF_RESOURCES: "Storage full or over quota; not stored, retry later",

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import socket
 import struct
 import threading
 import time
@@ -72,6 +73,17 @@ log = logging.getLogger("gateway.dicom.tuning")
 #: The folder each serving AE's received datasets are written to.
 _RECEIVE_DIRS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _original_named_temporary_file = dimse_messages.NamedTemporaryFile
+
+
+def no_delay(event) -> None:
+    """EVT_CONN_OPEN: turn Nagle's algorithm off; pynetdicom leaves it on, which costs ~40 ms
+    per small exchange (every C-STORE response, every C-FIND answer)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def apply() -> None:
