@@ -41,6 +41,8 @@ class OrderRow(BaseModel):
     scheduled_procedure_step_id = pw.CharField(max_length=16, default="")
     # The auth whose unit this order used when its MPPS completed (used once per order).
     auth_unit_used = pw.CharField(null=True)
+    report_status = pw.CharField(max_length=16, default="")
+    report_status_at = pw.DateTimeField(null=True)
     # Last decision recorded by the re-evaluation job: "served" or "withheld", with codes.
     last_decision = pw.CharField(max_length=8, null=True)
     last_reasons = pw.CharField(default="")
@@ -83,6 +85,8 @@ class OrderRow(BaseModel):
             requested_procedure_id=self.requested_procedure_id,
             scheduled_procedure_step_id=self.scheduled_procedure_step_id,
             auth_unit_used=self.auth_unit_used or None,
+            report_status=self.report_status or "",
+            report_status_at=self.report_status_at,
         )
 
 
@@ -204,4 +208,21 @@ class MppsRow(BaseModel):
         table_name = "mpps"
 
 
-MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow]
+class FeedAnswerRow(BaseModel):
+    """The answer given to one message of the RIS feed, by sender and control ID (HL7 MSH-3,
+    MSH-4, MSH-10): a message sent again gets this answer again and changes nothing."""
+
+    sending_application = pw.CharField(max_length=227)
+    sending_facility = pw.CharField(max_length=227)
+    control_id = pw.CharField(max_length=199)
+    message_type = pw.CharField(max_length=16)
+    code = pw.CharField(max_length=2)  # AA, AE or AR
+    answer = pw.TextField()
+    received_at = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "feed_answers"
+        indexes = ((("sending_application", "sending_facility", "control_id"), True),)
+
+
+MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow, FeedAnswerRow]

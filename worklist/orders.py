@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 ORDER_STATUSES = ("scheduled", "in-progress", "completed", "cancelled", "discontinued")
 #: Statuses under which an order may appear on the worklist (docs/rules.md, rule 1).
 WORKABLE_STATUSES = ("scheduled", "in-progress")
+#: The RIS's report statuses of an order (HL7 ORU, OBR-25); "" is none yet.
+REPORT_STATUSES = ("", "preliminary", "final", "corrected")
 #: Authorization statuses (auth.schema.json).
 AUTH_STATUSES = ("approved", "pended", "denied", "cancelled")
 #: Laterality values used by orders and auths: left, right, bilateral.
@@ -57,6 +59,10 @@ class Order:
     scheduled_procedure_step_id: str = ""
     #: The auth whose unit this order used when its exam completed (MPPS), once per order.
     auth_unit_used: str | None = None
+    #: The RIS's report status (HL7 ORU, OBR-25): "" none, "preliminary", "final" or "corrected".
+    report_status: str = ""
+    #: When the RIS says the report reached that status (OBR-22), or None.
+    report_status_at: dt.datetime | None = None
 
     @property
     def scheduled_date(self) -> dt.date:
