@@ -39,6 +39,7 @@ def write_settings(folder: Path, port: int | None = None, extra: str = "", datab
     text = text.replace("port = 11112", f"port = {port or free_port()}")
     text = text.replace("min_free_mb = 1024", "min_free_mb = 16")  # test machines may have little room
     text = text.replace("port = 9102", "port = 0")  # metrics off unless a test asks for them
+    text = text.replace("port = 2575", "port = 0")  # no HL7 listener unless a test asks for one
     if database_url:
         text = text.replace('url = "sqlite:///var/gatekeeper.db"', f'url = "{database_url}"')
     path = folder / "settings.toml"

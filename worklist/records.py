@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 from infra import audit
 from infra.db import batches, upsert_many
 from worklist.gating import Decision, decide
-from worklist.models import AuthRow, MppsRow, OrderRow, OverrideRow, auth_columns, order_columns
+from worklist.models import AuthRow, FeedAnswerRow, MppsRow, OrderRow, OverrideRow, auth_columns, order_columns
 from worklist.orders import WORKABLE_STATUSES, Auth, Order, Override
 from worklist.policy import PayerPolicy
 
@@ -247,3 +247,53 @@ def decide_all(orders: Sequence[Order], policy: PayerPolicy, today: dt.date) -> 
 def completed_steps_since(start: dt.datetime) -> int:
     """MPPS steps completed from ``start`` on."""
     return MppsRow.select().where((MppsRow.status == "COMPLETED") & (MppsRow.updated_at >= start)).count()
+
+
+# ------------------------------------------------------------------------ the RIS feed
+
+
+def recorded_orders(accessions: Iterable[str]) -> list[Recorded]:
+    """These orders with the state the re-evaluation last recorded for them, by id."""
+    found = []
+    for batch in batches(sorted(set(accessions) - {""})):
+        found.extend(Recorded(r.id, r.to_order(), r.last_decision, r.last_reasons)
+                     for r in OrderRow.select().where(OrderRow.accession_number.in_(batch)))
+    return sorted(found, key=lambda r: r.id)
+
+
+def orders_of_patient(patient_id: str, *, open_only: bool = False) -> list[Order]:
+    """Every order (or every open order) of one patient ID, by time then accession number."""
+    query = OrderRow.select().where(OrderRow.patient_id == patient_id)
+    if open_only:
+        query = query.where(OrderRow.status.in_(WORKABLE_STATUSES))
+    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number)]
+
+
+def set_report_status(accession_number: str, status: str, at: dt.datetime | None, now: dt.datetime) -> bool:
+    """Write an order's report status; False when no order has that accession number."""
+    query = OrderRow.update(report_status=status, report_status_at=at, updated_at=now)
+    return query.where(OrderRow.accession_number == accession_number).execute() == 1
+
+
+@dataclass(frozen=True)
+class FeedAnswer:
+    """The answer given to one feed message before."""
+
+    code: str
+    answer: str
+    received_at: dt.datetime
+
+
+def feed_answer(application: str, facility: str, control_id: str) -> FeedAnswer | None:
+    """The answer given to the message with this sender and control ID, or None."""
+    row = FeedAnswerRow.get_or_none((FeedAnswerRow.sending_application == application)
+                                    & (FeedAnswerRow.sending_facility == facility)
+                                    & (FeedAnswerRow.control_id == control_id))
+    return FeedAnswer(row.code, row.answer, row.received_at) if row else None
+
+
+def add_feed_answer(application: str, facility: str, control_id: str, message_type: str, code: str,
+                    answer: str, now: dt.datetime) -> None:
+    """Keep the answer to one feed message (inside the caller's transaction)."""
+    FeedAnswerRow.create(sending_application=application, sending_facility=facility, control_id=control_id,
+                         message_type=message_type, code=code, answer=answer, received_at=now)

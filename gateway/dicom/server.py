@@ -6,7 +6,8 @@ handlers, bound to the use cases of the app; this module adds C-ECHO, associatio
 logging, TCP_NODELAY, the calling-AE allow list, admission control (:mod:`.guard`: limits
 on associations, in all and per address, and on the time to associate), the scheduled jobs,
 the server's metrics (:mod:`gateway.metrics`, handed to every service's handlers) with
-``/healthz`` and ``/metrics`` (:mod:`gateway.http.health`), and a clean shutdown.
+``/healthz`` and ``/metrics`` (:mod:`gateway.http.health`), the HL7 listener of the RIS feed
+(:mod:`gateway.hl7.listener`), and a clean shutdown.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway import jobs, logs
 from gateway.app import App
 from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
+from gateway.hl7 import listener as hl7_listener
 from gateway.http import health
 from gateway.metrics import Metrics
 from gateway.settings import SettingsError, load, port_unavailable
@@ -147,6 +149,13 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     except GatekeeperError:
         server.shutdown()
         raise
+    try:
+        feed = hl7_listener.start(app)  # the RIS feed (MLLP); None when hl7.port = 0
+    except GatekeeperError:
+        if web is not None:
+            web.stop()
+        server.shutdown()
+        raise
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         # As for SIGHUP below: the handler only puts on a queue; a thread sets the event,
@@ -168,6 +177,8 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         log.info("shutting down: finishing open associations")
         if web is not None:
             web.stop()
+        if feed is not None:
+            feed.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         server.shutdown()
