@@ -145,7 +145,7 @@ def _order(parsed: Parsed, context: Context, n: int, orc, obr, ipc, tq1) -> tupl
             if text:
                 put(path, text, location)
                 return
-        put(path, "", options[0][1])
+        put(path, "", options[-1][1])
 
     first("accession_number", (value(ipc, 1), f"IPC^{n}^1"), (value(obr, 18), f"OBR^{n}^18"),
           (value(obr, 3), f"OBR^{n}^3"))
