@@ -237,11 +237,12 @@ class Feed:
             order = _checked(record, event.where)
             if order == existing:
                 return []
-        records.upsert_orders(self.db, [order], now, user=sender.user, source=sender.source)
+        records.upsert_orders(self.db, [order], now, user=sender.user, source=sender.source, audited=False)
         audit.record(now, sender.user, "order.feed", accession, f"ORC-1 {event.control}",
                      control=event.control, status=order.status, sending_application=sender.application,
                      sending_facility=sender.facility, control_id=sender.control_id)
-        self.gate.regate([accession], user=sender.user)
+        if existing is not None:  # a new order has no recorded decision to flip; the job records its first
+            self.gate.regate([accession], user=sender.user)
         return [accession]
 
     def _report(self, sender: Sender, event: ReportEvent) -> list[str]:
@@ -267,7 +268,7 @@ class Feed:
             if new != order:
                 changed.append(new)
         if changed:
-            records.upsert_orders(self.db, changed, now, user=sender.user, source=sender.source)
+            records.upsert_orders(self.db, changed, now, user=sender.user, source=sender.source, audited=False)
             for order in changed:
                 audit.record(now, sender.user, "order.patient_update", order.accession_number, sender.source,
                              fields=sorted(event.fields), sending_application=sender.application,
@@ -287,7 +288,7 @@ class Feed:
             record["patient"]["issuer"] = event.issuer
             moved.append(_checked(record, event.where))
         if moved:
-            records.upsert_orders(self.db, moved, now, user=sender.user, source=sender.source)
+            records.upsert_orders(self.db, moved, now, user=sender.user, source=sender.source, audited=False)
         for order in moved:
             audit.record(now, sender.user, "order.patient_merge", order.accession_number, sender.source,
                          prior_patient_id=event.prior_id, patient_id=event.patient_id,

@@ -40,7 +40,7 @@ class ImportResult:
 
 
 def upsert_orders(db: pw.Database, orders: Sequence[Order], now: dt.datetime, *, user: str,
-                  source: str) -> ImportResult:
+                  source: str, audited: bool = True) -> ImportResult:
     """Upsert orders by accession number, all in one transaction, and audit the import.
 
     An order without a Study Instance UID gets one on first import; later imports
@@ -72,7 +72,8 @@ def upsert_orders(db: pw.Database, orders: Sequence[Order], now: dt.datetime, *,
                 else:
                     created += 1
             upsert_many(db, OrderRow, rows, "accession_number", keep=("imported_at",))
-        audit.record(now, user, "orders.import", source or "orders", created=created, updated=updated)
+        if audited:  # a caller that audits each order itself (the RIS feed) says so
+            audit.record(now, user, "orders.import", source or "orders", created=created, updated=updated)
     return ImportResult(created, updated)
 
 
@@ -123,8 +124,33 @@ def order(accession_number: str) -> Order | None:
     """The order with this accession number; None for none or an empty one."""
     if not accession_number:
         return None
-    row = OrderRow.get_or_none(OrderRow.accession_number == accession_number)
+    row = _one(OrderRow, OrderRow.accession_number, accession_number)
     return row.to_order() if row else None
+
+
+#: SQL of the one-row lookups by (model, column, dialect): peewee builds a query's SQL anew
+#: each time, which costs more than the lookup itself for a row as wide as an order's.
+_LOOKUPS: dict[tuple, str] = {}
+
+
+def _one(model: type[pw.Model], *where: pw.Field | str):
+    """The row of ``model`` whose columns equal the values (``column, value, column, value...``), or None."""
+    columns, values = where[0::2], where[1::2]
+    db = model._meta.database
+    key = (model, tuple(c.name for c in columns), type(db), db.param)
+    sql = _LOOKUPS.get(key)
+    if sql is None:
+        condition = columns[0] == values[0]
+        for column, value in zip(columns[1:], values[1:]):
+            condition &= column == value
+        sql = _LOOKUPS[key] = model.select().where(condition).limit(1).sql()[0]
+    cursor = db.execute_sql(sql, [c.db_value(v) for c, v in zip(columns, values)] + [1])
+    found = cursor.fetchone()
+    if found is None:
+        return None
+    names = [d[0] for d in cursor.description]
+    fields = model._meta.columns
+    return model(**{fields[n].name: fields[n].python_value(v) for n, v in zip(names, found)})
 
 
 def orders_by_accession(accessions: Iterable[str]) -> dict[str, Order]:
@@ -286,14 +312,20 @@ class FeedAnswer:
 
 def feed_answer(application: str, facility: str, control_id: str) -> FeedAnswer | None:
     """The answer given to the message with this sender and control ID, or None."""
-    row = FeedAnswerRow.get_or_none((FeedAnswerRow.sending_application == application)
-                                    & (FeedAnswerRow.sending_facility == facility)
-                                    & (FeedAnswerRow.control_id == control_id))
+    row = _one(FeedAnswerRow, FeedAnswerRow.sending_application, application, FeedAnswerRow.sending_facility,
+               facility, FeedAnswerRow.control_id, control_id)
     return FeedAnswer(row.code, row.answer, row.received_at) if row else None
 
 
 def add_feed_answer(application: str, facility: str, control_id: str, message_type: str, code: str,
                     answer: str, now: dt.datetime) -> None:
     """Keep the answer to one feed message (inside the caller's transaction)."""
-    FeedAnswerRow.create(sending_application=application, sending_facility=facility, control_id=control_id,
-                         message_type=message_type, code=code, answer=answer, received_at=now)
+    values = dict(sending_application=application, sending_facility=facility, control_id=control_id,
+                  message_type=message_type, code=code, answer=answer, received_at=now)
+    db = FeedAnswerRow._meta.database
+    key = (FeedAnswerRow, "insert", type(db), db.param)
+    sql = _LOOKUPS.get(key)
+    if sql is None:
+        sql = _LOOKUPS[key] = FeedAnswerRow.insert(**values).sql()[0]
+    fields = FeedAnswerRow._meta.fields
+    db.execute_sql(sql, [fields[name].db_value(value) for name, value in values.items()])

@@ -96,6 +96,7 @@ def parse(data: bytes, default_charset: str) -> Parsed:
     """``data`` (one message, without MLLP framing) decoded and parsed; :class:`Unreadable` if it cannot be."""
     latin = data.decode("latin-1")  # every byte is a character: enough to read MSH-18
     text = _segments(latin)
+    plain = data.isascii()  # the same text in every character set taken: parsed once
     if not text.startswith("MSH") or len(text) < 8:
         raise Unreadable("100", "the message does not start with an MSH segment; send MSH first")
     message = _parse(text)
@@ -104,7 +105,7 @@ def parse(data: bytes, default_charset: str) -> Parsed:
     if codec is None:
         raise Unreadable("102", f"MSH-18 names the character set {name!r}, which is not taken; send "
                                 f"{', '.join(repr(c) for c in HL7_CHARSETS)}", "MSH^1^18")
-    if codec != "latin-1":
+    if codec != "latin-1" and not plain:
         try:
             message = _parse(_segments(data.decode(codec)))
         except UnicodeDecodeError as exc:
