@@ -8,22 +8,39 @@ import datetime as dt
 import hl7
 import pytest
 
-from gateway.app import open_app
+from gateway.app import MODELS, open_app
 from gateway.hl7.listener import Receiver
 from gateway.hl7.message import field
 from gateway.settings import load
+from infra import schema
 from infra.audit import AuditEvent
+from infra.db import open_database
 from tests.conftest import EXAMPLE_NOW, Clock, import_auths, write_settings
 from tests.hl7_messages import edited, example, hl7_settings
 from worklist.models import FeedAnswerRow, OrderRow
 from worklist.orders import Auth
 
 
-@pytest.fixture
-def feed_app(tmp_path):
-    app = open_app(load(hl7_settings(write_settings(tmp_path)), environ={}), clock=Clock(EXAMPLE_NOW))
+@pytest.fixture(params=["sqlite", "postgres"])
+def feed_app(request, tmp_path):
+    """An app with the tests' [hl7] settings on a fresh SQLite file, and on PostgreSQL."""
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        empty(url)
+    app = open_app(load(hl7_settings(write_settings(tmp_path, database_url=url)), environ={}),
+                   clock=Clock(EXAMPLE_NOW))
     yield app
     app.close()
+
+
+def empty(url: str) -> None:
+    """Drop every table of the product from the PostgreSQL database of the tests."""
+    db = open_database(url)
+    db.connect()
+    for table in [m._meta.table_name for m in MODELS] + [schema.VERSION_TABLE]:
+        db.execute_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+    db.close()
 
 
 @pytest.fixture
@@ -282,3 +299,22 @@ def test_an_application_error_is_an_ae_and_changes_nothing(receiver, monkeypatch
     ack = answer(receiver, example("orm_nw_v231"))
     assert code(ack) == "AE" and errors(ack) == [("MSH^1^10", "207")]
     assert "disk on fire" not in str(ack) and snapshot() == [] and FeedAnswerRow.select().count() == 0
+
+
+def test_the_same_message_on_two_connections_at_once_is_applied_once(receiver, feed_app, monkeypatch):
+    """The second arrives while the first is uncommitted: it sees no answer yet, applies, and
+    fails on the answer's key; it is rolled back and gets the first answer."""
+    from worklist import records
+
+    first = receiver.answer(example("orm_nw_v231"))
+    real = records.feed_answer
+    calls = []
+
+    def not_yet(*key):
+        calls.append(key)
+        return None if len(calls) == 1 else real(*key)  # the first look sees nothing, as a race would
+
+    monkeypatch.setattr(records, "feed_answer", not_yet)
+    before = snapshot()
+    assert receiver.answer(example("orm_nw_v231")) == first
+    assert snapshot() == before and FeedAnswerRow.select().count() == 1 and len(calls) == 2

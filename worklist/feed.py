@@ -164,8 +164,20 @@ class Feed:
     def receive(self, sender: Sender, message: Message, answer: Callable[[Outcome], str]) -> tuple[Outcome, str]:
         """Apply ``message`` whole or not at all and keep ``answer(outcome)``; both committed on return.
 
-        The same sender and control ID again: the first answer, and nothing changes.
+        The same sender and control ID again: the first answer, and nothing changes. Two
+        connections sending the same message at once: one applies it, the other's transaction
+        fails on the answer's unique key, is rolled back whole, and gets the first answer.
         """
+        try:
+            return self._receive(sender, message, answer)
+        except pw.IntegrityError:
+            before = records.feed_answer(sender.application, sender.facility, sender.control_id)
+            if before is None:
+                raise
+            log.info("%s arrived twice at once: answered %s as the first", sender.source, before.code)
+            return Outcome(before.code, repeated=True), before.answer
+
+    def _receive(self, sender: Sender, message: Message, answer: Callable[[Outcome], str]) -> tuple[Outcome, str]:
         with self.db.atomic():
             before = records.feed_answer(sender.application, sender.facility, sender.control_id)
             if before is not None:
