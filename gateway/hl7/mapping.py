@@ -9,6 +9,7 @@ The values are checked by the same rules as a file import (:mod:`worklist.intake
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 
@@ -353,13 +354,12 @@ def hl7_datetime(text: str) -> str:
     return iso + (f"{offset[:3]}:{offset[3:]}" if offset else "")
 
 
-def _local(iso: str):
-    import datetime as dt
-
-    value_ = dt.datetime.fromisoformat(iso)
-    if value_.tzinfo is not None:
+def _local(iso: str) -> dt.datetime:
+    """A local date-time from ISO text; ValueError for other text or one with a UTC offset."""
+    when = dt.datetime.fromisoformat(iso)
+    if when.tzinfo is not None:
         raise ValueError("has an offset")
-    return value_
+    return when
 
 
 def _set(node: dict, key: str, text: str) -> None:
