@@ -5,7 +5,9 @@ each committed before its ACK, against the same orders imported as one NDJSON fi
                                             GATEKEEPER_TEST_PG_URL names a database to empty)
 
 Prints messages per second (sustained: the client sends the next message when the ACK of
-the last has come) and the NDJSON import's orders per second on a fresh database.
+the last has come) and the NDJSON import's orders per second on a fresh database; first,
+the floor: how many durable one-row commits per second SQLite makes on this disk, which
+bounds a feed that commits every message before its ACK.
 """
 
 from __future__ import annotations
@@ -114,6 +116,26 @@ def feed(count: int, url: str | None) -> float:
     return seconds
 
 
+def commit_floor(count: int = 1000) -> float:
+    """Durable one-row commits per second on this disk (SQLite, WAL, synchronous=FULL, as the
+    gatekeeper opens it): the ceiling of any feed that commits each message before its ACK."""
+    import sqlite3
+
+    with tempfile.TemporaryDirectory() as folder:
+        conn = sqlite3.connect(f"{folder}/floor.db", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=wal")
+        conn.execute("PRAGMA synchronous=full")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        start = time.perf_counter()
+        for i in range(count):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+            conn.execute("COMMIT")
+        seconds = time.perf_counter() - start
+        conn.close()
+    return count / seconds
+
+
 def ndjson(count: int, url: str | None) -> float:
     records, _ = orders_and_auths(count, first_day=FIRST_DAY, days=max(count // 400, 1))
     text = "\n".join(json.dumps(r) for r in records)
@@ -135,6 +157,8 @@ if __name__ == "__main__":
     databases = [("SQLite", None)]
     if os.environ.get("GATEKEEPER_TEST_PG_URL"):
         databases.append(("PostgreSQL", os.environ["GATEKEEPER_TEST_PG_URL"]))
+    print(f"floor: {commit_floor():,.0f} durable one-row SQLite commits/s on this disk (WAL, synchronous=FULL)",
+          flush=True)
     for name, url in databases:
         for n in sizes:
             hl7_seconds = feed(n, url)

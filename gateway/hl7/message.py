@@ -8,6 +8,7 @@ lone ``<LF>`` into the ``<CR>`` that ends a segment, and gives plain access to f
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -78,11 +79,16 @@ class Parsed:
     def message_type(self) -> str:
         return f"{self.message_code}^{self.event}" if self.event else self.message_code
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, list[hl7.Segment]]:
+        found: dict[str, list[hl7.Segment]] = {}
+        for segment in self.message:
+            found.setdefault(str(segment[0]), []).append(segment)
+        return found
+
     def segments(self, name: str) -> list[hl7.Segment]:
-        try:
-            return list(self.message.segments(name))
-        except KeyError:
-            return []
+        """The segments named ``name``, in message order."""
+        return list(self._by_name.get(name, ()))
 
     def segment(self, name: str) -> hl7.Segment | None:
         found = self.segments(name)
