@@ -39,7 +39,7 @@ USER 10001:10001
 WORKDIR /var/lib/gatekeeper
 VOLUME /var/lib/gatekeeper
 # DICOM (server.port) and /healthz, /metrics (metrics.port).
-EXPOSE 11112 9102
+EXPOSE 11112 9102 2575
 
 # Healthy while GET /healthz answers 200 (database, storage reserve and DICOM listener fine);
 # with metrics.port = 0 in your settings, run with --no-healthcheck.

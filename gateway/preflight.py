@@ -119,6 +119,7 @@ def run_all(settings: Settings, *, database_opened: bool = False, now: dt.dateti
     if getattr(settings, "tls_cert", None):
         checks.append(check_tls_port(settings))
     checks.append(check_metrics_port(settings))
+    checks.append(check_hl7_port(settings))
     checks += check_tls(settings, now)
     checks += check_peers(settings)
     checks += check_audit_syslog(settings)
@@ -216,6 +217,41 @@ def check_metrics_port(settings: Settings) -> Check:
         ours = why is None
         answer = f"GET http://{_host_port(host, port)}/healthz answered 200" if ours else why
     return port_state(name, "metrics.port", address, port, failed, ours, answer, settings.source)
+
+
+def check_hl7_port(settings: Settings) -> Check:
+    """``hl7.port`` (unless 0): free on ``hl7.bind_address``, or a gatekeeper answers MLLP there.
+
+    The probe is an HL7 ACK message, which a gatekeeper refuses (AR) without keeping or
+    changing anything; the answer's MSH-3 names the gatekeeper's AE title.
+    """
+    address, port = settings.hl7_bind_address, settings.hl7_port
+    if not port:
+        return Check("HL7 port", SKIP, "off (hl7.port = 0)")
+    name = f"HL7 port {port} on {address}"
+    failed = bind_error(address, port)
+    ours, answer = False, ""
+    if failed in (errno.EADDRINUSE, errno.EACCES):
+        host = WILDCARDS.get(address, address)
+        why = mllp_probe(host, port, settings.ae_title)
+        ours = why is None
+        answer = f"an MLLP probe to {_host_port(host, port)} was answered by {settings.ae_title}" if ours else why
+    return port_state(name, "hl7.port", address, port, failed, ours, answer, settings.source)
+
+
+def mllp_probe(host: str, port: int, ae_title: str) -> str | None:
+    """None when the MLLP listener at host:port answers as gatekeeper ``ae_title``, else what was found."""
+    from gateway.hl7.client import Client, ack_code
+
+    probe = b"MSH|^~\\&|GATEKEEPER-CHECK||||||ACK^A01|CHECK|P|2.5.1\r"
+    try:
+        with Client(host, port, timeout=3) as client:
+            answer = client.send(probe)
+    except (OSError, ConnectionError, ValueError) as exc:
+        return f"no MLLP answer ({exc})"
+    if ack_code(answer) != "AR" or f"|{ae_title}|".encode() not in answer.split(b"\r", 1)[0]:
+        return "an MLLP answer that is not this gatekeeper's"
+    return None
 
 
 def check_tls(settings: Settings, now: dt.datetime | None = None) -> list[Check]:

@@ -91,7 +91,18 @@ DECLARED: tuple[Declared, ...] = (
     Declared("jobs.filing_alert_days", int, 14, "Flag exams whose claim deadline is this many days away or less while the report is not final."),
     Declared("qr.include_held", bool, False, "Let the AE titles of qr.held_viewers query and retrieve held studies too."),
     Declared("qr.held_viewers", list, [], "AE titles that see held studies when qr.include_held is true."),
+    Declared("hl7.port", int, 2575, "TCP port of the HL7 v2 (MLLP) listener for the RIS feed; 0 = off."),
+    Declared("hl7.bind_address", str, "0.0.0.0", "Address the MLLP listener listens on."),
+    Declared("hl7.allowed_senders", list, [], "Senders accepted, \"APPLICATION^FACILITY\" (MSH-3^MSH-4); empty accepts any."),
+    Declared("hl7.processing_ids", list, ["P"], "Processing IDs (MSH-11) taken; another is refused (AR 202)."),
+    Declared("hl7.charset", str, "UNICODE UTF-8", "Character set of a message with an empty MSH-18: UNICODE UTF-8, 8859/1 or ASCII."),
+    Declared("hl7.patient_id_authority", str, "", "Assigning authority (PID-3 CX-4) of the patient ID used; empty = first repetition."),
+    Declared("hl7.default_facility_npi", str, "", "Facility NPI of an order whose ORC-21 has none; empty requires ORC-21."),
+    Declared("hl7.max_message_bytes", int, 1_048_576, "Largest MLLP message read; a larger one closes the connection."),
 )
+
+#: HL7 character sets (MSH-18) the feed reads, with their Python codecs.
+HL7_CHARSETS = {"UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII": "ascii"}
 
 
 @dataclass(frozen=True)
@@ -207,6 +218,17 @@ class Settings:
     audit_syslog: AuditSyslog | None = None  # None: the audit trail is not sent
     qr_include_held: bool = False
     qr_held_viewers: tuple[str, ...] = ()
+    hl7_port: int = 0
+    hl7_bind_address: str = "0.0.0.0"
+    #: (MSH-3, MSH-4) pairs accepted; a facility of "" accepts any facility of that application.
+    hl7_allowed_senders: tuple[tuple[str, str], ...] = ()
+    hl7_processing_ids: tuple[str, ...] = ("P",)
+    hl7_charset: str = "UNICODE UTF-8"
+    hl7_patient_id_authority: str = ""
+    hl7_default_facility_npi: str = ""
+    hl7_max_message_bytes: int = 1_048_576
+    #: ``[hl7.stations]``: "MODALITY" or "MODALITY@LOCATION" -> station AE title.
+    hl7_stations: dict[str, str] = field(default_factory=dict)
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -324,6 +346,49 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         audit_syslog=_audit_syslog(raw.get("audit", {}), path),
         qr_include_held=values["qr.include_held"],
         qr_held_viewers=tuple(_ae_title(a, "qr.held_viewers", path) for a in values["qr.held_viewers"]),
+        **_hl7(values, raw.get("hl7", {}), path),
+    )
+
+
+def _hl7(values: dict[str, Any], raw: dict, path: Path) -> dict[str, Any]:
+    """The ``[hl7]`` settings (and the ``[hl7.stations]`` table), checked."""
+    from worklist.npi import is_valid_npi
+
+    charset = values["hl7.charset"].strip().upper()
+    if charset not in HL7_CHARSETS:
+        raise SettingsError(f"{path}: hl7.charset is {values['hl7.charset']!r}; use one of "
+                            f"{', '.join(repr(c) for c in HL7_CHARSETS)}.")
+    npi = values["hl7.default_facility_npi"].strip()
+    if npi and not is_valid_npi(npi):
+        raise SettingsError(f"{path}: hl7.default_facility_npi {npi!r} is not a valid NPI (ten digits with "
+                            f"its check digit); correct it or leave it empty.")
+    if values["hl7.max_message_bytes"] < 1024:
+        raise SettingsError(f"{path}: hl7.max_message_bytes is {values['hl7.max_message_bytes']}; give at least "
+                            f"1024 (an order message is a few kilobytes).")
+    senders = []
+    for entry in values["hl7.allowed_senders"]:
+        if not isinstance(entry, str) or not entry.strip() or entry.count("^") > 1:
+            raise SettingsError(f"{path}: hl7.allowed_senders has {entry!r}; write \"APPLICATION^FACILITY\" "
+                                f"(MSH-3^MSH-4), or \"APPLICATION\" for any facility.")
+        application, _, facility = entry.strip().partition("^")
+        senders.append((application, facility))
+    ids = values["hl7.processing_ids"]
+    if not ids or not all(isinstance(i, str) and i.strip() for i in ids):
+        raise SettingsError(f"{path}: hl7.processing_ids is {ids!r}; list the MSH-11 values taken, e.g. [\"P\"].")
+    stations = raw.get("stations", {}) if isinstance(raw, dict) else {}
+    if not isinstance(stations, dict) or not all(isinstance(v, str) for v in stations.values()):
+        raise SettingsError(f"{path}: [hl7.stations] must map \"MODALITY\" or \"MODALITY@LOCATION\" to an "
+                            f"AE title, e.g. CT = \"CT1\".")
+    return dict(
+        hl7_port=_port(values["hl7.port"], "hl7.port", path, allow_zero=True),
+        hl7_bind_address=values["hl7.bind_address"],
+        hl7_allowed_senders=tuple(senders),
+        hl7_processing_ids=tuple(i.strip() for i in ids),
+        hl7_charset=charset,
+        hl7_patient_id_authority=values["hl7.patient_id_authority"].strip(),
+        hl7_default_facility_npi=npi,
+        hl7_max_message_bytes=values["hl7.max_message_bytes"],
+        hl7_stations={key.strip().upper(): _ae_title(ae, f"hl7.stations.{key}", path) for key, ae in stations.items()},
     )
 
 
@@ -398,7 +463,7 @@ def _scalars(raw: dict, path: Path) -> dict[str, Any]:
         if not isinstance(table, dict):
             raise SettingsError(f"{path}: {section} must be a table ([{section}]).")
         for name in table:
-            if f"{section}.{name}" not in declared:
+            if f"{section}.{name}" not in declared and f"{section}.{name}" != "hl7.stations":
                 raise SettingsError(
                     f"{path}: unknown setting {section}.{name}. Check the spelling against the "
                     f"settings table in README.md."

@@ -78,8 +78,8 @@ def add_studies_reopened_at(db: pw.Database) -> None:
 
 
 def add_orders_report_status(db: pw.Database) -> None:
-    """0.3.0 (version 2 -> 3): add orders.report_status and orders.report_status_at: the
-    RIS's report status of each order ("" until one is received) and when it was reached."""
+    """0.3.0 (version 2 -> 3): add orders.report_status and orders.report_status_at: the RIS's
+    report status of an order (HL7 ORU) and when it was reached. Existing orders get "" and NULL."""
     _add_column(db, "orders", "report_status", pw.CharField(max_length=16, default=""))
     _add_column(db, "orders", "report_status_at", pw.DateTimeField(null=True))
 
@@ -163,6 +163,30 @@ def add_query_retrieve_attributes(db: pw.Database) -> None:
         _add_index(db, "studies", column)
 
 
+def add_feed_answers(db: pw.Database) -> None:
+    """0.3.0 (version 7 -> 8): add the table feed_answers: the answer (HL7 ACK) given to each
+    message of the RIS feed by sender and control ID, so that a message sent again gets the
+    same answer and changes nothing."""
+
+    class FeedAnswers(pw.Model):  # the table as this step makes it, not the model of today
+        sending_application = pw.CharField(max_length=227)
+        sending_facility = pw.CharField(max_length=227)
+        control_id = pw.CharField(max_length=199)
+        message_type = pw.CharField(max_length=16)
+        code = pw.CharField(max_length=2)
+        answer = pw.TextField()
+        received_at = pw.DateTimeField(index=True)
+
+        class Meta:
+            database = db
+            legacy_table_names = False  # as infra.db.BaseModel: names the indexes after the table
+            table_name = "feed_answers"
+            indexes = ((("sending_application", "sending_facility", "control_id"), True),)
+
+    if "feed_answers" not in db.get_tables():
+        db.create_tables([FeedAnswers])
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
@@ -171,6 +195,7 @@ STEPS: tuple[Step, ...] = (
     add_users_table,
     add_audit_outbox,
     add_query_retrieve_attributes,
+    add_feed_answers,
 )
 
 #: The version this program writes and reads.

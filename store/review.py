@@ -35,6 +35,7 @@ log = logging.getLogger("store.review")
 AUDIT_RELEASED = "study.released"
 AUDIT_CORRECTED = "study.corrected"
 AUDIT_REJECTED = "study.rejected"
+AUDIT_RECHECKED = "study.rechecked"
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,41 @@ class Review:
     def reject(self, study: str, *, user: str, reason: str) -> ReviewResult:
         """Move a held study to ``rejected/``; the purge job deletes it after the retention."""
         return self._move_held(study, REJECTED, AUDIT_REJECTED, user, reason)
+
+    def recheck(self, study: str, *, user: str, reason: str) -> ReviewResult:
+        """Reconcile a held study again against its order as the order is now (after a patient
+        update from the RIS, say), and archive it when nothing holds it any more.
+
+        The findings become those of the recheck either way; ``remaining_codes`` of the
+        result names what still holds the study (then it stays held). Audited.
+        """
+        _need_who_and_why(user, reason)
+        with self.placement.lock(study):
+            row = self._row_in(study, HELD, settle=True)
+            wanted = (row.order_accession or row.accession_number or "").strip()
+            order = self.gate.find_order(wanted) if wanted else None
+            if order is None:
+                raise NotFound(f"study {study} has no order on file (accession {wanted or 'none'}), so there is "
+                               "nothing to recheck it against; import the order, or correct the study with "
+                               "'gatekeeper held correct --accession ACC'")
+            instances = self.index.study_instances(study)
+            found = self._reconcile_files([(i.sop_instance_uid, self.archive.root / i.path) for i in instances], order)
+            remaining = tuple(sorted({f.code for _, r in found for f in r.hold_findings}))
+            now = self.clock()
+            with self.index.transaction():
+                codes = list(self.index.hold_codes([study]).get(study, ()))
+                self.index.replace_findings(study, found, now)
+                if not remaining:
+                    self.index.set_state(row.id, study, ARCHIVED, TREE_OF[ARCHIVED], now)
+                audit.record(now, user, AUDIT_RECHECKED, study, reason, accession_number=order.accession_number,
+                             instances=len(instances), codes=codes, remaining_codes=list(remaining),
+                             released=not remaining)
+            if not remaining:
+                self.placement.settle_or_log(study)
+        log.info("study %s (accession %s) rechecked by %s: %s", study, order.accession_number, user,
+                 f"still held for {' '.join(remaining)}" if remaining else "released and archived")
+        return ReviewResult(study, AUDIT_RECHECKED, HELD if remaining else ARCHIVED, len(instances),
+                            order.accession_number, remaining_codes=remaining)
 
     def _move_held(self, study: str, state: str, action: str, user: str, reason: str) -> ReviewResult:
         _need_who_and_why(user, reason)

@@ -83,6 +83,7 @@ class Store:
         self.release = self.review.release
         self.correct = self.review.correct
         self.reject = self.review.reject
+        self.recheck = self.review.recheck
         self.archived_studies = self.review.archived_studies
         self.flag_aged_holds = self.housekeeping.flag_aged_holds
         self.purge_rejected = self.housekeeping.purge_rejected

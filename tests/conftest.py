@@ -55,6 +55,7 @@ def write_settings(folder: Path, port: int | None = None, extra: str = "", datab
     text = text.replace("port = 9102", "port = 0")  # metrics off unless a test asks for them
     # the review desk off unless a test asks for it (a line of its own: tests look for metrics' "port = 0")
     text = text.replace("port = 8080", "port = 0  # http: the review desk, off in tests")
+    text = text.replace("port = 2575", "port = 0")  # no HL7 listener unless a test asks for one
     if database_url:
         text = text.replace('url = "sqlite:///var/gatekeeper.db"', f'url = "{database_url}"')
     path = folder / "settings.toml"

@@ -25,6 +25,7 @@ import pytest
 from gateway import preflight
 from gateway.cli.check import run_check
 from gateway.cli.main import main
+from gateway.settings import load
 from tests.conftest import free_port, write_settings
 
 UTC = dt.timezone.utc
@@ -123,7 +124,7 @@ def test_good_settings_pass_with_our_server_on_the_port(server, settings_path, c
                for line in lines(text, "ok"))
     assert "metrics port: off (metrics.port = 0)" in lines(text, "skip")
     assert "TLS certificate: no TLS configured (tls_cert is not set)" in lines(text, "skip")
-    assert text.splitlines()[-1].startswith("All 7 checks passed, 2 skipped")
+    assert text.splitlines()[-1].startswith("All 8 checks passed, 3 skipped")
     assert report["ok"] is True and {c["status"] for c in report["checks"]} == {"ok", "skip"}
     assert_same(text, report)
 
@@ -221,7 +222,7 @@ def test_a_peer_that_does_not_answer(tmp_path, capsys):
                                "did not answer as a DICOM AE QUIET within 0.5 s")
     assert [c["name"] for c in failed(report)] == [f"peer PACS at 127.0.0.1:{dead}",
                                                    f"peer QUIET at 127.0.0.1:{silent}"]
-    assert text.splitlines()[-1].startswith("2 of 8 checks failed, 2 skipped: peer PACS")
+    assert text.splitlines()[-1].startswith("2 of 9 checks failed, 3 skipped: peer PACS")
     assert_same(text, report)
 
 
@@ -353,3 +354,31 @@ def test_tls_certificate_expired_or_unreadable(certificate, tmp_path):
     assert bad_cert.detail.startswith("cannot load it: ") and "Point tls_cert at a PEM certificate" in bad_cert.detail
     [missing] = preflight.check_tls(SimpleNamespace(tls_cert=str(tmp_path / "nope.pem")))
     assert missing.status == "fail" and f"{tmp_path / 'nope.pem'}: No such file or directory." in missing.detail
+
+
+# -- HL7 port --------------------------------------------------------------------------------
+
+
+def test_the_hl7_port_free_ours_or_another_programs(tmp_path):
+    from gateway.app import open_app
+    from gateway.hl7 import listener
+    from tests.hl7_messages import hl7_settings
+
+    port = free_port()
+    settings = load(hl7_settings(write_settings(tmp_path), port=port), environ={})
+    assert preflight.check_hl7_port(settings).detail == "free"
+    app = open_app(settings)
+    running = listener.start(app)
+    try:
+        found = preflight.check_hl7_port(settings)
+        assert (found.status, found.detail) == ("ok", f"in use by a running gatekeeper (an MLLP probe to "
+                                                      f"127.0.0.1:{port} was answered by GATEKEEPER)")
+        assert app.gate.find_order("CHECK") is None
+    finally:
+        running.stop()
+        app.close()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        found = preflight.check_hl7_port(settings)
+        assert found.status == "fail" and "in use by another program" in found.detail and "hl7.port" in found.detail

@@ -215,7 +215,7 @@ def test_the_image_declares_the_volume_and_ports_of_its_settings(dockerfile):
     for path in (database, PurePosixPath(settings.storage_root)):
         assert any(path.is_relative_to(v) for v in volumes), f"{path} is not on a VOLUME: it would be lost"
     exposed = {int(p.split("/")[0]) for word, args in dockerfile if word == "EXPOSE" for p in args.split()}
-    assert exposed == {11112, 9102} == {settings.port, settings.metrics_port}
+    assert exposed == {11112, 9102, 2575} == {settings.port, settings.metrics_port, settings.hl7_port}
     assert settings.bind_address == settings.metrics_bind_address == "0.0.0.0"  # reachable when published
     assert settings.log_file is None  # docker logs
 

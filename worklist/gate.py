@@ -24,7 +24,7 @@ from worklist import records, watch
 from worklist.gating import Authorization, Decision, Reason, auth_date, auth_problems, authorize
 from worklist.intake import parse_auths, parse_orders, parse_policies
 from worklist.necessity import NecessityPolicy, applicable
-from worklist.orders import Auth, Order
+from worklist.orders import REPORT_STATUSES, Auth, Order
 from worklist.policy import PayerPolicy
 from worklist.records import ImportResult
 
@@ -267,8 +267,38 @@ class Gate:
         keys = ("evaluated", watch.WITHHELD_NOW, watch.SERVED_NOW, watch.FIRST_SEEN, watch.CODES_CHANGED, watch.RETIRED)
         return Reevaluation(today, {k: counts[k] for k in keys})
 
+    def regate(self, accessions, *, user: str) -> dict[str, int]:
+        """Rule 1 for these orders now, after a change to them (a patient update or merge from
+        the RIS feed): a flip between served and withheld is recorded and audited as the
+        re-evaluation does, under ``user``. Runs in the caller's transaction when there is one."""
+        chunk = records.recorded_orders(accessions)
+        before = {r.order.accession_number: watch.GateState.recorded(r.last_decision, r.last_reasons) for r in chunk}
+        changes = watch.compare(before, self.decide([r.order for r in chunk]))
+        counts: Counter[str] = Counter()
+        with self.db.atomic():
+            self._record_changes(changes, {r.order.accession_number: r.id for r in chunk}, self.clock(), counts,
+                                 user=user)
+        return dict(counts)
+
+    def set_report_status(self, accession: str, status: str, *, at: dt.datetime | None, radiologist: str = "",
+                          user: str, source: str = "") -> Order:
+        """Record the RIS's report status of an order (audited as ``order.report_status``)."""
+        if status not in REPORT_STATUSES:
+            raise InvalidInput(f"{status!r} is not a report status; use one of "
+                               f"{', '.join(repr(s) for s in REPORT_STATUSES if s)}")
+        now = self.clock()
+        with self.db.atomic():
+            before = records.order(accession)
+            if before is None or not records.set_report_status(accession, status, at, now):
+                raise NotFound(f"no order with accession number {accession!r}; check the number or send the "
+                               "order first")
+            audit.record(now, user, "order.report_status", accession, source, before=before.report_status,
+                         after=status, reached_at=at.isoformat() if at else None, radiologist=radiologist)
+        log.info("order %s report status %s", accession, status or "none")
+        return self.order(accession)
+
     def _record_changes(self, changes: list[watch.Change], ids: dict[str, int], now: dt.datetime,
-                        counts: Counter) -> None:
+                        counts: Counter, *, user: str = REEVALUATE_USER) -> None:
         quiet: dict[tuple, list[int]] = defaultdict(list)
         for change in changes:
             columns = change.columns
@@ -283,7 +313,7 @@ class Gate:
             counts[change.kind] += 1
             d = change.decision
             action = watch.AUDIT_SERVED if change.kind == watch.SERVED_NOW else watch.AUDIT_WITHHELD
-            audit.record(now, REEVALUATE_USER, action, change.accession_number, watch.change_reason(change),
+            audit.record(now, user, action, change.accession_number, watch.change_reason(change),
                          before=change.before.outcome, before_codes=list(change.before.codes),
                          after=change.after.outcome, codes=list(d.codes), basis=d.basis, auth_number=d.auth_number)
             why = (f"{d.basis}, auth {d.auth_number}" if d.auth_number else d.basis) if d.served else " ".join(d.codes)

@@ -113,6 +113,11 @@ class _Bad(Exception):
         self.field, self.message = field, message
 
 
+#: The one bad field of a record (``field`` as the record names it, ``message`` why), as
+#: :func:`order_from_record` raises it; other intakes (the RIS feed) name it in their own terms.
+FieldError = _Bad
+
+
 def _shown(value: Any) -> str:
     """``value`` as a message shows it: its repr, cut at 64 characters with the full length."""
     if isinstance(value, str):

@@ -225,4 +225,23 @@ class NecessityRow(BaseModel):
                                tuple(c for c in self.covered_icd10.split(";") if c))
 
 
-MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow, NecessityRow]
+
+class FeedAnswerRow(BaseModel):
+    """The answer given to one message of the RIS feed, by sender and control ID (HL7 MSH-3,
+    MSH-4, MSH-10): a message sent again gets this answer again and changes nothing."""
+
+    sending_application = pw.CharField(max_length=227)
+    sending_facility = pw.CharField(max_length=227)
+    control_id = pw.CharField(max_length=199)
+    message_type = pw.CharField(max_length=16)
+    code = pw.CharField(max_length=2)  # AA, AE or AR
+    answer = pw.TextField()
+    received_at = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "feed_answers"
+        indexes = ((("sending_application", "sending_facility", "control_id"), True),)
+
+
+
+MODELS = [OrderRow, AuthRow, OverrideRow, MppsRow, NecessityRow, FeedAnswerRow]

@@ -19,7 +19,8 @@ from pydicom.uid import generate_uid
 from infra import audit
 from infra.db import batches, upsert_many
 from worklist.gating import Decision, decide
-from worklist.models import AuthRow, MppsRow, NecessityRow, OrderRow, OverrideRow, auth_columns, order_columns
+from worklist.models import (AuthRow, FeedAnswerRow, MppsRow, NecessityRow, OrderRow, OverrideRow, auth_columns,
+                              order_columns)
 from worklist.necessity import NecessityPolicy
 from worklist.orders import WORKABLE_STATUSES, Auth, Order, Override
 from worklist.policy import PayerPolicy
@@ -41,7 +42,7 @@ class ImportResult:
 
 
 def upsert_orders(db: pw.Database, orders: Sequence[Order], now: dt.datetime, *, user: str,
-                  source: str) -> ImportResult:
+                  source: str, audited: bool = True) -> ImportResult:
     """Upsert orders by accession number, all in one transaction, and audit the import.
 
     An order without a Study Instance UID gets one on first import; later imports
@@ -73,7 +74,8 @@ def upsert_orders(db: pw.Database, orders: Sequence[Order], now: dt.datetime, *,
                 else:
                     created += 1
             upsert_many(db, OrderRow, rows, "accession_number", keep=("imported_at",))
-        audit.record(now, user, "orders.import", source or "orders", created=created, updated=updated)
+        if audited:  # a caller that audits each order itself (the RIS feed) says so
+            audit.record(now, user, "orders.import", source or "orders", created=created, updated=updated)
     return ImportResult(created, updated)
 
 
@@ -124,8 +126,33 @@ def order(accession_number: str) -> Order | None:
     """The order with this accession number; None for none or an empty one."""
     if not accession_number:
         return None
-    row = OrderRow.get_or_none(OrderRow.accession_number == accession_number)
+    row = _one(OrderRow, OrderRow.accession_number, accession_number)
     return row.to_order() if row else None
+
+
+#: SQL of the one-row lookups by (model, column, dialect): peewee builds a query's SQL anew
+#: each time, which costs more than the lookup itself for a row as wide as an order's.
+_LOOKUPS: dict[tuple, str] = {}
+
+
+def _one(model: type[pw.Model], *where: pw.Field | str):
+    """The row of ``model`` whose columns equal the values (``column, value, column, value...``), or None."""
+    columns, values = where[0::2], where[1::2]
+    db = model._meta.database
+    key = (model, tuple(c.name for c in columns), type(db), db.param)
+    sql = _LOOKUPS.get(key)
+    if sql is None:
+        condition = columns[0] == values[0]
+        for column, value in zip(columns[1:], values[1:]):
+            condition &= column == value
+        sql = _LOOKUPS[key] = model.select().where(condition).limit(1).sql()[0]
+    cursor = db.execute_sql(sql, [c.db_value(v) for c, v in zip(columns, values)] + [1])
+    found = cursor.fetchone()
+    if found is None:
+        return None
+    names = [d[0] for d in cursor.description]
+    fields = model._meta.columns
+    return model(**{fields[n].name: fields[n].python_value(v) for n, v in zip(names, found)})
 
 
 def orders_by_accession(accessions: Iterable[str]) -> dict[str, Order]:
@@ -337,3 +364,59 @@ def report_statuses_since(start: dt.datetime) -> dict[str, int]:
 def completed_steps_since(start: dt.datetime) -> int:
     """MPPS steps completed from ``start`` on."""
     return MppsRow.select().where((MppsRow.status == "COMPLETED") & (MppsRow.updated_at >= start)).count()
+
+
+# ------------------------------------------------------------------------ the RIS feed
+
+
+def recorded_orders(accessions: Iterable[str]) -> list[Recorded]:
+    """These orders with the state the re-evaluation last recorded for them, by id."""
+    found = []
+    for batch in batches(sorted(set(accessions) - {""})):
+        found.extend(Recorded(r.id, r.to_order(), r.last_decision, r.last_reasons)
+                     for r in OrderRow.select().where(OrderRow.accession_number.in_(batch)))
+    return sorted(found, key=lambda r: r.id)
+
+
+def orders_of_patient(patient_id: str, *, open_only: bool = False) -> list[Order]:
+    """Every order (or every open order) of one patient ID, by time then accession number."""
+    query = OrderRow.select().where(OrderRow.patient_id == patient_id)
+    if open_only:
+        query = query.where(OrderRow.status.in_(WORKABLE_STATUSES))
+    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number)]
+
+
+def set_report_status(accession_number: str, status: str, at: dt.datetime | None, now: dt.datetime) -> bool:
+    """Write an order's report status; False when no order has that accession number."""
+    query = OrderRow.update(report_status=status, report_status_at=at, updated_at=now)
+    return query.where(OrderRow.accession_number == accession_number).execute() == 1
+
+
+@dataclass(frozen=True)
+class FeedAnswer:
+    """The answer given to one feed message before."""
+
+    code: str
+    answer: str
+    received_at: dt.datetime
+
+
+def feed_answer(application: str, facility: str, control_id: str) -> FeedAnswer | None:
+    """The answer given to the message with this sender and control ID, or None."""
+    row = _one(FeedAnswerRow, FeedAnswerRow.sending_application, application, FeedAnswerRow.sending_facility,
+               facility, FeedAnswerRow.control_id, control_id)
+    return FeedAnswer(row.code, row.answer, row.received_at) if row else None
+
+
+def add_feed_answer(application: str, facility: str, control_id: str, message_type: str, code: str,
+                    answer: str, now: dt.datetime) -> None:
+    """Keep the answer to one feed message (inside the caller's transaction)."""
+    values = dict(sending_application=application, sending_facility=facility, control_id=control_id,
+                  message_type=message_type, code=code, answer=answer, received_at=now)
+    db = FeedAnswerRow._meta.database
+    key = (FeedAnswerRow, "insert", type(db), db.param)
+    sql = _LOOKUPS.get(key)
+    if sql is None:
+        sql = _LOOKUPS[key] = FeedAnswerRow.insert(**values).sql()[0]
+    fields = FeedAnswerRow._meta.fields
+    db.execute_sql(sql, [fields[name].db_value(value) for name, value in values.items()])

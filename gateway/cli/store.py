@@ -13,12 +13,15 @@ import sys
 
 from gateway.cli.text import plural
 from gateway.shapes import held_detail_json, held_json, studies_json
-from store.review import AUDIT_CORRECTED, AUDIT_REJECTED, AmbiguousAccession, HeldStudy, ReviewResult
+from store.review import AUDIT_CORRECTED, AUDIT_RECHECKED, AUDIT_REJECTED, AmbiguousAccession, ArchivedStudy, HeldStudy, ReviewResult
+from worklist.orders import Order
 
 _ACTIONS = {
     "release": "archive the study as it is",
     "correct": "set patient and accession attributes from the order (originals kept), then archive",
     "reject": "move the study to rejected/ (purged after storage.rejected_retention_days)",
+    "recheck": "reconcile again against the order as it is now (after a patient update); archive it only "
+               "when nothing holds it any more",
 }
 
 
@@ -121,6 +124,10 @@ def held_action(app, args) -> int:
         result = store.release(study, user=args.user, reason=args.reason)
     elif args.action == "reject":
         result = store.reject(study, user=args.user, reason=args.reason)
+    elif args.action == "recheck":
+        result = store.recheck(study, user=args.user, reason=args.reason)
+        print(_done(result, app.settings.rejected_retention_days))
+        return 0 if not result.remaining_codes else 1
     else:
         result = store.correct(study, user=args.user, reason=args.reason, accession=args.accession,
                                patient_change=args.patient_change)
@@ -133,6 +140,12 @@ def _done(result: ReviewResult, retention_days: int) -> str:
     if result.action == AUDIT_REJECTED:
         return (f"{study} rejected: moved to rejected/, deleted after {plural(retention_days, 'day')} unless "
                 "it is received again.")
+    if result.action == AUDIT_RECHECKED:
+        if result.remaining_codes:
+            return (f"{study} checked again against order {result.accession_number}: still held for "
+                    f"{', '.join(result.remaining_codes)}. 'gatekeeper held show' shows each difference; fix the "
+                    f"order in the RIS, or correct, release or reject the study.")
+        return f"{study} checked again against order {result.accession_number}: nothing holds it; released and archived."
     if result.action == AUDIT_CORRECTED:
         text = (f"{study} corrected from order {result.accession_number} and archived; changed: "
                 f"{', '.join(result.changed) or 'nothing (the images already matched)'}.")

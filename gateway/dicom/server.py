@@ -8,11 +8,13 @@ logging, TCP_NODELAY, who may talk to the gate (:mod:`.permissions`: the access 
 on associations, in all and per address, and on the time to associate), the scheduled jobs,
 the server's metrics (:mod:`gateway.metrics`, handed to every service's handlers) with
 ``/healthz`` and ``/metrics`` (:mod:`gateway.http.health`), the DICOM TLS port
-(:mod:`.tls`, same AE and handlers), and a clean shutdown.
+(:mod:`.tls`, same AE and handlers), the HL7 listener of the RIS feed
+(:mod:`gateway.hl7.listener`), and a clean shutdown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -27,6 +29,7 @@ from gateway.app import App
 from gateway.dicom import access, commitment, guard, mpps, permissions, qr, storage, syntaxes, tls, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from gateway.http import desk as http_desk
+from gateway.hl7 import listener as hl7_listener
 from gateway.http import health
 from gateway.metrics import Metrics
 from gateway.settings import SettingsError, load, port_unavailable
@@ -171,65 +174,49 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     metrics = Metrics(app, jobs=jobs.JOBS)  # per server: tests run several in one process
     ae, handlers = build_ae(app, metrics)
     context = _tls_context(s)  # before any port listens: bad TLS files stop the start
-    try:
-        server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
-    except OSError as exc:
-        raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
-                                               address=s.bind_address, port=s.port, source=s.source)) from None
-    # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
-    # the kernel drop the connections after it, a console's among them, for a second or more.
-    server.socket.listen(LISTEN_BACKLOG)
-    try:
+    with contextlib.ExitStack() as running:  # each part started pushes its stop; unwound in reverse
+        try:
+            server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
+                                                   address=s.bind_address, port=s.port, source=s.source)) from None
+        # Listeners shut down last: open associations finish after the other parts stopped.
+        running.callback(lambda: log.info("stopped"))
+        running.callback(server.shutdown)
+        # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
+        # the kernel drop the connections after it, a console's among them, for a second or more.
+        server.socket.listen(LISTEN_BACKLOG)
         secure = _start_tls(ae, handlers, s, context)  # the same AE, handlers and rules on server.tls_port
-    except GatekeeperError:
-        server.shutdown()
-        raise
-    listeners = [server, *([secure] if secure is not None else [])]
-    metrics.watch_listener(*listeners)
-    try:
-        web = health.start(app, metrics, server)  # /healthz and /metrics; None when metrics.port = 0
-    except GatekeeperError:
-        for listener in listeners:
-            listener.shutdown()
-        raise
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        # As for SIGHUP below: the handler only puts on a queue; a thread sets the event,
-        # since Event.set in a handler could deadlock on the lock the main thread holds.
-        stops: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=lambda: (stops.get(), stop.set()), name="gatekeeper-stop", daemon=True).start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stops.put(True))
-        reloads = _reloader(app)
-        signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
-    try:
-        desk = http_desk.start(app)  # the review desk and /api/ on http.port; None when it is 0
-    except GatekeeperError:
-        if web is not None:
-            web.stop()
-        for listener in listeners:
-            listener.shutdown()
-        raise
-    scheduler = jobs.start(app, metrics=metrics)
-    trail = audit_trail.start(app)  # [audit.syslog]: the audit log to a syslog collector, in its own thread
-    log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
-             f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
-    if ready is not None:
-        ready.set()
-    try:
-        stop.wait()
-    finally:
-        log.info("shutting down: finishing open associations")
-        if web is not None:
-            web.stop()
-        if desk is not None:
-            desk.stop()
+        if secure is not None:
+            running.callback(secure.shutdown)
+        metrics.watch_listener(*[server, *([secure] if secure is not None else [])])
+        for part in (health.start(app, metrics, server),  # /healthz and /metrics; None when metrics.port = 0
+                     hl7_listener.start(app),  # the RIS feed (MLLP); None when hl7.port = 0
+                     http_desk.start(app)):  # the review desk and /api/ on http.port; None when it is 0
+            if part is not None:
+                running.callback(part.stop)
+        stop = stop or threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            # As for SIGHUP below: the handler only puts on a queue; a thread sets the event,
+            # since Event.set in a handler could deadlock on the lock the main thread holds.
+            stops: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=lambda: (stops.get(), stop.set()), name="gatekeeper-stop", daemon=True).start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stops.put(True))
+            reloads = _reloader(app)
+            signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
+        scheduler = jobs.start(app, metrics=metrics)
         if scheduler is not None:
-            scheduler.shutdown(wait=False)
-        trail.stop()
-        for listener in listeners:
-            listener.shutdown()
-        log.info("stopped")
+            running.callback(scheduler.shutdown, wait=False)
+        running.callback(audit_trail.start(app).stop)  # [audit.syslog]: the audit log to a syslog collector
+        log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
+                 f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
+        if ready is not None:
+            ready.set()
+        try:
+            stop.wait()
+        finally:
+            log.info("shutting down: finishing open associations")
     return 0
 
 
