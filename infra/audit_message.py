@@ -123,6 +123,12 @@ MAPPING: dict[str, EventKind] = {
     "order.completed_from_images": EventKind(PROCEDURE_RECORD, "U", ORDER),
     "study.report_overdue": EventKind(APPLICATION_ACTIVITY, "E", STUDY),
     "order.filing_deadline_near": EventKind(ORDER_RECORD, "R", ORDER),
+    # the RIS feed (HL7 v2): orders, report status, patient updates and merges; a recheck after one
+    "order.feed": EventKind(ORDER_RECORD, "U", ORDER),
+    "order.report_status": EventKind(ORDER_RECORD, "U", ORDER),
+    "order.patient_update": EventKind(PATIENT_RECORD, "U", ORDER),
+    "order.patient_merge": EventKind(PATIENT_RECORD, "U", ORDER),
+    "study.rechecked": EventKind(INSTANCES_ACCESSED, "U", STUDY),
     # the users of the review desk and the API
     "user.added": EventKind(SECURITY_ALERT, "C", OTHER, event_type=SECURITY_ROLES_CHANGED),
     "user.disabled": EventKind(SECURITY_ALERT, "U", OTHER, event_type=SECURITY_ROLES_CHANGED),

@@ -48,6 +48,11 @@ EXAMPLES = {
     "order.completed_from_images": ("job:complete_without_mpps", "ACC1002", {"study_instance_uid": STUDY}),
     "study.report_overdue": ("job:report_watch", STUDY, {"accession_number": "ACC1002", "report_status": ""}),
     "order.filing_deadline_near": ("job:report_watch", "ACC1002", {"deadline": "2027-03-01"}),
+    "order.feed": ("hl7:RIS^NORTH", "ACC6001", {"control_id": "MSG1", "message_type": "ORM^O01"}),
+    "order.report_status": ("hl7:RIS^NORTH", "ACC6001", {"before": "", "after": "final"}),
+    "order.patient_update": ("hl7:RIS^NORTH", "ACC6001", {"patient_id": "MRN6001"}),
+    "order.patient_merge": ("hl7:RIS^NORTH", "ACC6001", {"patient_id": "MRN6100", "prior_patient_id": "MRN6001"}),
+    "study.rechecked": ("tech1", STUDY, {"accession_number": "ACC6001"}),
     "user.added": ("admin", "jane", {"role": "technologist"}),
     "user.disabled": ("admin", "jane", {}),
     "user.password_changed": ("admin", "jane", {}),
@@ -67,6 +72,9 @@ EXPECTED = {
     "operation.refused": ("110113", "E", "4"), "security.alert": ("110113", "E", "4"),
     "policies.import": ("110107", "C", "0"), "order.completed_from_images": ("110111", "U", "0"),
     "study.report_overdue": ("110100", "E", "0"), "order.filing_deadline_near": ("110109", "R", "0"),
+    "order.feed": ("110109", "U", "0"), "order.report_status": ("110109", "U", "0"),
+    "order.patient_update": ("110110", "U", "0"), "order.patient_merge": ("110110", "U", "0"),
+    "study.rechecked": ("110103", "U", "0"),
     "user.added": ("110113", "C", "0"), "user.disabled": ("110113", "U", "0"),
     "user.password_changed": ("110113", "U", "0"),
 }
@@ -242,7 +250,7 @@ def test_every_action_the_product_records_is_mapped():
     recorded = {review.AUDIT_RELEASED, review.AUDIT_CORRECTED, review.AUDIT_REJECTED, receiving.AUDIT_REOPENED,
                 aging.AUDIT_HELD_TOO_LONG, aging.AUDIT_PURGED, watch.AUDIT_SERVED, watch.AUDIT_WITHHELD,
                 *watch.RISK_ACTIONS.values(), *mpps.AUDIT_ACTIONS.values(),
-                users.AUDIT_ADDED, users.AUDIT_DISABLED, users.AUDIT_PASSWORD, report.AUDIT_COMPLETED_FROM_IMAGES,
+                users.AUDIT_ADDED, review.AUDIT_RECHECKED, users.AUDIT_DISABLED, users.AUDIT_PASSWORD, report.AUDIT_COMPLETED_FROM_IMAGES,
                 store_watch.AUDIT_REPORT_OVERDUE, store_watch.AUDIT_FILING_NEAR}
     literal = re.compile(r"audit\.record\(\s*[^,]+,\s*[^,]+,\s*\"([a-z_.]+)\"")
     for package in ("infra", "worklist", "store", "gateway"):

@@ -39,9 +39,10 @@ EXAM_DAY = dt.datetime(2026, 12, 1, 8, 0, 0)
 def _settings(tmp_path, extra_replacements=()) -> tuple:
     path = write_settings(tmp_path)
     text = path.read_text()
-    assert len(re.findall(r"^port = 0$", text, re.M)) == 1  # write_settings turned metrics off
+    head, metrics = text.split("\n[metrics]\n", 1)
+    assert re.match(r"(#[^\n]*\n)*port = 0\n", metrics)  # write_settings turned metrics off
     port = free_port()
-    text = re.sub(r"^port = 0$", f"port = {port}", text, flags=re.M)
+    text = head + "\n[metrics]\n" + metrics.replace("port = 0\n", f"port = {port}\n", 1)
     for old, new in extra_replacements:
         assert old in text
         text = text.replace(old, new)

@@ -17,8 +17,6 @@ ORDER_STATUSES = ("scheduled", "in-progress", "completed", "cancelled", "discont
 REPORT_STATUSES = ("", "preliminary", "final", "corrected")
 #: Statuses under which an order may appear on the worklist (docs/rules.md, rule 1).
 WORKABLE_STATUSES = ("scheduled", "in-progress")
-#: The RIS's report statuses of an order (HL7 ORU, OBR-25); "" is none yet.
-REPORT_STATUSES = ("", "preliminary", "final", "corrected")
 #: Authorization statuses (auth.schema.json).
 AUTH_STATUSES = ("approved", "pended", "denied", "cancelled")
 #: Laterality values used by orders and auths: left, right, bilateral.
