@@ -11,6 +11,7 @@ import datetime as dt
 from store.report import as_json as report_json  # the report's shape is the core's own
 from store.review import ArchivedStudy, HeldStudy, HeldStudyDetail, ReviewResult
 from worklist.gate import Entry, Explanation
+from worklist.necessity import NecessityPolicy
 from worklist.orders import Auth, Order
 
 __all__ = ["auth_json", "day_json", "decision_json", "held_detail_json", "held_json", "order_json", "report_json",
@@ -56,8 +57,7 @@ def why_json(found: Explanation) -> dict:
         {"auth_number": a.auth.auth_number, "problems": [r.code for r in a.problems]}
         for a in found.auths_on_file
     ]
-    entry["necessity_policies"] = [{"payer_id": p.payer_id, "cpt": list(p.cpt), "covered_icd10": list(p.covered_icd10)}
-                                   for p in found.necessity]
+    entry["necessity_policies"] = [policy_json(p) for p in found.necessity]
     return entry
 
 
@@ -149,3 +149,9 @@ def auth_json(auth: Auth) -> dict:
         "status": auth.status,
     }
 
+
+
+def policy_json(policy: NecessityPolicy) -> dict:
+    """One necessity policy in ``policies list --json``, ``GET /api/policies`` and ``worklist why --json``:
+    the import shape."""
+    return {"payer_id": policy.payer_id, "cpt": list(policy.cpt), "covered_icd10": list(policy.covered_icd10)}

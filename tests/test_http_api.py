@@ -77,7 +77,7 @@ def test_failed_logins_are_slowed_per_user(desk, sleeps):
 
 
 READS = ["/api/worklist?date=2026-12-01", "/api/worklist", "/api/orders/ACC1002/why", "/api/held", "/api/studies",
-         "/api/auths", "/api/report", "/api/report?since=2026-11-01"]
+         "/api/auths", "/api/policies", "/api/report", "/api/report?since=2026-11-01"]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -151,7 +151,8 @@ def test_openapi_lists_every_endpoint(desk):
     assert set(doc["paths"]) >= {
         "/api/worklist", "/api/orders/{accession}/why", "/api/orders/{accession}/override", "/api/held",
         "/api/held/{study}", "/api/held/{study}/release", "/api/held/{study}/correct", "/api/held/{study}/reject",
-        "/api/studies", "/api/auths", "/api/report", "/api/orders/import", "/api/auths/import"}
+        "/api/studies", "/api/auths", "/api/report", "/api/orders/import", "/api/auths/import", "/api/policies",
+        "/api/policies/import"}
     assert not any(p.startswith("/held") or p == "/login" for p in doc["paths"])  # pages are not the API
 
 
@@ -270,6 +271,8 @@ def orders_text(**changes) -> str:
 def test_imports_are_refused_to_other_roles(desk, role):
     problem(desk.post("/api/orders/import", content=orders_text(), headers=basic(role)), 403)
     problem(desk.post("/api/auths/import", content=(EXAMPLES / "auths.json").read_text(), headers=basic(role)), 403)
+    problem(desk.post("/api/policies/import", content=(EXAMPLES / "policies.json").read_text(), headers=basic(role)),
+            403)
 
 
 def test_orders_import_upserts_and_audits_the_user(desk):
@@ -320,3 +323,22 @@ def test_a_claim_response_with_a_bad_npi_is_rejected(desk):
 
 def test_an_import_body_that_is_not_utf8_is_422(desk):
     problem(desk.post("/api/orders/import", content=b"\xff\xfe[", headers=basic("scheduler")), 422, "UTF-8")
+
+
+def test_policies_import_replaces_the_payers_policies_and_lists_them_as_the_cli(desk, run):
+    policy = {"payer_id": "ACME_HEALTH", "cpt": ["70551-70553"], "covered_icd10": ["G43", "R51.9"]}
+    response = desk.post("/api/policies/import", content=json.dumps([policy]), headers=basic("scheduler"))
+    assert response.status_code == 200, response.text
+    assert response.json()["imported"] == "policies" and response.json()["records"] == 1
+    assert last_audit("policies.import").user == USERS["scheduler"]
+    listed = desk.get("/api/policies", headers=basic("billing")).json()["policies"]
+    assert listed == [policy]
+    code, out, _ = run("policies", "list", "--json")
+    assert code == 0 and json.loads(out) == listed
+
+
+def test_a_bad_policy_file_is_rejected_whole_naming_the_field(desk):
+    bad = [{"payer_id": "ACME_HEALTH", "cpt": ["70551-70553"], "covered_icd10": []}]
+    body = problem(desk.post("/api/policies/import", content=json.dumps(bad), headers=basic("scheduler")), 422)
+    assert body["problems"] and body["problems"][0]["field"] == "covered_icd10"
+    assert desk.get("/api/policies", headers=basic("billing")).json()["policies"] == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gateway.shapes import policy_json
 from gateway.cli.text import plural
 from gateway.cli.worklist import _read
 
@@ -38,8 +39,7 @@ def import_policies(app, args) -> int:
 def list_policies(app, args) -> int:
     policies = app.gate.necessity_policies()
     if args.json:
-        print(json.dumps([{"payer_id": p.payer_id, "cpt": list(p.cpt), "covered_icd10": list(p.covered_icd10)}
-                          for p in policies], indent=2))
+        print(json.dumps([policy_json(p) for p in policies], indent=2))
         return 0
     if not policies:
         print("No necessity policies on file: no order is checked for its diagnoses. "

@@ -115,6 +115,10 @@ def router(desk) -> APIRouter:
     def auths(u: User = Depends(reader)) -> dict:
         return {"auths": [shapes.auth_json(a) for a in desk.call(app.gate.auths_current)]}
 
+    @api.get("/policies", summary="the medical necessity policies on file (policies list --json)")
+    def policies(u: User = Depends(reader)) -> dict:
+        return {"policies": [shapes.policy_json(p) for p in desk.call(app.gate.necessity_policies)]}
+
     @api.get("/report", summary="the report's figures (report --json)")
     def report(since: dt.date | None = None, u: User = Depends(reader)) -> dict:
         start = since or app.today() - dt.timedelta(days=DEFAULT_REPORT_DAYS)
@@ -160,6 +164,14 @@ def router(desk) -> APIRouter:
             return imported("auths", len(found), result)
         count, result = await desk.acall(app.gate.import_auths_text, text, "request body", user=u.name)
         return imported("auths", count, result)
+
+    @api.post("/policies/import", summary="replace the necessity policies of each payer in the body (JSON array, "
+                                          "NDJSON or CSV), all or nothing (scheduler)", openapi_extra=_TEXT_BODY)
+    async def import_policies(request: Request, u: User = Depends(user)) -> dict:
+        desk.need(u, IMPORT)
+        text = await body_text(request)
+        count, result = await desk.acall(app.gate.import_policies_text, text, "request body", user=u.name)
+        return imported("policies", count, result)
 
     return api
 
