@@ -15,36 +15,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! /usr/bin/findscu --version >/dev/null 2>&1; then
+# Debian packages: each with the check that says it is there (one apt-get run for all that are not).
+missing=()
+need() {  # PACKAGE CHECK-COMMAND...
+    local package=$1; shift
+    "$@" >/dev/null 2>&1 || missing+=("$package")
+}
+need dcmtk /usr/bin/findscu --version              # the modalities and workstations of the e2e tests
+need systemd /usr/bin/systemd-analyze --version    # tests/test_deploy.py verifies the unit
+need openssl command -v openssl                    # tests/certs.py makes the TLS test CA and certificates
+need postgresql-client command -v pg_dump          # tests/test_backup.py backs PostgreSQL up with pg_dump
+need chromium test -x /usr/bin/chromium            # tests/test_browser.py
+need chromium-driver test -x /usr/bin/chromedriver
+need rsyslog test -x /usr/sbin/rsyslogd            # tests/test_audit_rsyslog.py: a collector over UDP and TLS
+need rsyslog-gnutls dpkg -s rsyslog-gnutls
+if [ ${#missing[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dcmtk >/dev/null
-fi
-if ! /usr/bin/systemd-analyze --version >/dev/null 2>&1; then  # tests/test_deploy.py verifies the unit
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends systemd >/dev/null
-fi
-if ! command -v openssl >/dev/null 2>&1; then  # tests/certs.py makes the TLS test CA and certificates
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssl >/dev/null
-fi
-if ! command -v pg_dump >/dev/null 2>&1; then  # tests/test_backup.py backs PostgreSQL up with pg_dump
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
-fi
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then  # tests/test_browser.py
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
-fi
-
-if [ ! -x /usr/sbin/rsyslogd ] || ! dpkg -s rsyslog-gnutls >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then  # tests/test_audit_rsyslog.py: a syslog collector over UDP and TLS
-    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rsyslog rsyslog-gnutls openssl >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
