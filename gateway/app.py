@@ -49,7 +49,8 @@ class App:
         self.store = Store(self.db, StoreConfig(
             root=s.storage_root, ae_title=s.ae_title, hold_codes=hold_codes_from_warn_codes(s.warn_codes),
             rejected_retention_days=s.rejected_retention_days, held_alert_hours=s.held_alert_hours,
-            min_free_mb=s.min_free_mb,
+            min_free_mb=s.min_free_mb, destinations=s.destinations,
+            forwarded_retention_days=s.forwarded_retention_days,
         ), self.gate, self.clock)
 
     def now(self) -> dt.datetime:

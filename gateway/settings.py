@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import InvalidInput
+from store.forwarding import Destination
 from store.reconcile import ALL_CODES
 from worklist.mwl_item import check_auth_attribute
 from worklist.policy import PayerPolicy, parse_policy
@@ -41,7 +42,7 @@ class Declared:
     help: str
 
 
-#: Every scalar setting: key, type, default, help. Tables (payers, peers) are below.
+#: Every scalar setting: key, type, default, help. Tables (payers, peers, forward) are below.
 DECLARED: tuple[Declared, ...] = (
     Declared("server.ae_title", str, "GATEKEEPER", "AE title of the gatekeeper (worklist, store, MPPS, commitment)."),
     Declared("server.bind_address", str, "0.0.0.0", "Address to listen on."),
@@ -62,6 +63,7 @@ DECLARED: tuple[Declared, ...] = (
     Declared("storage.root", str, "var/store", "Folder holding archive/, held/, rejected/ and incoming/."),
     Declared("storage.rejected_retention_days", int, 30, "Days a rejected study is kept before the purge job deletes it."),
     Declared("storage.held_alert_hours", int, 48, "A held study older than this is flagged by the held-age job."),
+    Declared("storage.forwarded_retention_days", int, 0, "Days after which the local copy of a study every [forward] destination has is removed; 0 = keep."),
     Declared("storage.min_free_mb", int, 1024, "Free space (MiB) kept on the storage volume; below it C-STORE is refused with 0xA700."),
     Declared("worklist.auth_attribute", str, "RequestedProcedureComments", "DICOM keyword that carries 'AUTH <number>' on the console."),
     Declared("worklist.restrict_unnamed_station_to_caller", bool, False, "A query naming no station sees only the calling AE's own items."),
@@ -107,6 +109,7 @@ class Settings:
     metrics_bind_address: str
     storage_root: Path
     rejected_retention_days: int
+    forwarded_retention_days: int
     held_alert_hours: int
     min_free_mb: int
     auth_attribute: str
@@ -120,6 +123,8 @@ class Settings:
     purge_hour: int
     policy: PayerPolicy
     peers: dict[str, Peer] = field(default_factory=dict)
+    #: The ``[forward.NAME]`` archive destinations, in the file's order.
+    destinations: tuple[Destination, ...] = ()
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -195,6 +200,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         metrics_bind_address=values["metrics.bind_address"],
         storage_root=(folder / values["storage.root"]).resolve(),
         rejected_retention_days=values["storage.rejected_retention_days"],
+        forwarded_retention_days=values["storage.forwarded_retention_days"],
         held_alert_hours=values["storage.held_alert_hours"],
         min_free_mb=values["storage.min_free_mb"],
         auth_attribute=values["worklist.auth_attribute"],
@@ -208,6 +214,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         purge_hour=values["jobs.purge_hour"],
         policy=policy,
         peers=_peers(raw.get("peers", {}), path),
+        destinations=_destinations(raw.get("forward", {}), path, default_calling=values["server.ae_title"].strip()),
     )
 
 
@@ -249,7 +256,7 @@ def resolve_database_url(url: str, folder: Path) -> str:
 
 
 def _scalars(raw: dict, path: Path) -> dict[str, Any]:
-    known_sections = {d.key.split(".")[0] for d in DECLARED} | {"payers", "peers"}
+    known_sections = {d.key.split(".")[0] for d in DECLARED} | set(TABLES)
     for section in raw:
         if section not in known_sections:
             raise SettingsError(
@@ -257,7 +264,7 @@ def _scalars(raw: dict, path: Path) -> dict[str, Any]:
             )
     declared = {d.key: d for d in DECLARED}
     for section, table in raw.items():
-        if section in ("payers", "peers"):
+        if section in TABLES:
             continue
         if not isinstance(table, dict):
             raise SettingsError(f"{path}: {section} must be a table ([{section}]).")
@@ -279,6 +286,52 @@ def _scalars(raw: dict, path: Path) -> dict[str, Any]:
             raise SettingsError(f"{path}: {d.key} must not be negative, got {value}.")
         values[d.key] = value
     return values
+
+
+#: Sections that are tables of named entries rather than scalar settings.
+TABLES = ("payers", "peers", "forward")
+#: The keys of a ``[forward.NAME]`` table: (key, type, required).
+FORWARD_KEYS = (("ae_title", str, True), ("host", str, True), ("port", int, True), ("calling_ae", str, False),
+                ("storage_commitment", bool, False), ("modalities", list, False))
+
+
+def _destinations(raw: Any, path: Path, *, default_calling: str) -> tuple[Destination, ...]:
+    """The ``[forward.NAME]`` tables: ``ae_title``, ``host``, ``port``, optional ``calling_ae``
+    (default ``server.ae_title``), ``storage_commitment`` (default false) and ``modalities``."""
+    example = 'ae_title = "PACS", host = "pacs.example", port = 104'
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: [forward] must hold tables [forward.NAME] with {example}.")
+    found = []
+    for name, entry in raw.items():
+        where = f"{path}: forward.{name}"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{where} must be a table with {example}.")
+        if not name.strip() or len(name) > 64:
+            raise SettingsError(f"{where}: a destination's name is 1 to 64 characters.")
+        unknown = sorted(set(entry) - {k for k, _, _ in FORWARD_KEYS})
+        if unknown:
+            raise SettingsError(f"{where}: unknown key {unknown[0]}; the keys are "
+                                f"{', '.join(k for k, _, _ in FORWARD_KEYS)}.")
+        for key, kind, required in FORWARD_KEYS:
+            if key not in entry:
+                if required:
+                    raise SettingsError(f"{where} lacks {key}; a destination needs {example}.")
+                continue
+            value = entry[key]
+            if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+                raise SettingsError(f"{where}.{key} must be {kind.__name__}, got {value!r}.")
+        if not isinstance(entry["host"], str) or not entry["host"].strip():
+            raise SettingsError(f"{where}.host is empty; name the destination's host or address.")
+        modalities = entry.get("modalities", [])
+        if not all(isinstance(m, str) and m.strip() for m in modalities):
+            raise SettingsError(f"{where}.modalities must list modality codes such as \"CT\", \"MR\".")
+        found.append(Destination(
+            name=name, ae_title=_ae_title(entry["ae_title"], f"forward.{name}.ae_title", path),
+            host=entry["host"].strip(), port=_port(entry["port"], f"forward.{name}.port", path),
+            calling_ae=_ae_title(entry.get("calling_ae", default_calling), f"forward.{name}.calling_ae", path),
+            storage_commitment=entry.get("storage_commitment", False),
+            modalities=frozenset(m.strip().upper() for m in modalities)))
+    return tuple(found)
 
 
 def _ae_title(value: Any, key: str, path: Path) -> str:

@@ -187,8 +187,8 @@ def test_a_0_1_0_database_is_upgraded_in_place(url, tmp_path):
 
     db = open_database_of(settings_for(url, tmp_path))  # what serve and check do
     try:
-        assert schema.version_of(db) == schema.SCHEMA_VERSION == 2
-        assert recorded_version(url) == 2
+        assert schema.version_of(db) == schema.SCHEMA_VERSION
+        assert recorded_version(url) == schema.SCHEMA_VERSION
         assert "reopened_at" in {c.name for c in db.get_columns("studies")}
 
         # the rows are intact and read through the current models and use cases
@@ -225,7 +225,7 @@ def test_a_0_1_0_database_is_upgraded_in_place(url, tmp_path):
     db = opened(url)
     try:
         assert schema.upgrade(db, MODELS) == []
-        assert describe(db) == before and recorded_version(url) == 2
+        assert describe(db) == before and recorded_version(url) == schema.SCHEMA_VERSION
     finally:
         db.close()
     open_database_of(settings_for(url, tmp_path)).close()
@@ -295,8 +295,8 @@ def test_two_processes_opening_a_0_1_0_database_at_once_upgrade_it_once(url):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(map(len, results)) == [0, 1], results
-    assert recorded_version(url) == 2
+    assert sorted(map(len, results)) == [0, len(schema.STEPS)], results
+    assert recorded_version(url) == schema.SCHEMA_VERSION
 
 
 # ---------------------------------------------------------------- empty, newer, damaged
@@ -307,7 +307,7 @@ def test_an_empty_database_is_created_at_the_current_version(url, tmp_path):
     assert schema.version_of(db) == schema.EMPTY
     assert schema.upgrade(db, MODELS) == [f"created the tables at schema version {schema.SCHEMA_VERSION}"]
     db.close()
-    assert recorded_version(url) == 2
+    assert recorded_version(url) == schema.SCHEMA_VERSION
     db = open_database_of(settings_for(url, tmp_path))
     try:
         assert set(db.get_tables()) == set(TABLES)
@@ -320,16 +320,17 @@ def test_an_empty_database_is_created_at_the_current_version(url, tmp_path):
         db.close()
 
 
-TOO_NEW = ("the database is at schema version 3 but this gatekeeper knows versions up to 2, so it was left "
+TOO_NEW = (f"the database is at schema version {schema.SCHEMA_VERSION + 1} but this gatekeeper knows versions up "
+           f"to {schema.SCHEMA_VERSION}, so it was left "
            "untouched: upgrade the gatekeeper to the release that wrote it, or restore a backup taken before "
            "that upgrade")
 
 
 def _make_version_3(url: str, tmp_path: Path) -> None:
-    """A database as a later release might leave it: version 3, with a column this program does not know."""
+    """A database as a later release might leave it: the next version, with a column this program does not know."""
     open_database_of(settings_for(url, tmp_path)).close()
     with raw(url) as conn:
-        conn.cursor().execute(f"UPDATE {schema.VERSION_TABLE} SET version = 3")
+        conn.cursor().execute(f"UPDATE {schema.VERSION_TABLE} SET version = {schema.SCHEMA_VERSION + 1}")
         conn.cursor().execute("ALTER TABLE orders ADD COLUMN later_release_column INTEGER")
 
 
@@ -343,7 +344,7 @@ def test_a_database_newer_than_the_program_is_refused_and_left_untouched(url, tm
     assert str(refused.value) == TOO_NEW
     db = opened(url)
     try:
-        assert describe(db) == before and recorded_version(url) == 3
+        assert describe(db) == before and recorded_version(url) == schema.SCHEMA_VERSION + 1
     finally:
         db.close()
 
@@ -372,7 +373,7 @@ def test_a_database_missing_what_its_version_promises_is_refused(tmp_path):
     open_database_of(settings_for(url, tmp_path)).close()
     with raw(url) as conn:
         conn.execute("DROP TABLE findings")
-    with pytest.raises(schema.SchemaMismatch, match="^the database is at schema version 2 but lacks table findings"):
+    with pytest.raises(schema.SchemaMismatch, match=f"^the database is at schema version {schema.SCHEMA_VERSION} but lacks table findings"):
         open_database_of(settings_for(url, tmp_path))
 
 
