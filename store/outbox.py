@@ -59,6 +59,9 @@ log = logging.getLogger("store.outbox")
 BATCH_LIMIT = 1000
 #: Seconds a claim lasts unless the sender renews it (it does while it sends).
 LEASE_SECONDS = 60
+#: A study is taken once no instance of it was queued for this many seconds, so that a
+#: study arriving instance by instance goes on one association rather than one per instance.
+QUIET_SECONDS = 2
 #: The audit log's ``user`` of the retention job.
 RETENTION_USER = "job:purge_forwarded"
 
@@ -133,7 +136,7 @@ class Outbox:
     def __init__(self, db: pw.Database, index: Index, archive: Archive, placement: Placement,
                  destinations: dict[str, Destination], *, clock: Clock = wall_clock,
                  forwarded_retention_days: int = 0, lease_seconds: int = LEASE_SECONDS,
-                 batch_limit: int = BATCH_LIMIT) -> None:
+                 batch_limit: int = BATCH_LIMIT, quiet_seconds: int = QUIET_SECONDS) -> None:
         self.db = db
         self.index = index
         self.archive = archive
@@ -143,6 +146,7 @@ class Outbox:
         self.forwarded_retention_days = forwarded_retention_days
         self.lease_seconds = lease_seconds
         self.batch_limit = batch_limit
+        self.quiet_seconds = quiet_seconds
         #: Called (no arguments) after rows were queued, so a sender in this process wakes at once.
         self.listeners: list[Callable[[], None]] = []
         self._filters = any(d.modalities for d in self.destinations.values())
@@ -235,22 +239,30 @@ class Outbox:
         with lock, self.db.atomic():
             yield
 
-    def _due(self, now: dt.datetime):
+    def _due(self, now: dt.datetime, names: list[str] | None = None):
         return ((ForwardRow.state == PENDING) & (ForwardRow.next_attempt_at <= now)
                 & (ForwardRow.claimed_until.is_null() | (ForwardRow.claimed_until < now))
-                & ForwardRow.destination.in_(list(self.destinations)))
+                & ForwardRow.destination.in_(names if names is not None else list(self.destinations)))
 
-    def claim(self) -> Batch | None:
-        """Lease the due rows of the oldest due (study, destination) of an archived study; None when none is due."""
-        if not self.destinations:
+    def claim(self, exclude: Iterable[str] = ()) -> Batch | None:
+        """Lease the due rows of the oldest due (study, destination) of an archived study; None when none is due.
+
+        Destinations named in ``exclude`` (resting after a failed association) are skipped.
+        """
+        names = [n for n in self.destinations if n not in set(exclude)]
+        if not names:
             return None
         now = self.clock()
         token = uuid.uuid4().hex
         archived = StudyRow.select(StudyRow.study_instance_uid).where(
             (StudyRow.state == ARCHIVED) & StudyRow.pending_files.is_null())
+        arriving = ForwardRow.select(ForwardRow.study_instance_uid).where(
+            (ForwardRow.state == PENDING) & (ForwardRow.attempts == 0)
+            & (ForwardRow.enqueued_at > now - dt.timedelta(seconds=self.quiet_seconds)))
         with self._write():
             first = (ForwardRow.select(ForwardRow.id, ForwardRow.study_instance_uid, ForwardRow.destination)
-                     .where(self._due(now) & ForwardRow.study_instance_uid.in_(archived))
+                     .where(self._due(now, names) & ForwardRow.study_instance_uid.in_(archived)
+                            & ForwardRow.study_instance_uid.not_in(arriving))
                      .order_by(ForwardRow.next_attempt_at, ForwardRow.id).limit(1))
             if self._postgres:
                 first = first.for_update(skip_locked=True)
@@ -282,7 +294,7 @@ class Outbox:
         for row in gone:
             self.give_up(batch, SendItem(row.id, row.generation, row.attempts, row.sop_instance_uid, "", "", Path()),
                          "the instance is no longer stored on the gateway")
-        return batch if items else self.claim()
+        return batch if items else self.claim(exclude)
 
     def renew(self, batch: Batch) -> None:
         """Extend the lease of the rows of ``batch`` still leased."""

@@ -14,6 +14,7 @@ import sys
 
 from gateway import logs
 from gateway.app import open_app
+from gateway.cli import forward as forward_verbs
 from gateway.cli import ops as ops_verbs
 from gateway.cli import store as store_verbs
 from gateway.cli import workflow as workflow_verbs
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     store_verbs.register(verbs, common)
     workflow_verbs.register(verbs, common)
     ops_verbs.register(verbs, common)
+    forward_verbs.register(verbs, common)
     return parser
 
 

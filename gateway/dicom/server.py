@@ -23,7 +23,7 @@ from pynetdicom.sop_class import Verification
 
 from gateway import jobs, logs
 from gateway.app import App
-from gateway.dicom import commitment, guard, mpps, storage, syntaxes, tuning, worklist
+from gateway.dicom import commitment, forwarder, guard, mpps, storage, syntaxes, tuning, worklist
 from gateway.dicom.status import SUCCESS
 from gateway.http import health
 from gateway.metrics import Metrics
@@ -34,7 +34,7 @@ from infra.errors import GatekeeperError
 log = logging.getLogger("gateway.dicom.server")
 
 #: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``.
-SERVICES = (worklist, storage, mpps, commitment)
+SERVICES = (worklist, storage, mpps, commitment, forwarder)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
 #: longer one is refused with an A-ABORT (tuning.py, change 5).
@@ -158,6 +158,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         reloads = _reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
     scheduler = jobs.start(app, metrics=metrics)
+    background = [forwarder.start(app)]  # each started part has .stop(); None when not configured
     log.info("listening as %s on %s:%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
              redacted(s.database_url), s.storage_root)
     if ready is not None:
@@ -170,6 +171,9 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             web.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        for part in background:
+            if part is not None:
+                part.stop()
         server.shutdown()
         log.info("stopped")
     return 0
