@@ -73,7 +73,7 @@ class Orthanc:
             "DicomAlwaysAllowEcho": True, "Plugins": [], "HttpServerEnabled": True, "DicomServerEnabled": True,
             "DicomModalities": {"gatekeeper": {"AET": self.gateway[0], "Host": "127.0.0.1",
                                                 "Port": self.gateway[1], "AllowStorageCommitment": True}},
-            "StorageCommitmentReportsSize": 100, "ConcurrentJobs": 1, "SaveJobs": False,
+            "StorageCommitmentReportsSize": 100, "OverwriteInstances": True, "ConcurrentJobs": 1, "SaveJobs": False,
         }
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))
