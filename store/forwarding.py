@@ -150,6 +150,22 @@ def outcome_of_status(status: int | None) -> str:
     return RETRY
 
 
+# ---------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class ForwardFigures:
+    """The queue's figures as of now, for the report and /metrics (:meth:`store.outbox.Outbox.figures`)."""
+
+    backlog: dict[str, int]  # pending instances per destination (every configured one, 0 when none)
+    by_state: dict[str, dict[str, int]]  # destination -> state -> instances
+    oldest_pending_seconds: float | None
+    failures_by_status: dict[str, int]  # "0xA700", or "none" when the peer never answered
+
+
+NO_FIGURES = ForwardFigures({}, {}, None, {})
+
+
 # ---------------------------------------------------------------- retention
 
 

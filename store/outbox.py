@@ -46,7 +46,7 @@ from infra.clock import Clock, wall_clock
 from infra.errors import InvalidInput, NotFound
 from store import forwarding as rules
 from store.archive import ARCHIVE_TREE, Archive
-from store.forwarding import COMMITTED, FAILED, PENDING, SENT, Destination
+from store.forwarding import COMMITTED, FAILED, PENDING, SENT, Destination, ForwardFigures
 from store.header import read_header
 from store.index import Index
 from store.models import ForwardRow, InstanceRow, StudyRow
@@ -110,16 +110,6 @@ class QueueGroup:
             if self.counts.get(state):
                 return state
         return PENDING
-
-
-@dataclass(frozen=True)
-class ForwardFigures:
-    """The queue's figures for the report and /metrics."""
-
-    backlog: dict[str, int]  # pending instances per destination (every configured one, 0 when none)
-    by_state: dict[str, dict[str, int]]  # destination -> state -> instances
-    oldest_pending_seconds: float | None
-    failures_by_status: dict[str, int]  # "0xA700", or "none" when the peer never answered
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable
 
+from store.forwarding import NO_FIGURES, ForwardFigures
 from store.index import Index
 from store.reconcile import CODES as FINDING_CODES
 from store.states import ARCHIVED, HELD, REJECTED, STUDY_STATES
@@ -104,6 +105,8 @@ class Report:
     mpps_completed: int
     auth_units_used: int
     auths_drawn_on: int
+    #: The forwarding queue as of ``generated_at`` (not limited to the period).
+    forwarding: ForwardFigures = NO_FIGURES
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -205,6 +208,12 @@ def as_json(r: Report) -> dict:
         },
         "mpps": {"completed": r.mpps_completed},
         "auth_units": {"used": r.auth_units_used, "auths": r.auths_drawn_on},
+        "forwarding": {
+            "backlog": r.forwarding.backlog,
+            "by_state": r.forwarding.by_state,
+            "oldest_pending_seconds": r.forwarding.oldest_pending_seconds,
+            "failures_by_status": r.forwarding.failures_by_status,
+        },
     }
 
 

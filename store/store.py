@@ -103,7 +103,9 @@ class Store:
 
     def report(self, since) -> Report:
         """The practice report from day ``since`` to now."""
-        return load_report(self.gate, self.index, since)
+        import dataclasses
+
+        return dataclasses.replace(load_report(self.gate, self.index, since), forwarding=self.outbox.figures())
 
     def close(self) -> None:
         """Give up this process's incoming folder (at a clean stop)."""

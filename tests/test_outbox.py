@@ -318,3 +318,24 @@ def test_two_senders_on_postgresql_never_take_the_same_row(pg_url, tmp_path):
 def test_the_queue_table_is_created_by_the_schema_step(fapp):
     assert "forward_queue" in fapp.db.get_tables()
     assert isinstance(ForwardRow._meta.database, peewee.Database)
+
+
+def test_the_report_gives_the_queue_per_destination(fapp, tmp_path, capsys, monkeypatch):
+    import json
+
+    from gateway.cli.main import main
+
+    receive(fapp, tmp_path)
+    later(fapp, 120)
+    report = fapp.store.report(dt.date(2026, 11, 1))
+    assert report.forwarding.backlog == {"PACS": 1, "CTONLY": 0, "VNA": 1}
+    from gateway.cli.workflow import as_text
+    text = as_text(report)
+    assert "Forwarding now: 2 instances waiting, oldest pending 2 min" in text
+    assert "  VNA: backlog 1, 1 pending, 0 sent, 0 committed, 0 failed" in text
+
+    monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
+    assert main(["--config", str(fapp.settings.source), "report", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["forwarding"]
+    assert data["backlog"] == {"PACS": 1, "CTONLY": 0, "VNA": 1} and data["failures_by_status"] == {}
+    assert data["oldest_pending_seconds"] >= 0
