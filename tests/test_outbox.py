@@ -339,3 +339,16 @@ def test_the_report_gives_the_queue_per_destination(fapp, tmp_path, capsys, monk
     data = json.loads(capsys.readouterr().out)["forwarding"]
     assert data["backlog"] == {"PACS": 1, "CTONLY": 0, "VNA": 1} and data["failures_by_status"] == {}
     assert data["oldest_pending_seconds"] >= 0
+
+
+def test_metrics_export_the_backlog_per_destination(fapp, tmp_path):
+    from gateway.metrics import Metrics
+
+    receive(fapp, tmp_path)
+    later(fapp, 30)
+    text = Metrics(fapp).exposition().decode()
+    assert 'gatekeeper_forward_backlog{destination="VNA"} 1.0' in text
+    assert 'gatekeeper_forward_backlog{destination="CTONLY"} 0.0' in text
+    assert 'gatekeeper_forward_failed{destination="PACS"} 0.0' in text
+    assert "gatekeeper_forward_oldest_pending_seconds 30.0" in text
+    assert 'gatekeeper_collector_up{collector="forward"} 1.0' in text
