@@ -6,7 +6,9 @@
 - ``held_age``: flag held studies older than ``storage.held_alert_hours``
   (:meth:`store.store.Store.flag_aged_holds`);
 - ``purge_rejected``: delete the files of rejected studies past retention
-  (:meth:`store.store.Store.purge_rejected`).
+  (:meth:`store.store.Store.purge_rejected`);
+- ``forward_purge``: remove the local copy of studies every ``[forward]`` destination
+  has, past ``storage.forwarded_retention_days`` (:meth:`store.outbox.Outbox.remove_forwarded`).
 
 :func:`start` schedules them on a :class:`BackgroundScheduler` inside ``gatekeeper serve``
 (apscheduler's triggers follow the wall clock; the use cases read the app's clock).
@@ -99,6 +101,18 @@ def purge_rejected(app: App) -> JobResult:
                                                  "files_deleted": done.files_deleted, "failed": done.failed})
 
 
+def forward_purge(app: App) -> JobResult:
+    """Remove the local copy of forwarded studies every destination has, past ``storage.forwarded_retention_days``."""
+    done = app.store.outbox.remove_forwarded()
+    if done.retention_days <= 0:
+        return JobResult("forward_purge", "storage.forwarded_retention_days is 0: forwarded studies are kept",
+                         {"candidates": 0, "removed": 0, "files_deleted": 0})
+    summary = (f"{done.candidates} archived studies in the forwarding queue: {done.removed} at every destination "
+               f"for {done.retention_days} days and removed ({done.files_deleted} files deleted)")
+    return JobResult("forward_purge", summary, {"candidates": done.candidates, "removed": done.removed,
+                                                  "files_deleted": done.files_deleted})
+
+
 # ------------------------------------------------------------------------ the registry
 
 def _daily(hour: int, minute: int = 0, second: int = 0) -> CronTrigger:
@@ -132,6 +146,12 @@ JOBS: dict[str, Job] = {
             purge_rejected,
             lambda s: [_daily(s.purge_hour)],
             lambda s: f"daily at {s.purge_hour:02d}:00 (retention {s.rejected_retention_days} days)"),
+        Job("forward_purge",
+            "remove the local copy of studies every [forward] destination has, past "
+            "storage.forwarded_retention_days",
+            forward_purge,
+            lambda s: [_daily(s.purge_hour, 30)],
+            lambda s: f"daily at {s.purge_hour:02d}:30 (retention {s.forwarded_retention_days or 'off'} days)"),
     )
 }
 

@@ -63,7 +63,7 @@ LEASE_SECONDS = 60
 #: study arriving instance by instance goes on one association rather than one per instance.
 QUIET_SECONDS = 2
 #: The audit log's ``user`` of the retention job.
-RETENTION_USER = "job:purge_forwarded"
+RETENTION_USER = "job:forward_purge"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ The one start/stop hook of ``serve`` is :func:`start` (it returns the running
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -132,6 +133,10 @@ class Forwarder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._resting: dict[str, float] = {}  # destination -> monotonic time its back-off ends
+        # Outcomes are written by a thread of their own while the next instance goes out:
+        # one queued, one being written, one in flight, so a kill -9 re-sends at most three.
+        self._outcomes: queue.Queue = queue.Queue(maxsize=1)
+        self._writer: threading.Thread | None = None
         self.outbox.listeners.append(self._wake.set)
 
     def start(self) -> None:
@@ -139,6 +144,8 @@ class Forwarder:
         # (pynetdicom's own setting; the sender re-encodes only when it must convert).
         _config.STORE_SEND_CHUNKED_DATASET = True
         self._thread = threading.Thread(target=self._run, name="gatekeeper-forward", daemon=True)
+        self._writer = threading.Thread(target=self._write_outcomes, name="gatekeeper-forward-record", daemon=True)
+        self._writer.start()
         self._thread.start()
         names = ", ".join(f"{d.name} ({d.ae_title} at {d.host}:{d.port})" for d in self.app.settings.destinations)
         log.info("forwarding to %s", names)
@@ -149,6 +156,31 @@ class Forwarder:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._writer is not None:
+            self._outcomes.put(None)
+            self._writer.join(timeout)
+
+    def _write_outcomes(self) -> None:
+        while (work := self._outcomes.get()) is not None:
+            record, args = work
+            try:
+                record(*args)
+            except Exception:
+                log.exception("forwarding: could not record an outcome (the lease lapses and it is sent again)")
+            finally:
+                self._outcomes.task_done()
+        self._outcomes.task_done()
+
+    def _later(self, record, *args) -> None:
+        """Record an outcome in the writer thread (in order); :meth:`_settled` waits for them all."""
+        if self._writer is None:  # not started (a test driving send() directly): write now
+            record(*args)
+        else:
+            self._outcomes.put((record, args))
+
+    def _settled(self) -> None:
+        if self._writer is not None:
+            self._outcomes.join()
 
     # ------------------------------------------------------------------ the loop
 
@@ -226,9 +258,11 @@ class Forwarder:
                 elif outcome == "lost":
                     self._record_failure(batch, items[n:], f"the association with {where} was lost", None)
                     break
+            self._settled()  # every outcome written before the commitment request names the rows
             if dest.storage_commitment and sent and assoc.is_established:
                 self._request_commitment(assoc, batch, sent)
         finally:
+            self._settled()
             if assoc.is_established:
                 assoc.release()
         took = time.monotonic() - started
@@ -288,7 +322,7 @@ class Forwarder:
             return "lost"
         if rules.outcome_of_status(code) == rules.DONE:
             note = "" if code == st.SUCCESS else f"stored with warning 0x{code:04X}"
-            self.outbox.sent(batch, item, code, note)
+            self._later(self.outbox.sent, batch, item, code, note)
             return "sent"
         self._record_failure(batch, [item], f"{dest.ae_title} refused the instance with status 0x{code:04X}", code)
         return "refused"
