@@ -113,7 +113,7 @@ class App:
         for key in keys:
             if name == key.split(".", 1)[1]:
                 return key
-        return {"policy": "payers"}.get(name, name)
+        return {"policy": "payers", "destinations": "forward"}.get(name, name)
 
     def _apply_policy(self, policy) -> None:
         # The query's caches hold items per order and auth number, never per policy: a

@@ -126,8 +126,10 @@ class Orthanc:
 class StoreSCP:
     """DCMTK's storescp as a second destination, writing files named by SOP Instance UID."""
 
-    def __init__(self, folder: Path, *, ae_title: str = "STORESCP", port: int | None = None) -> None:
+    def __init__(self, folder: Path, *, ae_title: str = "STORESCP", port: int | None = None,
+                 options: tuple[str, ...] = ()) -> None:
         self.folder = folder
+        self.options = options
         self.ae_title = ae_title
         self.port = port or free_port()
         self.process: subprocess.Popen | None = None
@@ -136,7 +138,7 @@ class StoreSCP:
     def start(self, timeout: float = 20) -> "StoreSCP":
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [dcmtk("storescp"), "-v", "-aet", self.ae_title, "+B", "-uf", "-od", str(self.folder),
+            [dcmtk("storescp"), "-v", *self.options, "-aet", self.ae_title, "+B", "-uf", "-od", str(self.folder),
              "--max-pdu", "131072", str(self.port)],
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         wait_for(lambda: self._echo(), timeout, f"storescp on {self.port}")

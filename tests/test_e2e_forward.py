@@ -219,3 +219,40 @@ def test_kill_9_in_the_middle_of_forwarding_loses_nothing(tmp_path):
     finally:
         gw.stop()
         slow.stop()
+
+
+def test_a_destination_refusing_the_stored_syntax_gets_implicit_vr_and_a_compressed_one_fails(tmp_path):
+    from pydicom import uid as ts
+    from pydicom.encaps import encapsulate
+
+    from tests.dicom_factory import make_instance, write_instance
+
+    store = StoreSCP(tmp_path / "implicit", options=("+xi",))  # accepts Implicit VR Little Endian only
+    gw = gateway_with(tmp_path / "gw", f'\n[forward.OLD]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
+                                        f'port = {store.port}\n')
+    store.start()
+    gw.start()
+    try:
+        study, paths = study_files(tmp_path / "sent", count=2)
+        jpeg = make_instance(transfer_syntax_uid=ts.JPEGBaseline8Bit, StudyInstanceUID=study, StudyDate="20261201",
+                             BitsAllocated=8, BitsStored=8, HighBit=7)
+        jpeg.PixelData = encapsulate([b"\xff\xd8\xff\xe0 fake frame \xff\xd9"])
+        jpeg["PixelData"].VR = "OB"
+        paths.append(write_instance(tmp_path / "sent" / "jpeg.dcm", jpeg))
+        storescu(gw, *paths, options=("-R", "-xy"))
+        wait_for(lambda: states(gw, study, "OLD") == {"pending": 0, "sent": 2, "committed": 0, "failed": 1}, WAIT,
+                 "two sent in Implicit VR, the JPEG failed")
+        sent = {dcmread(p).SOPInstanceUID: dcmread(p) for p in paths[:2]}
+        for path in store.files():
+            got = dcmread(path)
+            assert got.file_meta.TransferSyntaxUID == ts.ImplicitVRLittleEndian
+            assert got.PixelData == sent[got.SOPInstanceUID].PixelData
+        assert len(store.files()) == 2
+        [failed] = [i for i in queue(gw, "--state", "failed")[0]["instances"] if i["state"] == "failed"]
+        assert failed["sop_instance_uid"] == jpeg.SOPInstanceUID
+        assert "stored in 1.2.840.10008.1.2.4.50, which is not converted" in failed["last_error"]
+        retried = gw.cli("forward", "retry", study, "--user", "tech.anna")
+        assert "1 instance of study" in retried.stdout
+    finally:
+        assert gw.stop() == 0, gw.log()
+        store.stop()

@@ -366,7 +366,6 @@ class Forwarder:
 
 
 def _converted(item: SendItem, syntax: str) -> Dataset:
-    """The instance re-encoded for ``syntax`` (uncompressed to uncompressed; pixel data as it is)."""
-    ds = dcmread(item.path)
-    ds.file_meta.TransferSyntaxUID = syntax
-    return ds
+    """The instance as a dataset, for pynetdicom to re-encode in the accepted uncompressed
+    ``syntax`` (it picks the accepted context and encodes in its syntax; pixel data as it is)."""
+    return dcmread(item.path)
