@@ -292,6 +292,11 @@ class Outbox:
         with self._write():
             ForwardRow.update(claimed_until=until).where(ForwardRow.claim == batch.claim).execute()
 
+    def unclaim(self, batch: Batch) -> int:
+        """Give back the rows of ``batch`` still leased (the sender stops before sending them)."""
+        with self._write():
+            return ForwardRow.update(claim=None, claimed_until=None).where(ForwardRow.claim == batch.claim).execute()
+
     def release_claims(self) -> int:
         """Give up every lease (SQLite, at the start of the one sender: a killed one left them)."""
         with self._write():

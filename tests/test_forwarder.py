@@ -183,3 +183,28 @@ def test_a_refused_association_is_an_attempt_naming_the_destination(running, tmp
     assert row.state == "pending" and row.last_status is None
     assert row.last_error.startswith(f"PEER (WRONGAE at 127.0.0.1:{peer.port}) rejected the association")
     assert peer.stored == [] and "PEER" in sender._rest_list()
+
+
+def test_stopping_mid_study_gives_the_rest_back_to_the_queue(running, tmp_path):
+    peer = Peer()
+    app, sender = running(peer, commitment=False)
+    receive(app, tmp_path, count=30)
+    slow = peer._store
+
+    def store_slowly(event):
+        time.sleep(0.05)
+        return slow(event)
+
+    peer._store = store_slowly
+    peer.server.unbind(evt.EVT_C_STORE, slow)
+    peer.server.bind(evt.EVT_C_STORE, store_slowly)
+    sender.start()
+    wait_for(lambda: len(peer.stored) >= 3, 20, "sending under way", interval=0.02)
+    started = time.monotonic()
+    sender.stop()
+    assert time.monotonic() - started < 5
+    rows = list(ForwardRow.select())
+    sent = {r.sop_instance_uid for r in rows if r.state == "sent"}
+    assert 3 <= len(sent) < 30 and sent <= set(peer.stored)
+    assert all(r.claim is None for r in rows if r.state == "pending")  # free for the next start at once
+    assert app.store.outbox.claim() is not None

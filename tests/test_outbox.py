@@ -352,3 +352,18 @@ def test_metrics_export_the_backlog_per_destination(fapp, tmp_path):
     assert 'gatekeeper_forward_failed{destination="PACS"} 0.0' in text
     assert "gatekeeper_forward_oldest_pending_seconds 30.0" in text
     assert 'gatekeeper_collector_up{collector="forward"} 1.0' in text
+
+
+def test_the_forward_purge_job_runs_by_hand(fapp, tmp_path, capsys, monkeypatch):
+    from gateway import jobs
+    from gateway.cli.main import main
+
+    assert jobs.forward_purge(fapp).summary == "storage.forwarded_retention_days is 0: forwarded studies are kept"
+    fapp.store.outbox.forwarded_retention_days = 3
+    receive(fapp, tmp_path)
+    done = jobs.forward_purge(fapp)
+    assert done.counts == {"candidates": 1, "removed": 0, "files_deleted": 0}
+    assert "1 archived studies in the forwarding queue: 0 at every destination for 3 days" in done.summary
+    monkeypatch.setenv("GATEKEEPER_NOW", "2026-11-30T08:00:00")
+    assert main(["--config", str(fapp.settings.source), "jobs", "run", "forward_purge"]) == 0
+    assert "forward_purge: storage.forwarded_retention_days is 0" in capsys.readouterr().out

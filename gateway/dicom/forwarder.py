@@ -152,7 +152,7 @@ class Forwarder:
         log.info("forwarding to %s", names)
 
     def stop(self, timeout: float = 30) -> None:
-        """Finish the instance being sent, release, and stop (leases of what is left lapse)."""
+        """Finish the instance being sent, give the rest of its study back to the queue, release, and stop."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -252,6 +252,12 @@ class Forwarder:
         started = renewed = time.monotonic()
         try:
             for n, item in enumerate(items):
+                if self._stop.is_set():  # serve is stopping: the rest goes back to the queue
+                    self._settled()
+                    self.outbox.unclaim(batch)
+                    log.info("forwarding study %s to %s stopped: %d instances left for the next start",
+                             batch.study_instance_uid, where, len(items) - n)
+                    break
                 if time.monotonic() - renewed > RENEW_EVERY:
                     self.outbox.renew(batch)
                     renewed = time.monotonic()
