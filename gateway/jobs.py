@@ -151,7 +151,9 @@ JOBS: dict[str, Job] = {
             "storage.forwarded_retention_days",
             forward_purge,
             lambda s: [_daily(s.purge_hour, 30)],
-            lambda s: f"daily at {s.purge_hour:02d}:30 (retention {s.forwarded_retention_days or 'off'} days)"),
+            lambda s: f"daily at {s.purge_hour:02d}:30 " + (f"(retention {s.forwarded_retention_days} days)"
+                                                            if s.forwarded_retention_days else
+                                                            "(off: storage.forwarded_retention_days = 0)")),
     )
 }
 

@@ -72,8 +72,15 @@ def forward_list(app, args) -> int:
     return 0
 
 
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "operator"
+
+
 def forward_retry(app, args) -> int:
-    user = args.user or getpass.getuser()
+    user = args.user or _login_name()
     count = app.store.outbox.retry(study=args.study, all_failed=args.all_failed, user=user)
     what = f"study {args.study}" if args.study else "every failed instance"
     print(f"{plural(count, 'instance')} of {what} queued again; the running server sends "
