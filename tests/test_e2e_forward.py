@@ -196,10 +196,10 @@ def test_kill_9_in_the_middle_of_forwarding_loses_nothing(tmp_path):
     gw = gateway_with(tmp_path / "gw", f'\n[forward.SLOW]\nae_title = "SLOW"\nhost = "127.0.0.1"\nport = {slow.port}\n')
     try:
         gw.start()
-        study, paths = study_files(tmp_path / "sent", count=40)
+        study, paths = study_files(tmp_path / "sent", count=60)
         storescu(gw, *paths)
         sops = {dcmread(p).SOPInstanceUID for p in paths}
-        wait_for(lambda: 5 <= states(gw, study, "SLOW").get("sent", 0) < 30, WAIT, "forwarding under way",
+        wait_for(lambda: 5 <= states(gw, study, "SLOW").get("sent", 0) < 50, WAIT, "forwarding under way",
                  interval=0.05)
         gw.process.send_signal(signal.SIGKILL)
         gw.process.wait(10)
@@ -212,7 +212,7 @@ def test_kill_9_in_the_middle_of_forwarding_loses_nothing(tmp_path):
         assert {s for s in after_kill.values()} == {"sent", "pending"}
 
         gw.start()
-        wait_for(done(gw, study, "SLOW", "sent", 40), WAIT, "the rest after the restart")
+        wait_for(done(gw, study, "SLOW", "sent", 60), WAIT, "the rest after the restart")
         assert set(slow.received) == sops
         assert len(slow.received) <= len(sops) + 3
         assert "queued again" in gw.log()
