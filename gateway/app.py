@@ -54,7 +54,8 @@ class App:
         self.store = Store(self.db, StoreConfig(
             root=s.storage_root, ae_title=s.ae_title, hold_codes=hold_codes_from_warn_codes(s.warn_codes),
             rejected_retention_days=s.rejected_retention_days, held_alert_hours=s.held_alert_hours,
-            min_free_mb=s.min_free_mb,
+            min_free_mb=s.min_free_mb, destinations=s.destinations,
+            forwarded_retention_days=s.forwarded_retention_days,
         ), self.gate, self.clock)
         self.followup = Followup(self.db, self.store.index, self.gate, self.steps, self.clock,
                                  filing_alert_days=s.filing_alert_days,
@@ -125,7 +126,8 @@ class App:
         for key in keys:
             if name == key.split(".", 1)[1]:
                 return key
-        return {"policy": "payers", "audit_syslog": "audit.syslog", "hl7_stations": "hl7.stations"}.get(name, name)
+        return {"policy": "payers", "audit_syslog": "audit.syslog", "hl7_stations": "hl7.stations",
+                "destinations": "forward"}.get(name, name)
 
     def _apply_policy(self, policy) -> None:
         # The query's caches hold items per order and auth number, never per policy: a

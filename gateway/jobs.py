@@ -11,6 +11,8 @@
   MPPS (:meth:`store.followup.Followup.complete_without_mpps`);
 - ``report_watch``: flag overdue reports and claim deadlines near
   (:meth:`store.followup.Followup.watch_reports`).
+- ``forward_purge``: remove the local copy of studies every ``[forward]`` destination
+  has, past ``storage.forwarded_retention_days`` (:meth:`store.outbox.Outbox.remove_forwarded`).
 
 :func:`start` schedules them on a :class:`BackgroundScheduler` inside ``gatekeeper serve``
 (apscheduler's triggers follow the wall clock; the use cases read the app's clock).
@@ -121,6 +123,16 @@ def report_watch(app: App) -> JobResult:
     return JobResult("report_watch", summary, {"overdue": done.overdue, "overdue_flagged": done.overdue_flagged,
                                                "deadlines_near": done.deadlines_near,
                                                "deadlines_flagged": done.deadlines_flagged})
+def forward_purge(app: App) -> JobResult:
+    """Remove the local copy of forwarded studies every destination has, past ``storage.forwarded_retention_days``."""
+    done = app.store.outbox.remove_forwarded()
+    if done.retention_days <= 0:
+        return JobResult("forward_purge", "storage.forwarded_retention_days is 0: forwarded studies are kept",
+                         {"candidates": 0, "removed": 0, "files_deleted": 0})
+    summary = (f"{done.candidates} archived studies in the forwarding queue: {done.removed} at every destination "
+               f"for {done.retention_days} days and removed ({done.files_deleted} files deleted)")
+    return JobResult("forward_purge", summary, {"candidates": done.candidates, "removed": done.removed,
+                                                  "files_deleted": done.files_deleted})
 
 
 # ------------------------------------------------------------------------ the registry
@@ -167,6 +179,14 @@ JOBS: dict[str, Job] = {
             report_watch,
             lambda s: [_daily(s.report_watch_hour)],
             lambda s: f"daily at {s.report_watch_hour:02d}:00 (deadlines within {s.filing_alert_days} days)"),
+        Job("forward_purge",
+            "remove the local copy of studies every [forward] destination has, past "
+            "storage.forwarded_retention_days",
+            forward_purge,
+            lambda s: [_daily(s.purge_hour, 30)],
+            lambda s: f"daily at {s.purge_hour:02d}:30 " + (f"(retention {s.forwarded_retention_days} days)"
+                                                            if s.forwarded_retention_days else
+                                                            "(off: storage.forwarded_retention_days = 0)")),
     )
 }
 

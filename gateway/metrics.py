@@ -23,6 +23,9 @@ Read at scrape time:
   (:meth:`worklist.gate.Gate.day`), each reason code of a withheld order counted;
 - ``gatekeeper_held_studies``, ``gatekeeper_held_studies_by_reason{reason}``,
   ``gatekeeper_held_oldest_seconds``: the held studies (:meth:`store.store.Store.held_studies`);
+- ``gatekeeper_forward_backlog{destination}``, ``gatekeeper_forward_failed{destination}``,
+  ``gatekeeper_forward_oldest_pending_seconds``: the forwarding queue
+  (:meth:`store.outbox.Outbox.figures`), with ``[forward]`` destinations only;
 - ``gatekeeper_collector_up{collector}``: 1 when the figures above could be read, 0 when
   the database failed them (the failure is logged).
 
@@ -168,7 +171,10 @@ class _AppFigures(Collector):
         up = GaugeMetricFamily("gatekeeper_collector_up",
                                "1 when the figures of this collector could be read at this scrape, else 0.",
                                labels=["collector"])
-        for name, read in (("orders", self._orders), ("held", self._held)):
+        readers = [("orders", self._orders), ("held", self._held)]
+        if getattr(self.app.settings, "destinations", ()):
+            readers.append(("forward", self._forward))
+        for name, read in readers:
             try:
                 with connected(self.app.db):
                     families = list(read())
@@ -224,3 +230,18 @@ class _AppFigures(Collector):
         now = self.app.now()
         oldest.add_metric([], max(0.0, max(((now - s.held_since).total_seconds() for s in held), default=0.0)))
         return count, reasons, oldest
+
+    def _forward(self):
+        figures = self.app.store.outbox.figures()
+        backlog = GaugeMetricFamily("gatekeeper_forward_backlog",
+                                    "Instances waiting to be sent, by [forward] destination.", labels=["destination"])
+        failed = GaugeMetricFamily("gatekeeper_forward_failed",
+                                   "Instances given up (forward retry queues them again), by destination.",
+                                   labels=["destination"])
+        for name in (d.name for d in self.app.settings.destinations):
+            backlog.add_metric([name], figures.backlog.get(name, 0))
+            failed.add_metric([name], figures.by_state.get(name, {}).get("failed", 0))
+        oldest = GaugeMetricFamily("gatekeeper_forward_oldest_pending_seconds",
+                                   "Age of the oldest instance waiting to be sent (0 when none waits).")
+        oldest.add_metric([], figures.oldest_pending_seconds or 0.0)
+        return backlog, failed, oldest

@@ -123,6 +123,7 @@ def run_all(settings: Settings, *, database_opened: bool = False, now: dt.dateti
     checks += check_tls(settings, now)
     checks += check_peers(settings)
     checks += check_audit_syslog(settings)
+    checks += check_destinations(settings)
     return checks
 
 
@@ -352,6 +353,21 @@ def check_audit_syslog(settings: Settings) -> list[Check]:
         return [Check(name, FAIL, f"{_one_line(exc)}: check that the collector runs, audit.syslog.host, port, "
                                   f"ca, cert and key in {settings.source}")]
     return [Check(name, OK, "TLS handshake succeeded")]
+
+
+def check_destinations(settings: Settings) -> list[Check]:
+    """Each ``[forward.NAME]`` destination answers a C-ECHO from its calling AE title."""
+    checks = []
+    for d in settings.destinations:
+        name = f"forward destination {d.name} ({d.ae_title} at {_host_port(d.host, d.port)})"
+        why = dicom_echo(d.calling_ae, d.ae_title, d.host, d.port)
+        if why is None:
+            checks.append(Check(name, OK, "C-ECHO succeeded"))
+        else:
+            checks.append(Check(name, FAIL, f"{why}: check that the archive runs, ae_title, host and port under "
+                                            f"[forward.{d.name}] in {settings.source}, and that it accepts "
+                                            f"calling AE {d.calling_ae}; until then studies wait in the queue"))
+    return checks
 
 
 # -- the probes ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 from infra.errors import InvalidInput
 from infra.syslog import facility_code
+from store.forwarding import Destination
 from store.reconcile import ALL_CODES
 from worklist.mwl_item import check_auth_attribute
 from worklist.policy import PayerPolicy, parse_policy
@@ -42,7 +43,7 @@ class Declared:
     help: str
 
 
-#: Every scalar setting: key, type, default, help. Tables (payers, peers) are below.
+#: Every scalar setting: key, type, default, help. Tables (payers, peers, forward) are below.
 DECLARED: tuple[Declared, ...] = (
     Declared("server.ae_title", str, "GATEKEEPER", "AE title of the gatekeeper (worklist, store, MPPS, commitment)."),
     Declared("server.bind_address", str, "0.0.0.0", "Address to listen on."),
@@ -74,6 +75,7 @@ DECLARED: tuple[Declared, ...] = (
     Declared("storage.root", str, "var/store", "Folder holding archive/, held/, rejected/ and incoming/."),
     Declared("storage.rejected_retention_days", int, 30, "Days a rejected study is kept before the purge job deletes it."),
     Declared("storage.held_alert_hours", int, 48, "A held study older than this is flagged by the held-age job."),
+    Declared("storage.forwarded_retention_days", int, 0, "Days after which the local copy of a study every [forward] destination has is removed; 0 = keep."),
     Declared("storage.min_free_mb", int, 1024, "Free space (MiB) kept on the storage volume; below it C-STORE is refused with 0xA700."),
     Declared("mpps.any_station_aets", list, [], "Calling AEs allowed to send MPPS for orders scheduled on another station."),
     Declared("worklist.auth_attribute", str, "RequestedProcedureComments", "DICOM keyword that carries 'AUTH <number>' on the console."),
@@ -197,6 +199,7 @@ class Settings:
     http_session_hours: int
     storage_root: Path
     rejected_retention_days: int
+    forwarded_retention_days: int
     held_alert_hours: int
     min_free_mb: int
     auth_attribute: str
@@ -229,6 +232,8 @@ class Settings:
     hl7_max_message_bytes: int = 1_048_576
     #: ``[hl7.stations]``: "MODALITY" or "MODALITY@LOCATION" -> station AE title.
     hl7_stations: dict[str, str] = field(default_factory=dict)
+    #: The ``[forward.NAME]`` archive destinations, in the file's order.
+    destinations: tuple[Destination, ...] = ()
 
 
 def config_path(cli_value: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -325,6 +330,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         http_session_hours=_http_session_hours(values, path),
         storage_root=(folder / values["storage.root"]).resolve(),
         rejected_retention_days=values["storage.rejected_retention_days"],
+        forwarded_retention_days=values["storage.forwarded_retention_days"],
         held_alert_hours=values["storage.held_alert_hours"],
         min_free_mb=values["storage.min_free_mb"],
         auth_attribute=values["worklist.auth_attribute"],
@@ -347,6 +353,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         qr_include_held=values["qr.include_held"],
         qr_held_viewers=tuple(_ae_title(a, "qr.held_viewers", path) for a in values["qr.held_viewers"]),
         **_hl7(values, raw.get("hl7", {}), path),
+        destinations=_destinations(raw.get("forward", {}), path, default_calling=values["server.ae_title"].strip()),
     )
 
 
@@ -482,6 +489,51 @@ def _scalars(raw: dict, path: Path) -> dict[str, Any]:
     return values
 
 
+#: Sections that are tables of named entries rather than scalar settings.
+#: The keys of a ``[forward.NAME]`` table: (key, type, required).
+FORWARD_KEYS = (("ae_title", str, True), ("host", str, True), ("port", int, True), ("calling_ae", str, False),
+                ("storage_commitment", bool, False), ("modalities", list, False))
+
+
+def _destinations(raw: Any, path: Path, *, default_calling: str) -> tuple[Destination, ...]:
+    """The ``[forward.NAME]`` tables: ``ae_title``, ``host``, ``port``, optional ``calling_ae``
+    (default ``server.ae_title``), ``storage_commitment`` (default false) and ``modalities``."""
+    example = 'ae_title = "PACS", host = "pacs.example", port = 104'
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path}: [forward] must hold tables [forward.NAME] with {example}.")
+    found = []
+    for name, entry in raw.items():
+        where = f"{path}: forward.{name}"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"{where} must be a table with {example}.")
+        if not name.strip() or len(name) > 64:
+            raise SettingsError(f"{where}: a destination's name is 1 to 64 characters.")
+        unknown = sorted(set(entry) - {k for k, _, _ in FORWARD_KEYS})
+        if unknown:
+            raise SettingsError(f"{where}: unknown key {unknown[0]}; the keys are "
+                                f"{', '.join(k for k, _, _ in FORWARD_KEYS)}.")
+        for key, kind, required in FORWARD_KEYS:
+            if key not in entry:
+                if required:
+                    raise SettingsError(f"{where} lacks {key}; a destination needs {example}.")
+                continue
+            value = entry[key]
+            if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+                raise SettingsError(f"{where}.{key} must be {kind.__name__}, got {value!r}.")
+        if not isinstance(entry["host"], str) or not entry["host"].strip():
+            raise SettingsError(f"{where}.host is empty; name the destination's host or address.")
+        modalities = entry.get("modalities", [])
+        if not all(isinstance(m, str) and m.strip() for m in modalities):
+            raise SettingsError(f"{where}.modalities must list modality codes such as \"CT\", \"MR\".")
+        found.append(Destination(
+            name=name, ae_title=_ae_title(entry["ae_title"], f"forward.{name}.ae_title", path),
+            host=entry["host"].strip(), port=_port(entry["port"], f"forward.{name}.port", path),
+            calling_ae=_ae_title(entry.get("calling_ae", default_calling), f"forward.{name}.calling_ae", path),
+            storage_commitment=entry.get("storage_commitment", False),
+            modalities=frozenset(m.strip().upper() for m in modalities)))
+    return tuple(found)
+
+
 def _ae_title(value: Any, key: str, path: Path) -> str:
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > 16 or "\\" in value:
         raise SettingsError(f"{path}: {key} has {value!r}; an AE title is 1 to 16 characters, no backslash.")
@@ -489,7 +541,7 @@ def _ae_title(value: Any, key: str, path: Path) -> str:
 
 
 #: Sections that are tables of named entries, parsed on their own (not in DECLARED).
-TABLES = ("payers", "peers", "modalities", "audit")
+TABLES = ("payers", "peers", "modalities", "audit", "forward")
 
 
 def _check_codes(codes: frozenset[str], path: Path) -> None:

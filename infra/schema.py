@@ -187,6 +187,43 @@ def add_feed_answers(db: pw.Database) -> None:
         db.create_tables([FeedAnswers])
 
 
+def add_forward_queue(db: pw.Database) -> None:
+    """0.3.0 (version 8 -> 9): add the table ``forward_queue``, one row per instance and
+    ``[forward.NAME]`` destination (state, attempts, generation, next attempt, times sent
+    and committed, last error and status, commitment transaction, the sender's lease),
+    unique on (sop_instance_uid, destination). Existing studies are not queued: only those
+    archived from then on are forwarded."""
+
+    class ForwardQueue(pw.Model):  # the table as 0.3.0 made it (a step never imports the models)
+        sop_instance_uid = pw.CharField(max_length=64)
+        study_instance_uid = pw.CharField(max_length=64, index=True)
+        destination = pw.CharField(max_length=64)
+        state = pw.CharField(max_length=10)
+        attempts = pw.IntegerField(default=0)
+        generation = pw.IntegerField(default=1)
+        next_attempt_at = pw.DateTimeField()
+        enqueued_at = pw.DateTimeField()
+        sent_at = pw.DateTimeField(null=True)
+        committed_at = pw.DateTimeField(null=True)
+        last_error = pw.TextField(default="")
+        last_status = pw.IntegerField(null=True)
+        transaction_uid = pw.CharField(max_length=64, null=True, index=True)
+        claim = pw.CharField(max_length=40, null=True, index=True)
+        claimed_until = pw.DateTimeField(null=True)
+
+        class Meta:
+            database = db
+            legacy_table_names = False
+            table_name = "forward_queue"
+            indexes = (
+                (("sop_instance_uid", "destination"), True),
+                (("state", "next_attempt_at"), False),
+            )
+
+    if "forward_queue" not in db.get_tables():
+        db.create_tables([ForwardQueue])
+
+
 #: Every step in order; step ``i`` takes version ``i + 1`` to ``i + 2``.
 STEPS: tuple[Step, ...] = (
     add_studies_reopened_at,
@@ -196,6 +233,7 @@ STEPS: tuple[Step, ...] = (
     add_audit_outbox,
     add_query_retrieve_attributes,
     add_feed_answers,
+    add_forward_queue,
 )
 
 #: The version this program writes and reads.

@@ -8,6 +8,7 @@
 #     desk's browser tests; their screenshots go to $GATEKEEPER_TEST_ARTIFACTS (default
 #     test-artifacts/ here);
 #   - rsyslogd with TLS (Debian packages rsyslog, rsyslog-gnutls) and openssl, for the audit trail tests;
+#   - Orthanc (Debian package orthanc), the PACS of the forwarding tests;
 #   - a virtualenv in .venv with the project and pytest;
 #   - the PostgreSQL suite against GATEKEEPER_TEST_PG_URL
 #     (default: the server on this machine, postgresql://postgres@127.0.0.1:5432/test).
@@ -29,10 +30,13 @@ need chromium test -x /usr/bin/chromium            # tests/test_browser.py
 need chromium-driver test -x /usr/bin/chromedriver
 need rsyslog test -x /usr/sbin/rsyslogd            # tests/test_audit_rsyslog.py: a collector over UDP and TLS
 need rsyslog-gnutls dpkg -s rsyslog-gnutls
+need orthanc test -x /usr/sbin/Orthanc             # tests/test_e2e_forward.py: the PACS
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # the orthanc package may start a system Orthanc on ports 4242 and 8042; the tests start their own
+    $sudo systemctl disable --now orthanc >/dev/null 2>&1 || true
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

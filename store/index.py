@@ -323,6 +323,16 @@ class Index:
             return None
         return InstanceRow.delete().where(InstanceRow.study_instance_uid == study).execute()
 
+    def mark_removed_after_forwarding(self, study: str, now: dt.datetime) -> int | None:
+        """An archived study whose local copy was removed becomes purged: its instance rows go
+        (the count), the study row and findings stay. None when it is no longer archived."""
+        won = (StudyRow.update(state=PURGED, state_changed_at=now)
+               .where((StudyRow.study_instance_uid == study) & (StudyRow.state == ARCHIVED))
+               .execute())
+        if won != 1:
+            return None
+        return InstanceRow.delete().where(InstanceRow.study_instance_uid == study).execute()
+
     # --------------------------------------------------------------------------- the report
 
     def archived_linked_since(self, start: dt.datetime) -> list[tuple[str, str, dt.datetime]]:

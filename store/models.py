@@ -88,4 +88,38 @@ class FindingRow(BaseModel):
         table_name = "findings"
 
 
-MODELS = [StudyRow, InstanceRow, FindingRow]
+class ForwardRow(BaseModel):
+    """One instance queued for one ``[forward.NAME]`` destination (docs/rules.md, rule 10).
+
+    ``state`` is one of :data:`store.forwarding.FORWARD_STATES`. ``generation`` grows each
+    time the row is queued again (a correction, a re-sent instance, a retry): a sender
+    records only the outcome of the generation it claimed. ``claim`` and
+    ``claimed_until`` are the lease of the sender working on the row; an expired lease
+    (a gateway killed mid-send) lets another sender take it.
+    """
+
+    sop_instance_uid = pw.CharField(max_length=64)
+    study_instance_uid = pw.CharField(max_length=64, index=True)
+    destination = pw.CharField(max_length=64)
+    state = pw.CharField(max_length=10)
+    attempts = pw.IntegerField(default=0)
+    generation = pw.IntegerField(default=1)
+    next_attempt_at = pw.DateTimeField()
+    enqueued_at = pw.DateTimeField()
+    sent_at = pw.DateTimeField(null=True)
+    committed_at = pw.DateTimeField(null=True)
+    last_error = pw.TextField(default="")
+    last_status = pw.IntegerField(null=True)
+    transaction_uid = pw.CharField(max_length=64, null=True, index=True)
+    claim = pw.CharField(max_length=40, null=True, index=True)
+    claimed_until = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "forward_queue"
+        indexes = (
+            (("sop_instance_uid", "destination"), True),
+            (("state", "next_attempt_at"), False),
+        )
+
+
+MODELS = [StudyRow, InstanceRow, FindingRow, ForwardRow]

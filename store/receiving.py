@@ -150,6 +150,9 @@ class Receiving:
         self.hold_codes = frozenset(hold_codes)
         self.clock = clock
         self._links_work = True  # cleared when the volume refuses hard links
+        #: The forwarding queue (:class:`store.outbox.Outbox`); a clean instance of an
+        #: archived study is queued in the transaction that indexes it.
+        self.outbox = None
 
     def receive(
         self,
@@ -237,6 +240,9 @@ class Receiving:
                     self.index.record_instance(row, existing, header, found, order_accession, state, stored,
                                                calling_ae, now, tree if changes_state else None)
                     reopened = previous == ARCHIVED and state == HELD
+                    if state == ARCHIVED and self.outbox is not None:
+                        self.outbox.instance_archived(sop, study, modality=header.modality, received_from=calling_ae,
+                                                      replaced=existing is not None)
                     if reopened:
                         audit.record(now, calling_ae or "modality", AUDIT_REOPENED, study,
                                      "an instance that does not match its order arrived for the archived study",

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from store.forwarding import NO_FIGURES, ForwardFigures
 from store.index import Index
 from store.watch import AUDIT_FILING_NEAR, AUDIT_REPORT_OVERDUE
 from store.reconcile import CODES as FINDING_CODES
@@ -114,6 +115,8 @@ class Report:
     orders_by_report_status: dict[str, int] = field(default_factory=lambda: {k: 0 for k in REPORT_STATUS_KEYS.values()})
     reports_overdue: int = 0
     deadlines_near: int = 0
+    #: The forwarding queue as of ``generated_at`` (not limited to the period).
+    forwarding: ForwardFigures = NO_FIGURES
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -227,6 +230,12 @@ def as_json(r: Report) -> dict:
         "auth_units": {"used": r.auth_units_used, "auths": r.auths_drawn_on},
         "reports": {"by_status": r.orders_by_report_status, "overdue": r.reports_overdue,
                     "deadlines_near": r.deadlines_near},
+        "forwarding": {
+            "backlog": r.forwarding.backlog,
+            "by_state": r.forwarding.by_state,
+            "oldest_pending_seconds": r.forwarding.oldest_pending_seconds,
+            "failures_by_status": r.forwarding.failures_by_status,
+        },
     }
 
 

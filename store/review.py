@@ -115,6 +115,9 @@ class Review:
         self.gate = gate
         self.ae_title = ae_title
         self.clock = clock
+        #: The forwarding queue (:class:`store.outbox.Outbox`): a released or corrected study
+        #: is queued in the transaction that archives it.
+        self.outbox = None
 
     # -- looking ----------------------------------------------------------------------------
 
@@ -216,6 +219,8 @@ class Review:
             now = self.clock()
             codes = self.index.hold_codes([study]).get(study, ())
             with self.index.transaction():
+                if state == ARCHIVED and self.outbox is not None:  # before set_state: the files are still in held/
+                    self.outbox.study_archived(study, corrected=False)
                 self.index.set_state(row.id, study, state, TREE_OF[state], now)
                 audit.record(now, user, action, study, reason, accession_number=row.accession_number,
                              instances=row.instance_count, codes=list(codes))
@@ -263,6 +268,8 @@ class Review:
                                          [(instance.id, new) for (instance, _, _), new in zip(written, stored)],
                                          patient=corrected_patient(order))
                 self.index.replace_findings(study, found, now)
+                if self.outbox is not None:  # sent again, to every destination, under the same UIDs
+                    self.outbox.study_archived(study, corrected=True)
                 audit.record(now, user, AUDIT_CORRECTED, study, reason, accession_number=order.accession_number,
                              previous_accession=row.accession_number, instances=len(written), changed=changed,
                              codes=codes, remaining_codes=list(remaining),

@@ -13,6 +13,7 @@ part                                what it does
 :class:`store.review.Review`        held studies: list, show, release, correct, reject
 :class:`store.recovery.Recovery`    finish at start what a crash interrupted
 :class:`store.housekeeping.Housekeeping`  aged holds, purge of rejected studies
+:class:`store.outbox.Outbox`        the forwarding queue: queued as a study is archived
 ==================================  ==========================================================
 
 The authorization of an order comes from the worklist gate
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 
 import peewee as pw
 
-from infra.clock import Clock
+from infra.clock import Clock, wall_clock
 from store import commitment
 from store.archive import Archive
 from store.commitment import CommitmentReport, CommitmentRequest
 from store.housekeeping import Housekeeping
+from store.forwarding import Destination
 from store.index import Index
+from store.outbox import Outbox
 from store.placement import Placement
 from store.receiving import Receiving
 from store.reconcile import DEFAULT_HOLD_CODES, PriorStudy
@@ -53,12 +56,16 @@ class StoreConfig:
     rejected_retention_days: int = 30
     held_alert_hours: int = 48
     min_free_mb: int = 0
+    #: The ``[forward.NAME]`` destinations, by name (empty: nothing is forwarded).
+    destinations: tuple[Destination, ...] = ()
+    forwarded_retention_days: int = 0
 
 
 class Store:
     """Received studies over one database and one storage root."""
 
-    def __init__(self, db: pw.Database, config: StoreConfig, gate: Gate, clock: Clock) -> None:
+    def __init__(self, db: pw.Database, config: StoreConfig, gate: Gate, clock: Clock,
+                 queue_clock: Clock = wall_clock) -> None:
         self.config = config
         self.gate = gate
         self.clock = clock
@@ -74,6 +81,10 @@ class Store:
         self.housekeeping = Housekeeping(db, self.archive, self.index, self.placement, clock=clock,
                                          held_alert_hours=config.held_alert_hours,
                                          rejected_retention_days=config.rejected_retention_days)
+        self.outbox = Outbox(db, self.index, self.archive, self.placement,
+                             {d.name: d for d in config.destinations}, clock=queue_clock,
+                             forwarded_retention_days=config.forwarded_retention_days)
+        self.receiving.outbox = self.review.outbox = self.outbox
         # The use cases, by name.
         self.receive = self.receiving.receive
         self.recover = self.recovery.run
@@ -100,7 +111,9 @@ class Store:
 
     def report(self, since) -> Report:
         """The practice report from day ``since`` to now."""
-        return load_report(self.gate, self.index, since)
+        import dataclasses
+
+        return dataclasses.replace(load_report(self.gate, self.index, since), forwarding=self.outbox.figures())
 
     def close(self) -> None:
         """Give up this process's incoming folder (at a clean stop)."""

@@ -104,7 +104,8 @@ def test_an_unchanged_file_applies_nothing(app, settings_path):
 
 def test_every_setting_has_its_settings_toml_key():
     keys = {App.setting_key(f.name) for f in dataclasses.fields(Settings)} - {"source"}
-    assert keys == {d.key for d in DECLARED} | {"payers", "peers", "modalities", "audit.syslog", "hl7.stations"}
+    assert keys == {d.key for d in DECLARED} | {"payers", "peers", "modalities", "audit.syslog", "hl7.stations",
+                                                "forward"}
     assert {key for key, _, _ in App.RELOADABLE} <= keys
 
 

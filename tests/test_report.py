@@ -123,7 +123,9 @@ def test_report_json_from_the_command_line(scenario, settings_path, cli_env, cap
     assert main(["--config", str(settings_path), "report", "--since", "2026-11-01", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"since", "generated_at", "orders", "overrides", "studies", "holds", "mpps", "auth_units",
-                         "reports"}
+                         "reports", "forwarding"}
+    assert data["forwarding"] == {"backlog": {}, "by_state": {}, "oldest_pending_seconds": None,
+                                  "failures_by_status": {}}  # no [forward] destination
     assert data["since"] == "2026-11-01" and data["generated_at"] == "2026-11-30T08:00:00"
     assert data["orders"]["total"] == 8 and data["orders"]["served"] == 3 and data["orders"]["withheld"] == 2
     assert data["orders"]["withheld_by_reason"]["AUTH_MISSING"] == 2

@@ -16,6 +16,7 @@ from gateway import logs
 from gateway.app import open_app
 from gateway.cli import audit as audit_verbs
 from gateway.cli import hl7 as hl7_verbs
+from gateway.cli import forward as forward_verbs
 from gateway.cli import ops as ops_verbs
 from gateway.cli import policies as policies_verbs
 from gateway.cli import store as store_verbs
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     users_verbs.register(verbs, common)
     audit_verbs.register(verbs, common)
     hl7_verbs.register(verbs, common)
+    forward_verbs.register(verbs, common)
     return parser
 
 

@@ -112,4 +112,13 @@ def as_text(r: Report) -> str:
         f"Reports of the orders: {', '.join(f'{n} {s}' for s, n in r.orders_by_report_status.items() if n) or 'none'}",
         f"  reports overdue (flagged): {r.reports_overdue}; claim deadlines near (flagged): {r.deadlines_near}",
     ]
+    f = r.forwarding
+    if f.by_state:
+        oldest = "none" if f.oldest_pending_seconds is None else f"{f.oldest_pending_seconds / 60:.0f} min"
+        lines.append(f"Forwarding now: {sum(f.backlog.values())} instances waiting, oldest pending {oldest}")
+        for name, counts in f.by_state.items():
+            lines.append(f"  {name}: backlog {f.backlog.get(name, 0)}, "
+                         + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        if f.failures_by_status:
+            lines.append("  failed by last status: " + ", ".join(f"{s} {n}" for s, n in f.failures_by_status.items()))
     return "\n".join(lines)

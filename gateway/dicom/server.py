@@ -26,7 +26,8 @@ from pynetdicom.sop_class import Verification
 
 from gateway import audit_trail, jobs, logs
 from gateway.app import App
-from gateway.dicom import access, commitment, guard, mpps, permissions, qr, storage, syntaxes, tls, tuning, worklist
+from gateway.dicom import (access, commitment, forwarder, guard, mpps, permissions, qr, storage, syntaxes, tls,
+                           tuning, worklist)
 from gateway.dicom.status import SUCCESS
 from gateway.http import desk as http_desk
 from gateway.hl7 import listener as hl7_listener
@@ -39,8 +40,9 @@ from infra.errors import GatekeeperError
 log = logging.getLogger("gateway.dicom.server")
 
 #: The services the AE carries, each a module with ``add_to(ae, app, metrics) -> handlers``
-#: (qr after storage: it sets the SCP/SCU roles of the storage contexts for C-GET).
-SERVICES = (worklist, storage, mpps, commitment, qr)
+#: (qr after storage: it sets the SCP/SCU roles of the storage contexts for C-GET;
+#: forwarder: the storage commitment reports of the archive destinations).
+SERVICES = (worklist, storage, mpps, commitment, qr, forwarder)
 
 #: Largest P-DATA PDU the gatekeeper accepts (A-ASSOCIATE maximum length, PS3.8 D.1); a
 #: longer one is refused with an A-ABORT (tuning.py, change 5).
@@ -209,6 +211,9 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         if scheduler is not None:
             running.callback(scheduler.shutdown, wait=False)
         running.callback(audit_trail.start(app).stop)  # [audit.syslog]: the audit log to a syslog collector
+        sender = forwarder.start(app)  # [forward.NAME]: archived studies to the archive; None when none is set
+        if sender is not None:
+            running.callback(sender.stop)
         log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
                  f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
         if ready is not None:
