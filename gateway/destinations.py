@@ -15,4 +15,10 @@ def move_destination(settings: Settings, ae_title: str) -> Peer | None:
     wanted = ae_title.strip()
     if not wanted:
         return None
-    return settings.peers.get(wanted)
+    peer = settings.peers.get(wanted)
+    if peer is not None:
+        return peer
+    for destination in settings.destinations:
+        if destination.ae_title == wanted:
+            return Peer(destination.ae_title, destination.host, destination.port)
+    return None

@@ -478,3 +478,23 @@ def test_every_storage_context_accepts_the_role_selection_c_get_needs(app):
         context = contexts[storage.abstract_syntax]
         assert (context.scu_role, context.scp_role) == (True, True), storage.abstract_syntax
     assert sum(1 for h in handlers if h[0] is evt.EVT_C_FIND) == 1  # one C-FIND handler routes worklist and Q/R
+
+
+def test_move_destinations_are_the_peers_then_the_forward_destinations(tmp_path):
+    """One lookup (gateway/destinations.py): [peers] by AE title first, then [forward.NAME] by its ae_title."""
+    from gateway.destinations import move_destination
+    from gateway.settings import load
+    from tests.conftest import write_settings
+
+    path = write_settings(tmp_path)
+    path.write_text(path.read_text().replace("[peers]\n", '[peers]\nVIEWER = { host = "127.0.0.2", port = 104 }\n'
+                                             'PACS = { host = "127.0.0.3", port = 105 }\n', 1)
+                    + '\n[forward.ARCHIVE]\nae_title = "PACS"\nhost = "127.0.0.4"\nport = 4242\n'
+                    + '\n[forward.VNA]\nae_title = "VNA"\nhost = "127.0.0.5"\nport = 11113\n')
+    settings = load(path, environ={})
+    assert (move_destination(settings, "VIEWER").host, move_destination(settings, "VIEWER").port) == ("127.0.0.2", 104)
+    assert move_destination(settings, "PACS").host == "127.0.0.3"  # [peers] wins over a destination's AE title
+    found = move_destination(settings, " VNA ")
+    assert (found.ae_title, found.host, found.port) == ("VNA", "127.0.0.5", 11113)
+    assert move_destination(settings, "ARCHIVE") is None  # the table's name is not an AE title
+    assert move_destination(settings, "") is None and move_destination(settings, "NOBODY") is None
