@@ -37,8 +37,8 @@ _INSERT: dict[tuple, str] = {}
 _COLUMNS = ("at", "user", "action", "subject", "reason", "detail")
 
 
-def record(at: dt.datetime, user: str, action: str, subject: str, reason: str = "", **detail) -> None:
-    """Append one event to the audit log (inside the caller's transaction)."""
+def record(at: dt.datetime, user: str, action: str, subject: str, reason: str = "", **detail) -> int:
+    """Append one event to the audit log (inside the caller's transaction); return its id."""
     db = AuditEvent._meta.database
     key = (type(db), db.param, db.quote)
     sql = _INSERT.get(key)
@@ -47,8 +47,11 @@ def record(at: dt.datetime, user: str, action: str, subject: str, reason: str = 
         sql = _INSERT[key] = (f"INSERT INTO {q.format(AuditEvent._meta.table_name)} "
                               f"({', '.join(q.format(AuditEvent._meta.fields[c].column_name) for c in _COLUMNS)}) "
                               f"VALUES ({', '.join([db.param] * len(_COLUMNS))})")
+        if isinstance(db, pw.PostgresqlDatabase):
+            sql = _INSERT[key] = sql + f" RETURNING {q.format(AuditEvent._meta.primary_key.column_name)}"
     values = (at, user, action, subject, reason, json.dumps(detail, sort_keys=True, default=str))
-    db.execute_sql(sql, [AuditEvent._meta.fields[c].db_value(v) for c, v in zip(_COLUMNS, values)])
+    cursor = db.execute_sql(sql, [AuditEvent._meta.fields[c].db_value(v) for c, v in zip(_COLUMNS, values)])
+    return cursor.fetchone()[0] if isinstance(db, pw.PostgresqlDatabase) else cursor.lastrowid
 
 
 def details(actions: Iterable[str], subjects: Iterable[str]) -> Iterator[tuple[str, dict]]:

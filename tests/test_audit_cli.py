@@ -25,7 +25,7 @@ def events(app):
          {"accession_number": "ACC1002", "previous_accession": "ACC1001"}),
     ]
     with app.db.atomic():
-        return [audit.record(at, user, action, subject, reason, **detail).id
+        return [audit.record(at, user, action, subject, reason, **detail)
                 for at, user, action, subject, reason, detail in rows]
 
 

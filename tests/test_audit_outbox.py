@@ -67,7 +67,7 @@ class Wall:
 
 
 def record(n: int = 1, action: str = "study.released") -> list[int]:
-    return [audit.record(AT, "tech1", action, f"1.2.3.{i}", "why").id for i in range(n)]
+    return [audit.record(AT, "tech1", action, f"1.2.3.{i}", "why") for i in range(n)]
 
 
 def outbox(app, collector, wall=None, monotonic=None, **config) -> Outbox:
@@ -241,7 +241,7 @@ def test_the_outbox_on_postgresql(pg_url, tmp_path):
     _drop_everything(pg_url)
     db = open_database_of(load(write_settings(tmp_path, database_url=pg_url), environ={}))
     try:
-        ids = [audit.record(AT, "tech1", "study.released", f"1.2.{i}").id for i in range(3)]
+        ids = [audit.record(AT, "tech1", "study.released", f"1.2.{i}") for i in range(3)]
         got, other = Collector(), Collector()
         wall = Wall()
         first = Outbox(db, got, OutboxConfig(), wall=wall)
@@ -249,7 +249,7 @@ def test_the_outbox_on_postgresql(pg_url, tmp_path):
         assert first.once() == 3 and second.once() == 0
         assert got.got == ids and cursor() == ids[-1]
         first.release()
-        more = audit.record(AT, "tech1", "study.released", "1.2.9").id
+        more = audit.record(AT, "tech1", "study.released", "1.2.9")
         assert second.once() == 1 and other.got == [more]
     finally:
         db.close()

@@ -66,8 +66,8 @@ def test_serve_sends_recorded_events_and_stops_its_thread(sending_app, collector
         assert match, data[:200]
         got.append((int(match.group(1)), int(match.group(5)), ET.fromstring(data[match.end():].decode("utf-8"))))
     (pri1, id1, xml1), (pri2, id2, xml2) = got
-    assert (pri1, id1) == (20 * 8 + 5, first.id)  # local4, notice
-    assert (pri2, id2) == (20 * 8 + 4, second.id)  # a refusal: warning
+    assert (pri1, id1) == (20 * 8 + 5, first)  # local4, notice
+    assert (pri2, id2) == (20 * 8 + 4, second)  # a refusal: warning
     assert xml1.find("EventIdentification/EventID").get("csd-code") == "110103"
     assert xml2.find("EventIdentification/EventID").get("csd-code") == "110113"
     # the local time of the log, with this machine's offset
@@ -77,7 +77,8 @@ def test_serve_sends_recorded_events_and_stops_its_thread(sending_app, collector
 
 def test_a_record_of_a_row_keeps_its_fields_and_survives_a_broken_detail(sending_app):
     with sending_app.db.atomic():
-        row = audit.record(NOW, "tech1", "study.released", "1.2.3.4", "why", accession_number="ACC1")
+        row = audit.AuditEvent.get_by_id(audit.record(NOW, "tech1", "study.released", "1.2.3.4", "why",
+                                                      accession_number="ACC1"))
     record = audit_trail.record_of(row)
     assert (record.id, record.user, record.action, record.subject, record.reason) == (
         row.id, "tech1", "study.released", "1.2.3.4", "why")
