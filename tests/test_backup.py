@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
@@ -437,6 +438,7 @@ def test_backup_while_the_server_receives(app, server, tmp_path, gk):
     app.gate.import_orders_text((EXAMPLES / "orders.json").read_text(), "orders.json")
     app.gate.import_auths_text((EXAMPLES / "auths.json").read_text(), "auths.json")
     statuses, stop = [], threading.Event()
+    study = generate_uid()  # one study: a second study of ACC1001 would be held as DUPLICATE_STUDY (rule 7)
 
     def modality():
         ae = AE(ae_title="MR1")
@@ -447,7 +449,7 @@ def test_backup_while_the_server_receives(app, server, tmp_path, gk):
             for _ in range(200):
                 if stop.is_set():
                     break
-                statuses.append(assoc.send_c_store(instance()).Status)
+                statuses.append(assoc.send_c_store(instance(StudyInstanceUID=study)).Status)
         finally:
             assoc.release()
 

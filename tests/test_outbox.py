@@ -283,12 +283,14 @@ def test_two_senders_on_postgresql_never_take_the_same_row(pg_url, tmp_path):
                              clock=Clock(dt.datetime(2026, 11, 30, 8, 0))))
     try:
         first = apps[0]
-        first.gate.import_orders([make_order(study_instance_uid=STUDY)])
+        # one order a study: a second study of one order would be held as DUPLICATE_STUDY (rule 7)
+        studies = {f"ACC90{n:02d}": generate_uid() for n in range(12)}
+        first.gate.import_orders([make_order(accession_number=acc, study_instance_uid=study)
+                                  for acc, study in studies.items()])
         first.gate.import_auths([auth()])
-        studies = [generate_uid() for _ in range(12)]
-        for study in studies:
+        for acc, study in studies.items():
             for _ in range(2):
-                receive(first, tmp_path, study=study)
+                receive(first, tmp_path, study=study, AccessionNumber=acc)
         for app in apps:
             app.store.outbox.clock = Clock(T0 + dt.timedelta(seconds=60))
         taken: list[list[int]] = [[], []]
