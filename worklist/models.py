@@ -6,6 +6,8 @@ row. Only :mod:`worklist.records` queries them.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import peewee as pw
 
 from infra.db import BaseModel
@@ -58,36 +60,41 @@ class OrderRow(BaseModel):
         )
 
     def to_order(self) -> Order:
+        return self.order_of({name: getattr(self, name) for name in self._meta.fields})
+
+    @staticmethod
+    def order_of(row: Mapping[str, Any]) -> Order:
+        """The order of a row's column values (a model's, or a ``.dicts()`` query's: no model is built)."""
         return Order(
-            accession_number=self.accession_number,
-            status=self.status,
-            patient_id=self.patient_id,
-            patient_issuer=self.patient_issuer,
-            patient_name=self.patient_name,
-            birth_date=self.birth_date,
-            sex=self.sex,
-            cpt=self.cpt,
-            description=self.description,
-            modality=self.modality,
-            body_part=self.body_part,
-            laterality=self.laterality,
-            scheduled_start=self.scheduled_start,
-            station_ae=self.station_ae,
-            station_name=self.station_name,
-            location=self.location,
-            ordering_npi=self.ordering_npi,
-            ordering_name=self.ordering_name,
-            facility_npi=self.facility_npi,
-            payer_id=self.payer_id,
-            member_id=self.member_id,
-            plan_type=self.plan_type,
-            diagnoses=tuple(d for d in self.diagnoses.split(";") if d),
-            study_instance_uid=self.study_instance_uid,
-            requested_procedure_id=self.requested_procedure_id,
-            scheduled_procedure_step_id=self.scheduled_procedure_step_id,
-            auth_unit_used=self.auth_unit_used or None,
-            report_status=self.report_status or "",
-            report_status_at=self.report_status_at,
+            accession_number=row["accession_number"],
+            status=row["status"],
+            patient_id=row["patient_id"],
+            patient_issuer=row["patient_issuer"],
+            patient_name=row["patient_name"],
+            birth_date=row["birth_date"],
+            sex=row["sex"],
+            cpt=row["cpt"],
+            description=row["description"],
+            modality=row["modality"],
+            body_part=row["body_part"],
+            laterality=row["laterality"],
+            scheduled_start=row["scheduled_start"],
+            station_ae=row["station_ae"],
+            station_name=row["station_name"],
+            location=row["location"],
+            ordering_npi=row["ordering_npi"],
+            ordering_name=row["ordering_name"],
+            facility_npi=row["facility_npi"],
+            payer_id=row["payer_id"],
+            member_id=row["member_id"],
+            plan_type=row["plan_type"],
+            diagnoses=tuple(d for d in (row["diagnoses"] or "").split(";") if d),
+            study_instance_uid=row["study_instance_uid"],
+            requested_procedure_id=row["requested_procedure_id"],
+            scheduled_procedure_step_id=row["scheduled_procedure_step_id"],
+            auth_unit_used=row["auth_unit_used"] or None,
+            report_status=row["report_status"] or "",
+            report_status_at=row["report_status_at"],
         )
 
 
@@ -145,20 +152,25 @@ class AuthRow(BaseModel):
         table_name = "auths"
 
     def to_auth(self) -> Auth:
+        return self.auth_of({name: getattr(self, name) for name in self._meta.fields})
+
+    @staticmethod
+    def auth_of(row: Mapping[str, Any]) -> Auth:
+        """The auth of a row's column values (a model's, or a ``.dicts()`` query's)."""
         return Auth(
-            auth_number=self.auth_number,
-            payer_id=self.payer_id,
-            patient_id=self.patient_id,
-            cpt_codes=tuple(c for c in self.cpt_codes.split(";") if c),
-            facility_npi=self.facility_npi,
-            ordering_npi=self.ordering_npi,
-            valid_from=self.valid_from,
-            valid_to=self.valid_to,
-            units=self.units,
-            units_used=self.units_used,
-            laterality=self.laterality,
-            body_part=self.body_part,
-            status=self.status,
+            auth_number=row["auth_number"],
+            payer_id=row["payer_id"],
+            patient_id=row["patient_id"],
+            cpt_codes=tuple(c for c in row["cpt_codes"].split(";") if c),
+            facility_npi=row["facility_npi"],
+            ordering_npi=row["ordering_npi"],
+            valid_from=row["valid_from"],
+            valid_to=row["valid_to"],
+            units=row["units"],
+            units_used=row["units_used"],
+            laterality=row["laterality"],
+            body_part=row["body_part"],
+            status=row["status"],
         )
 
 

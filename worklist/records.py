@@ -172,7 +172,7 @@ def orders_scheduled(start: dt.datetime, end: dt.datetime, *, station_ae: str | 
         query = query.where(OrderRow.station_ae == station_ae)
     if open_only:
         query = query.where(OrderRow.status.in_(WORKABLE_STATUSES))
-    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number)]
+    return [OrderRow.order_of(row) for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number).dicts()]
 
 
 def open_orders_of(patient_ids: Iterable[str]) -> list[Order]:
@@ -246,8 +246,8 @@ def auths_for_patients(patient_ids: Iterable[str]) -> dict[str, list[Auth]]:
     """Every auth on file for these patients, grouped by patient ID."""
     found: dict[str, list[Auth]] = defaultdict(list)
     for batch in batches(sorted(set(patient_ids))):
-        for row in AuthRow.select().where(AuthRow.patient_id.in_(batch)):
-            found[row.patient_id].append(row.to_auth())
+        for row in AuthRow.select().where(AuthRow.patient_id.in_(batch)).dicts():
+            found[row["patient_id"]].append(AuthRow.auth_of(row))
     return found
 
 
@@ -383,7 +383,7 @@ def orders_of_patient(patient_id: str, *, open_only: bool = False) -> list[Order
     query = OrderRow.select().where(OrderRow.patient_id == patient_id)
     if open_only:
         query = query.where(OrderRow.status.in_(WORKABLE_STATUSES))
-    return [row.to_order() for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number)]
+    return [OrderRow.order_of(row) for row in query.order_by(OrderRow.scheduled_start, OrderRow.accession_number).dicts()]
 
 
 def set_report_status(accession_number: str, status: str, at: dt.datetime | None, now: dt.datetime) -> bool:
