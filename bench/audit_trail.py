@@ -55,7 +55,6 @@ def run(count: int, transport: str, folder: Path, pki) -> None:
               if transport == "tls" else syslog.UdpSender("127.0.0.1", collector.port))
     outbox = Outbox(db, lambda event: sender.send([fmt(event)]), OutboxConfig(poll_seconds=0.1, batch=500))
     stop = threading.Event()
-    t0 = time.perf_counter()
     thread = threading.Thread(target=outbox.run, args=(stop,), daemon=True)
     thread.start()
     try:

@@ -32,10 +32,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import threading
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 

@@ -282,7 +282,6 @@ def _event(calling, sop_class):
 
 
 def _guarded(s, event_type):
-    from pynetdicom import evt
 
     calls = []
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from tests.conftest import EXAMPLES_NOW, free_port
 from tests.e2e import Gateway, dcmtk
 from tests.hl7_messages import HL7, edited, hl7_settings
 from tests.test_e2e_worklist import findscu
+from tests.tools import missing_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +38,7 @@ def mllp_send_command() -> str:
     found = str(script) if script.exists() else shutil.which("mllp_send")
     if found:
         return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("python-hl7's mllp_send is not installed (pip install hl7)")
-    pytest.skip("python-hl7's mllp_send is not installed")
+    missing_tool("python-hl7's mllp_send is not installed (pip install hl7)")
 
 
 @pytest.fixture

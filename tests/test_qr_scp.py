@@ -11,7 +11,6 @@ in-process storage SCP.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 
 import pytest

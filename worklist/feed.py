@@ -23,14 +23,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 import peewee as pw
 
 from infra import audit
 from infra.clock import Clock
-from infra.errors import GatekeeperError, NotFound
+from infra.errors import NotFound
 from worklist import records
 from worklist.gate import Gate
 from worklist.intake import FieldError, order_from_record

@@ -13,8 +13,7 @@ import sys
 
 from gateway.cli.text import plural
 from gateway.shapes import held_detail_json, held_json, studies_json
-from store.review import AUDIT_CORRECTED, AUDIT_RECHECKED, AUDIT_REJECTED, AmbiguousAccession, ArchivedStudy, HeldStudy, ReviewResult
-from worklist.orders import Order
+from store.review import AUDIT_CORRECTED, AUDIT_RECHECKED, AUDIT_REJECTED, AmbiguousAccession, HeldStudy, ReviewResult
 
 _ACTIONS = {
     "release": "archive the study as it is",

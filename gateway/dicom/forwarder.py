@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -39,13 +38,13 @@ from collections import OrderedDict
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, _config, build_role, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
 from gateway import logs
 from gateway.app import App
 from gateway.dicom import status as st
-from gateway.dicom import syntaxes
+from gateway.dicom import syntaxes, tuning
 from store import forwarding as rules
 from store.outbox import Batch, SendItem
 
@@ -233,7 +232,7 @@ class Forwarder:
         ae.network_timeout = s.network_timeout
         ae.connection_timeout = CONNECT_TIMEOUT
         items = self._propose(ae, items, dest.storage_commitment)
-        handlers = [(evt.EVT_CONN_OPEN, _no_delay)]
+        handlers = [(evt.EVT_CONN_OPEN, tuning.no_delay)]
         if dest.storage_commitment:
             handlers.append((evt.EVT_N_EVENT_REPORT, self._on_report_here))
         where = f"{dest.name} ({dest.ae_title} at {dest.host}:{dest.port})"
@@ -372,17 +371,6 @@ class Forwarder:
     def _on_report_here(self, event):
         """A report on the sender's own association."""
         return record_report(self.app, event, event.assoc.acceptor.ae_title), None
-
-
-def _no_delay(event) -> None:
-    """TCP_NODELAY on the sender's connection: with Nagle's algorithm on (pynetdicom's
-    default) the last small P-DATA of each C-STORE waits for the peer's delayed ACK."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 def _converted(item: SendItem, syntax: str) -> Dataset:
