@@ -120,6 +120,7 @@ def run_all(settings: Settings, *, database_opened: bool = False, now: dt.dateti
         checks.append(check_tls_port(settings))
     checks.append(check_metrics_port(settings))
     checks.append(check_hl7_port(settings))
+    checks.append(check_http_port(settings))
     checks += check_tls(settings, now)
     checks += check_peers(settings)
     checks += check_audit_syslog(settings)
@@ -238,6 +239,23 @@ def check_hl7_port(settings: Settings) -> Check:
         ours = why is None
         answer = f"an MLLP probe to {_host_port(host, port)} was answered by {settings.ae_title}" if ours else why
     return port_state(name, "hl7.port", address, port, failed, ours, answer, settings.source)
+
+
+def check_http_port(settings: Settings) -> Check:
+    """``http.port`` (unless 0): free on ``http.bind_address``, or the review desk answers its login page."""
+    address, port = settings.http_bind_address, settings.http_port
+    if not port:
+        return Check("review desk port", SKIP, "off (http.port = 0)")
+    name = f"review desk port {port} on {address}"
+    failed = bind_error(address, port)
+    ours, answer = False, ""
+    if failed in (errno.EADDRINUSE, errno.EACCES):
+        host = WILDCARDS.get(address, address)
+        tls = settings.http_tls_cert is not None
+        why = http_answer(host, port, "/login", tls=tls, marker=DESK_MARKER)
+        ours = why is None
+        answer = f"GET {'https' if tls else 'http'}://{_host_port(host, port)}/login is the review desk" if ours else why
+    return port_state(name, "http.port", address, port, failed, ours, answer, settings.source)
 
 
 def mllp_probe(host: str, port: int, ae_title: str) -> str | None:
@@ -440,20 +458,41 @@ def dicom_echo(calling: str, called: str, host: str, port: int, timeout: float |
 
 def healthz(host: str, port: int, timeout: float | None = None) -> str | None:
     """None when ``GET /healthz`` on ``host:port`` answers 200, else what it did."""
+    return http_answer(host, port, "/healthz", timeout=timeout)
+
+
+#: What the review desk's login page carries (its title), to tell it from another web server.
+DESK_MARKER = b"Imaging gatekeeper"
+
+
+def http_answer(host: str, port: int, path: str, *, tls: bool = False, marker: bytes = b"",
+                timeout: float | None = None) -> str | None:
+    """None when ``GET path`` on ``host:port`` answers 200 (with ``marker`` in the body when given), else
+    what it did. Over TLS the certificate is not verified: this asks who listens, it sends nothing secret."""
     timeout = timeout or TIMEOUT
     unreachable = reach(host, port, timeout)
     if unreachable:
         return unreachable
-    where = f"http://{_host_port(host, port)}/healthz"
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    where = f"{'https' if tls else 'http'}://{_host_port(host, port)}{path}"
+    if tls:
+        import ssl
+
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.request("GET", "/healthz")
-        status = connection.getresponse().status
+        connection.request("GET", path)
+        response = connection.getresponse()
+        status, body = response.status, response.read(65536)
     except (OSError, http.client.HTTPException) as exc:
         return f"GET {where} got no HTTP answer ({type(exc).__name__})"
     finally:
         connection.close()
-    return None if status == 200 else f"GET {where} answered {status}"
+    if status != 200:
+        return f"GET {where} answered {status}"
+    return None if marker in body else f"GET {where} answered, but not as the gatekeeper's review desk"
 
 
 def certificate_validity(path: Path) -> tuple[dt.datetime, dt.datetime]:

@@ -124,7 +124,7 @@ def test_good_settings_pass_with_our_server_on_the_port(server, settings_path, c
                for line in lines(text, "ok"))
     assert "metrics port: off (metrics.port = 0)" in lines(text, "skip")
     assert "TLS certificate: no TLS configured (tls_cert is not set)" in lines(text, "skip")
-    assert text.splitlines()[-1].startswith("All 8 checks passed, 3 skipped")
+    assert text.splitlines()[-1].startswith("All 9 checks passed, 4 skipped")
     assert report["ok"] is True and {c["status"] for c in report["checks"]} == {"ok", "skip"}
     assert_same(text, report)
 
@@ -222,7 +222,7 @@ def test_a_peer_that_does_not_answer(tmp_path, capsys):
                                "did not answer as a DICOM AE QUIET within 0.5 s")
     assert [c["name"] for c in failed(report)] == [f"peer PACS at 127.0.0.1:{dead}",
                                                    f"peer QUIET at 127.0.0.1:{silent}"]
-    assert text.splitlines()[-1].startswith("2 of 9 checks failed, 3 skipped: peer PACS")
+    assert text.splitlines()[-1].startswith("2 of 10 checks failed, 4 skipped: peer PACS")
     assert_same(text, report)
 
 
@@ -382,3 +382,35 @@ def test_the_hl7_port_free_ours_or_another_programs(tmp_path):
         other.listen()
         found = preflight.check_hl7_port(settings)
         assert found.status == "fail" and "in use by another program" in found.detail and "hl7.port" in found.detail
+
+
+# -- review desk port ------------------------------------------------------------------------
+
+
+def test_the_review_desk_port_free_ours_or_another_programs(tmp_path):
+    from gateway.app import open_app
+    from gateway.http import desk
+    from tests.test_http_parts import desk_settings
+
+    port = free_port()
+    settings = desk_settings(tmp_path, port)
+    assert preflight.check_http_port(settings).detail == "free"
+    app = open_app(settings)
+    running = desk.start(app)
+    try:
+        found = preflight.check_http_port(settings)
+        assert (found.status, found.detail) == ("ok", f"in use by a running gatekeeper (GET http://127.0.0.1:{port}"
+                                                      f"/login is the review desk)")
+    finally:
+        running.stop()
+        app.close()
+    with socket.socket() as other:  # listens, but answers no HTTP
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        found = preflight.check_http_port(settings)
+        assert found.status == "fail" and "in use by another program" in found.detail and "http.port" in found.detail
+
+
+def test_the_review_desk_port_is_skipped_when_off(tmp_path):
+    found = preflight.check_http_port(load(write_settings(tmp_path), environ={}))
+    assert (found.status, found.detail) == ("skip", "off (http.port = 0)")
