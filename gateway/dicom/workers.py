@@ -95,6 +95,9 @@ class Workers:
         self.restarts = 0
         self._started_at = [0.0] * count
         self._stopping = threading.Event()
+        # The kernel kills a worker when the *thread* that started it ends (PR_SET_PDEATHSIG):
+        # the supervisor, which starts the replacements, lives until every worker has stopped.
+        self._done = threading.Event()
         self._supervisor: threading.Thread | None = None
 
     def start(self) -> "Workers":
@@ -147,7 +150,9 @@ class Workers:
         log.info("receiving worker %d started (pid %d)", index, process.pid)
 
     def _supervise(self) -> None:
-        while not self._stopping.wait(0.2):
+        while not self._done.wait(0.2):
+            if self._stopping.is_set():
+                continue
             for index, process in enumerate(self.processes):
                 if process is None or process.poll() is None or self._stopping.is_set():
                     continue
@@ -157,7 +162,7 @@ class Workers:
                           "open were cut; their senders retry what was not acknowledged.", index, process.pid, how)
                 pause = RESTART_PAUSE - (time.monotonic() - self._started_at[index])
                 if pause > 0 and self._stopping.wait(pause):
-                    return
+                    break
                 try:
                     self._spawn(index)
                     self.restarts += 1
@@ -177,8 +182,6 @@ class Workers:
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM every worker and wait for it (it finishes its open associations); kill one that hangs."""
         self._stopping.set()
-        if self._supervisor is not None and self._supervisor is not threading.current_thread():
-            self._supervisor.join(5)
         live = [p for p in self.processes if p is not None and p.poll() is None]
         for process in live:
             process.send_signal(signal.SIGTERM)
@@ -191,6 +194,13 @@ class Workers:
                 log.error("receiving worker pid %d did not stop within %ss; killed", process.pid, wait)
                 process.kill()
                 process.wait()
+        self._done.set()
+        if self._supervisor is not None:
+            self._supervisor.join(START_TIMEOUT + 5)
+        for process in self.processes:  # one the supervisor was starting again meanwhile
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(wait)
         log.info("receiving workers stopped")
 
     def problem(self) -> str | None:
