@@ -101,6 +101,27 @@ def test_the_port_probe_sees_a_port_in_use():
             probe_port("127.0.0.1", port)
 
 
+def test_healthz_names_a_worker_that_is_down(tmp_path):
+    from gateway.dicom.workers import Workers
+    from gateway.http.health import Health
+
+    class Settings:
+        source, network_timeout = tmp_path / "settings.toml", 1
+
+    workers = Workers(Settings(), 2)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        workers.processes = [alive, alive]
+        assert Health(None, workers)._dicom() is None
+        workers.processes = [alive, dead]
+        assert Health(None, workers)._dicom() == "receiving worker 1 of 2 not running (being started again)"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 # -- serve with workers ------------------------------------------------------------------------
 
 
@@ -314,3 +335,18 @@ def test_a_worker_killed_mid_transfer_loses_nothing_acknowledged(tmp_path):
     assert len(files) == len(rows)
     assert list((store / "incoming").rglob("*.dcm")) == [] and not [
         p for p in (store / "incoming").iterdir() if p.is_dir()], gw.log()  # a clean stop leaves no incoming folder
+
+
+def test_sighup_reaches_every_worker_and_sigterm_stops_them(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2"})
+    gw.start()
+    pids = worker_pids(gw, 2)
+    gw.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while gw.log().count("settings reloaded from") < 3:  # the main process and both workers
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.05)
+    assert gw.stop() == 0, gw.log()
+    assert gw.log().count("finishing open associations") == 3
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
