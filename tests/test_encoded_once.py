@@ -76,3 +76,32 @@ def test_the_map_is_bounded(counted, monkeypatch):
     monkeypatch.setattr(tuning, "ENCODED_BYTES", 1)
     tuning._encode(tuning.encoded_once(_response("ACC9")), True, True)
     assert tuning._ENCODINGS.bytes <= 1 or len(tuning._ENCODINGS.entries) == 0
+
+
+def test_a_console_asking_again_gets_the_same_bytes_without_encoding(app, server, monkeypatch):
+    """Through the running server: the second identical query encodes no response; a changed
+    order is encoded afresh."""
+    from tests.test_mwl_scp import find, load_examples, query
+
+    load_examples(app)
+    calls = []
+    original = tuning._original_encode
+    monkeypatch.setattr(tuning, "_original_encode", lambda ds, *a: calls.append(ds) or original(ds, *a))
+    ask = query({"ScheduledStationAETitle": "MR1", "ScheduledProcedureStepStartDate": "20261201", "Modality": ""},
+                AccessionNumber="", PatientName="", RequestedProcedureComments="")
+    first, status = find(server.port, ask)
+    assert status == 0x0000 and [d.AccessionNumber for d in first] == ["ACC1001"]
+    assert len(calls) == 1
+    again, status = find(server.port, ask)
+    assert status == 0x0000 and again == first
+    assert len(calls) == 1  # the pending response went out as the bytes of the first time
+    import json
+    from tests.conftest import EXAMPLES
+    from worklist.intake import parse_orders
+
+    orders = json.loads((EXAMPLES / "orders.json").read_text())
+    changed = [dict(o, patient=dict(o["patient"], name="Renamed^Pat")) for o in orders
+               if o["accession_number"] == "ACC1001"]
+    app.gate.import_orders(parse_orders(json.dumps(changed)))
+    renamed, _ = find(server.port, ask)
+    assert str(renamed[0].PatientName) == "Renamed^Pat" and len(calls) == 2
