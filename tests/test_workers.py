@@ -233,7 +233,36 @@ def test_per_address_limit_counts_across_workers(tmp_path):
 
 
 def test_two_workers_file_one_study_at_once(tmp_path):
-    gw = Gateway(tmp_path, env=NOW, server={"workers": "2"})
+    db = sqlite3.connect  # opened after the run
+    two_workers_file_one_study(tmp_path, None, lambda: db(tmp_path / "var" / "gatekeeper.db"))
+
+
+def test_two_workers_file_one_study_at_once_on_postgresql(tmp_path, pg_url):
+    import psycopg2
+
+    from tests.test_schema import _drop_everything
+
+    _drop_everything(pg_url)
+    try:
+        two_workers_file_one_study(tmp_path, pg_url, lambda: _PgRows(psycopg2.connect(pg_url)))
+    finally:
+        _drop_everything(pg_url)
+
+
+class _PgRows:
+    """``execute(sql, args)`` with SQLite's ``?`` placeholders, for the checks below."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, args=()):
+        cursor = self.conn.cursor()
+        cursor.execute(sql.replace("?", "%s"), args)
+        return cursor
+
+
+def two_workers_file_one_study(tmp_path, database_url, rows_of):
+    gw = Gateway(tmp_path, env=NOW, server={"workers": "2"}, database_url=database_url)
     gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
     gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
     gw.start()
@@ -266,7 +295,7 @@ def test_two_workers_file_one_study_at_once(tmp_path):
     finally:
         assert gw.stop() == 0, gw.log()
     store = tmp_path / "var" / "store"
-    db = sqlite3.connect(tmp_path / "var" / "gatekeeper.db")
+    db = rows_of()
     rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances WHERE study_instance_uid = ?", (study,)))
     assert sorted(rows) == sorted(sent[0] + sent[1])
     assert db.execute("SELECT state, pending_files FROM studies WHERE study_instance_uid = ?",
