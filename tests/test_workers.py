@@ -379,3 +379,31 @@ def test_sighup_reaches_every_worker_and_sigterm_stops_them(tmp_path):
     assert gw.log().count("finishing open associations") == 3
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_workers_write_the_log_file_of_the_main_process(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2"})
+    gw.settings.write_text(gw.settings.read_text().replace('file = ""', 'file = "serve-file.log"', 1))
+    gw.start()
+    try:
+        pids = worker_pids_in(tmp_path / "serve-file.log", 2)
+        assoc = associate(gw.port)
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        assert gw.stop() == 0, gw.log()
+    text = (tmp_path / "serve-file.log").read_text()
+    assert text.count("finishing open associations") == 3  # both workers and the main process
+    assert "association accepted: calling MR1" in text
+    assert all(f"(pid {pid}) listening on" in text for pid in pids)
+
+
+def worker_pids_in(path: Path, count: int, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        started = dict(re.findall(r"receiving worker (\d+) started \(pid (\d+)\)", text))
+        if len(started) == count and "listening as" in text:
+            return [int(started[str(i)]) for i in range(count)]
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
