@@ -407,3 +407,25 @@ def worker_pids_in(path: Path, count: int, timeout: float = 30) -> list[int]:
             return [int(started[str(i)]) for i in range(count)]
         assert time.monotonic() < deadline, text
         time.sleep(0.05)
+
+
+def test_a_second_gatekeeper_on_the_same_port_does_not_share_it(tmp_path):
+    (tmp_path / "first").mkdir()
+    first = Gateway(tmp_path / "first", server={"workers": "2"})
+    first.start()
+    try:
+        worker_pids(first, 2)
+        (tmp_path / "second").mkdir()
+        second = Gateway(tmp_path / "second", port=first.port, server={"workers": "2"})
+        result = subprocess.run(second_command(), env=second.env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert f"port {first.port}" in result.stderr and "already in use" in result.stderr
+        assert "receiving worker" not in result.stderr  # no worker was started
+    finally:
+        assert first.stop() == 0, first.log()
+
+
+def second_command() -> list[str]:
+    from tests.e2e import gatekeeper_command
+
+    return gatekeeper_command() + ["serve"]
