@@ -35,6 +35,11 @@ if ! command -v pg_dump >/dev/null 2>&1; then  # tests/test_backup.py backs Post
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql-client >/dev/null
 fi
+if [ ! -x /usr/sbin/Orthanc ]; then  # bench/store.py --compare measures the gatekeeper against Orthanc
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends orthanc >/dev/null
+fi
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then  # tests/test_browser.py
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
