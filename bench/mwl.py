@@ -12,6 +12,14 @@ over one open association:
 - a query by accession number on a new association (association, query, release),
   as a console that does not keep its association open would do.
 
+With ``--wlmscpfs`` the same queries go, for each N, to DCMTK's ``wlmscpfs`` too, serving the
+orders the gatekeeper serves as ``.wl`` files (the gatekeeper's own items), with
+``TCP_NODELAY=1`` exported as DCMTK reads it; the two are timed in turn, query by query,
+and the ratio of the medians is printed (the goal: the gatekeeper's console query at most
+0.15 of wlmscpfs's at 10,000 items).
+
+    python bench/mwl.py [--wlmscpfs] [N ...]
+
 It prints the median and 95th percentile in milliseconds, and the ratio of the
 console median at the largest N to the smallest (the lookup must use the indexes:
 that ratio stays under 2).
@@ -35,6 +43,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path.pop(0)  # run as a script: bench/http.py would shadow the standard library's http
 sys.path.insert(0, str(ROOT))
 
 from pydicom import Dataset  # noqa: E402
@@ -179,7 +189,37 @@ def floor(items: int = 40) -> None:
           f"{statistics.median(console):6.1f} ms  p95 {percentile(console, 95):6.1f} ms")
 
 
-def run(count: int) -> float:
+def start_wlmscpfs(folder: Path, order_records: list, days: int) -> tuple[subprocess.Popen, int]:
+    """DCMTK wlmscpfs on a free port, serving as ``.wl`` files the orders the gatekeeper serves."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from worklist.mwl import build_item
+
+    base = folder / "wlist"
+    aet = base / "GATEKEEPER"
+    aet.mkdir(parents=True)
+    (aet / "lockfile").write_text("")
+    block = len(STATIONS) * days  # bench/synthetic.py: every other block of orders is withheld
+    for i, record in enumerate(order_records):
+        if (i // block) % 2:
+            continue
+        ds = build_item(order_from_record(record), f"PA-{i}")
+        if not ds.get("StudyInstanceUID"):  # wlmscpfs ignores an item without one (Type 1 in its check)
+            ds.StudyInstanceUID = f"2.25.{i + 1}"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"
+        ds.file_meta.MediaStorageSOPInstanceUID = f"2.25.{i + 1}"
+        ds.save_as(aet / f"{i:07d}.wl", enforce_file_format=True)
+    port = free_port()
+    process = subprocess.Popen(["wlmscpfs", "-dfp", str(base), str(port)], env={**os.environ, "TCP_NODELAY": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_echo(port, process)
+    return process, port
+
+
+def run(count: int, wlmscpfs: bool = False) -> float:
     days = max(count // (PER_STATION_DAY * len(STATIONS)), 1)
     order_records, auth_records = orders_and_auths(count, first_day=FIRST_DAY, days=days)
     with tempfile.TemporaryDirectory() as folder:
@@ -197,7 +237,25 @@ def run(count: int) -> float:
             wait_for_echo(port, serve)
             middle_day = FIRST_DAY + dt.timedelta(days=days // 2)
             accessions = [order_records[(i * 7919) % count]["accession_number"] for i in range(REPEAT)]
-            console, items, by_acc = measure(port, middle_day, accessions)
+            if wlmscpfs:
+                dcmtk, dcmtk_port = start_wlmscpfs(Path(folder), order_records, days)
+                try:  # query by query in turn: the machine may be shared and noisy
+                    ours, theirs = ([], [], []), ([], [], [])
+                    for accession in accessions:
+                        for mine, target in ((ours, port), (theirs, dcmtk_port)):
+                            for got, value in zip(mine, measure(target, middle_day, [accession])):
+                                got.extend(value)
+                finally:
+                    dcmtk.terminate()
+                    dcmtk.wait(20)
+                console, items, by_acc = ours
+                print(f"{count:>7} orders, wlmscpfs: console query (about {statistics.median(theirs[1]):.0f} items) "
+                      f"median {statistics.median(theirs[0]):6.1f} ms | by accession median "
+                      f"{statistics.median(theirs[2]):5.1f} ms; gatekeeper/wlmscpfs: console "
+                      f"{statistics.median(ours[0]) / statistics.median(theirs[0]):.2f}, by accession "
+                      f"{statistics.median(ours[2]) / statistics.median(theirs[2]):.2f}")
+            else:
+                console, items, by_acc = measure(port, middle_day, accessions)
             fresh = [fresh_association_query(port, acc) for acc in accessions[:20]]
         finally:
             serve.terminate()
@@ -214,8 +272,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--bare-scp"]:
         bare_scp(int(sys.argv[2]), int(sys.argv[3]))
         sys.exit(0)
-    sizes = [int(a) for a in sys.argv[1:]] or [1_000, 10_000, 100_000]
+    with_dcmtk = "--wlmscpfs" in sys.argv[1:]
+    sizes = [int(a) for a in sys.argv[1:] if a != "--wlmscpfs"] or [1_000, 10_000, 100_000]
     floor()
-    medians = [run(n) for n in sizes]
+    medians = [run(n, with_dcmtk) for n in sizes]
     if len(medians) > 1:
         print(f"console median at {sizes[-1]:,} / at {sizes[0]:,}: {medians[-1] / medians[0]:.2f} (must stay under 2)")

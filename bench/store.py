@@ -25,6 +25,17 @@ as modalities do. Instances per second are wall-clock over the whole batch. With
 Then a fresh gatekeeper child receives one M MiB instance (default 512) and the
 high-water mark of its resident memory (VmHWM in /proc/PID/status) is printed.
 
+    python3 bench/store.py --compare [--workers W] [--count N] [--kib K] [--rounds R]
+
+Comparison mode: four servers started once, each on its own store: the gatekeeper with
+``server.workers = 1``, the gatekeeper with ``server.workers = W`` (default: the number of
+cores), Orthanc (``/usr/sbin/Orthanc``, Debian package ``orthanc``, with a temporary JSON
+configuration) and the bare SCP. Each round sends one batch to each, the order turning
+from round to round, first on one association, then on four at once; it prints the median
+instances per second of each and the gatekeeper's ratios to the bare SCP and to Orthanc.
+``TCP_NODELAY=1`` is exported to storescu and Orthanc (DCMTK reads it from the
+environment); the pynetdicom servers set it on every connection.
+
     python3 bench/store.py --tls [--count N] [--kib K] [--rounds R]
 
 TLS mode: one gatekeeper listens on its plain port and on ``server.tls_port`` (BCP 195
@@ -54,6 +65,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path.pop(0)  # run as a script: bench/http.py would shadow the standard library's http
 sys.path.insert(0, str(ROOT))
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
@@ -117,13 +130,17 @@ def wait_for(process: subprocess.Popen, port: int, called: str, log: Path) -> No
         time.sleep(0.1)
 
 
-def start_gatekeeper(folder: Path, tls: dict | None = None) -> tuple[subprocess.Popen, int]:
-    """``tls``: ``{"tls_port": ..., "tls_cert": ..., "tls_key": ..., "tls_ca": ...}`` to listen on a TLS port too."""
+def start_gatekeeper(folder: Path, tls: dict | None = None, workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """``tls``: ``{"tls_port": ..., "tls_cert": ..., "tls_key": ..., "tls_ca": ...}`` to listen on a TLS port too;
+    ``workers``: ``server.workers``."""
     folder.mkdir(parents=True)
     port = free_port()
     text = (ROOT / "settings.toml").read_text()
     text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"').replace("port = 11112", f"port = {port}")
     text = text.replace("enabled = true", "enabled = false")
+    text = re.sub(r"^workers = .*$", f"workers = {workers}", text, count=1, flags=re.M)
+    for other in ("9102", "8080", "2575"):  # metrics, review desk, HL7: off, so that two can run side by side
+        text = text.replace(f"port = {other}", "port = 0")
     for key, value in (tls or {}).items():
         text = re.sub(rf"^{key} = .*$", f"{key} = {json.dumps(value)}", text, count=1, flags=re.M)
     (folder / "settings.toml").write_text(text)
@@ -137,7 +154,38 @@ def start_gatekeeper(folder: Path, tls: dict | None = None) -> tuple[subprocess.
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     wait_for(process, port, "GATEKEEPER", log)
+    deadline = time.monotonic() + 60
+    while "listening as" not in log.read_text(errors="replace"):  # every worker listens
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the gatekeeper did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
     return process, port
+
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+def start_orthanc(folder: Path) -> tuple[subprocess.Popen, int]:
+    """Orthanc (Debian package ``orthanc``) with a temporary configuration: its own store and
+    index in ``folder``, DICOM on a free port, HTTP on another (loopback only), no plugins."""
+    folder.mkdir(parents=True)
+    port, http = free_port(), free_port()
+    config = {"Name": "bench", "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http,
+              "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+              "DicomCheckCalledAet": False, "StorageCompression": False, "DicomAlwaysAllowStore": True,
+              "DicomAlwaysAllowEcho": True, "DicomThreadsCount": 4, "ConcurrentJobs": 1}
+    (folder / "orthanc.json").write_text(json.dumps(config))
+    log = folder / "orthanc.log"
+    process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], env={**os.environ, **NODELAY},
+                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    wait_for(process, port, "ORTHANC", log)
+    return process, port
+
+
+#: DCMTK (storescu, and Orthanc's DICOM layer, which is DCMTK) reads TCP_NODELAY from the
+#: environment; pynetdicom servers set it on each connection themselves.
+NODELAY = {"TCP_NODELAY": "1"}
 
 
 def start_bare(folder: Path) -> tuple[subprocess.Popen, int]:
@@ -257,7 +305,8 @@ def timed(pool, port: int, called: str, batches: list[list[str]], dcmtk: str | N
     started = time.perf_counter()
     if dcmtk:
         senders = [subprocess.Popen([dcmtk, *tls, "-aet", "MR1", "-aec", called, "127.0.0.1", str(port), *b],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for b in batches]
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **NODELAY})
+                   for b in batches]
         failed = sum(p.wait() != 0 for p in senders)
     else:
         failed = sum(pool.map(send_batch, [(port, called, b, pki) for b in batches]))
@@ -338,6 +387,36 @@ def tls_speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) 
     return results
 
 
+def compare(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, workers: int) -> dict:
+    """Median instances per second of each server, started once, the rounds interleaved (the
+    order of the servers turns each round: the machine may be shared and noisy)."""
+    starts = {"gatekeeper": lambda f: start_gatekeeper(f, workers=1),
+              f"gatekeeper workers={workers}": lambda f: start_gatekeeper(f, workers=workers),
+              "orthanc": start_orthanc, "bare": start_bare}
+    called = {"orthanc": "ORTHANC", "bare": "BARE"}
+    running = {}
+    results: dict = {}
+    try:
+        for name, start in starts.items():
+            running[name] = start(work / name.replace(" ", "-").replace("=", ""))
+        with multiprocessing.Pool(4) as pool:
+            for associations in (1, 4):
+                rates: dict = {name: [] for name in starts}
+                names = list(starts)
+                for r in range(rounds):
+                    for name in names[r % len(names):] + names[: r % len(names)]:
+                        folder = work / f"send-{associations}-{r}-{len(rates[name])}"
+                        batches = make_batches(folder, count, kib, associations)
+                        rates[name].append(timed(pool, running[name][1], called.get(name, "GATEKEEPER"), batches,
+                                                 dcmtk))
+                        shutil.rmtree(folder)
+                results[associations] = {"median": {n: statistics.median(v) for n, v in rates.items()}, "runs": rates}
+    finally:
+        for process, _ in running.values():
+            stop(process)
+    return results
+
+
 def memory(work: Path, mib: int) -> dict:
     folder = work / "big"
     process, port = start_gatekeeper(folder / "server")
@@ -369,6 +448,10 @@ def main() -> None:
                         help="what sends (default: DCMTK storescu when installed)")
     parser.add_argument("--tls", action="store_true",
                         help="plain TCP against DICOM TLS on one gatekeeper, interleaved; medians (no bare SCP)")
+    parser.add_argument("--compare", action="store_true",
+                        help="the gatekeeper (1 and --workers processes), Orthanc and the bare SCP, interleaved; medians")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                        help="server.workers of the second gatekeeper in --compare (default: the number of cores)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -386,6 +469,23 @@ def main() -> None:
                       f"TLS/TCP {m['tls'] / m['tcp']:.2f}  (runs: TCP "
                       f"{', '.join(f'{x:.1f}' for x in m['runs']['tcp'])}; TLS "
                       f"{', '.join(f'{x:.1f}' for x in m['runs']['tls'])})")
+            if args.json:
+                print(json.dumps(figures, indent=2))
+            return
+        if args.compare:
+            figures = {"compare": compare(work, args.count, args.kib, args.rounds, dcmtk, args.workers)}
+            print(f"C-STORE of {args.count} instances of {args.kib} KiB, sent by "
+                  f"{'DCMTK storescu' if dcmtk else 'pynetdicom'}, TCP_NODELAY on every side "
+                  f"(median of {args.rounds} interleaved rounds, instances/s):")
+            for associations, m in figures["compare"].items():
+                med = m["median"]
+                print(f"  {associations} association(s) at once: "
+                      + ", ".join(f"{name} {rate:.1f}" for name, rate in med.items()))
+                for name in med:
+                    if name.startswith("gatekeeper"):
+                        print(f"    {name}: {med[name] / med['bare']:.2f} of bare, {med[name] / med['orthanc']:.2f} "
+                              f"of Orthanc")
+                print("    runs: " + "; ".join(f"{n} {', '.join(f'{x:.0f}' for x in v)}" for n, v in m["runs"].items()))
             if args.json:
                 print(json.dumps(figures, indent=2))
             return

@@ -58,6 +58,7 @@ DECLARED: tuple[Declared, ...] = (
     Declared("server.max_associations", int, 20, "Associations served at once; more are rejected (transient)."),
     Declared("server.network_timeout", int, 60, "Seconds of silence before an association is aborted."),
     Declared("server.associate_timeout", int, 10, "Seconds a peer has, in all, to deliver its A-ASSOCIATE-RQ after connecting."),
+    Declared("server.workers", int, 1, "Processes receiving DICOM on server.port (SO_REUSEPORT); 0 = one per core; 1 = the main process alone."),
     Declared("server.max_associations_per_address", int, 10, "Associations at once from one network address; 0 = no cap of its own."),
     Declared("server.log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
     Declared("log.file", str, "", "Log file (relative to the settings file); empty logs to standard error only."),
@@ -185,6 +186,7 @@ class Settings:
     associate_timeout: int
     max_associations_per_address: int
     log_level: str
+    workers: int
     database_url: str
     log_file: Path | None
     log_max_mb: int
@@ -274,6 +276,9 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         if values[key] < 1:
             raise SettingsError(f"{path}: {key} must be at least 1, not {values[key]}; 0 would refuse every "
                                 f"association or drop every connection.")
+    if values["server.workers"] < 0:
+        raise SettingsError(f"{path}: server.workers is {values['server.workers']}; it is 1 (the main process "
+                            f"receives), more (that many receiving processes) or 0 (one per core).")
     if not 1 <= values["server.port"] <= 65535:
         raise SettingsError(f"{path}: server.port is {values['server.port']}; a TCP port is 1 to 65535 "
                             f"(11112 is the usual unprivileged DICOM port).")
@@ -315,6 +320,7 @@ def from_dict(raw: dict, path: Path, environ: dict[str, str] | None = None) -> S
         network_timeout=values["server.network_timeout"],
         associate_timeout=values["server.associate_timeout"],
         max_associations_per_address=values["server.max_associations_per_address"],
+        workers=values["server.workers"] or (os.cpu_count() or 1),
         log_level=level,
         database_url=resolve_database_url(url, folder),
         log_file=(folder / values["log.file"]).resolve() if values["log.file"] else None,

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
@@ -141,8 +143,13 @@ def read_header(path: str | os.PathLike[str]) -> InstanceHeader:
     return header
 
 
-def _header_of(ds: Dataset) -> InstanceHeader:
+def _header_of(ds: Dataset, *, raw: bool = True) -> InstanceHeader:
+    """The header of ``ds``. With ``raw`` (the default) the values that need no character set
+    are taken from the bytes as read (:func:`_raw_text`), without pydicom's conversion and
+    per-value validation; ``raw=False`` converts every value with pydicom (the reference
+    ``tests/test_header_raw.py`` compares against)."""
     file_meta = getattr(ds, "file_meta", None)
+    _text = _text_fast if raw and _ascii_compatible(ds) else _text_converted
     return InstanceHeader(
         sop_class_uid=_text(ds, "SOPClassUID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
@@ -157,7 +164,7 @@ def _header_of(ds: Dataset) -> InstanceHeader:
         birth_date=_text(ds, "PatientBirthDate"),
         sex=_text(ds, "PatientSex").upper(),
         modality=_text(ds, "Modality").upper(),
-        laterality=_laterality(ds),
+        laterality=_laterality(ds, _text),
         study_date=_text(ds, "StudyDate"),
         transfer_syntax_uid=_text(file_meta, "TransferSyntaxUID") if file_meta is not None else "",
         study_time=_text(ds, "StudyTime"),
@@ -170,9 +177,10 @@ def _header_of(ds: Dataset) -> InstanceHeader:
     )
 
 
-def _laterality(ds: Dataset) -> str:
+def _laterality(ds: Dataset, _text=None) -> str:
     """Image Laterality (0020,0062), else Laterality (0020,0060), else Frame Laterality
     (0020,9072) in the shared Frame Anatomy Sequence of an enhanced multi-frame object."""
+    _text = _text or _text_converted
     for keyword in ("ImageLaterality", "Laterality"):
         value = _text(ds, keyword).upper()
         if value:
@@ -185,7 +193,58 @@ def _laterality(ds: Dataset) -> str:
     return ""
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+#: VRs whose values are in the default repertoire whatever the Specific Character Set (PS3.5 6.1.2.3).
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
+#: VRs whose values the Specific Character Set applies to; taken raw only when every byte is
+#: printable ASCII (then every ASCII-compatible character set decodes them alike).
+_STRING_VRS = frozenset({"SH", "LO"})
+_PRINTABLE = re.compile(rb"[\x20-\x7e\x00]*")
+_TAG_OF = {keyword: Tag(keyword) for keyword in (*HEADER_KEYWORDS, "FrameLaterality")}
+_VR_OF = {keyword: dictionary_VR(tag) for keyword, tag in _TAG_OF.items()}
+
+
+def _ascii_compatible(ds: Dataset) -> bool:
+    """Whether printable ASCII bytes mean the same characters under ``ds``'s Specific Character Set.
+
+    True for the default repertoire, ISO 8859, UTF-8 and GB18030/GBK, and for ISO 2022 without
+    an escape (an escape byte is not printable ASCII, so such a value is converted by pydicom);
+    False with JIS X 0201 (ISO_IR 13), where 0x5C and 0x7E are other characters.
+    """
+    element = ds.get_item(_TAG_OF["SpecificCharacterSet"])
+    if element is None:
+        return True
+    value = element.value
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+    return "IR 13" not in text
+
+
+def _text_fast(ds: Dataset, keyword: str) -> str:
+    """:func:`_text_converted`, from the value's bytes when its VR allows (:func:`_raw_text`)."""
+    found = _raw_text(ds, keyword)
+    return found if found is not None else _text_converted(ds, keyword)
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str | None:
+    """The stripped text of a raw element of a plain VR (or of a printable-ASCII SH/LO), each
+    value stripped of spaces and NUL padding, multiple values joined by a backslash; None
+    when the element must be converted by pydicom (absent, converted already, another VR,
+    bytes that are not printable ASCII)."""
+    tag = _TAG_OF.get(keyword)
+    if tag is None:
+        return None
+    element = ds.get_item(tag)
+    if not isinstance(element, RawDataElement) or element.value is None:
+        return None
+    vr = element.VR or _VR_OF[keyword]  # implicit VR: the dictionary's
+    if vr != _VR_OF[keyword] or (vr not in _PLAIN_VRS and vr not in _STRING_VRS):
+        return None
+    value = element.value
+    if not _PRINTABLE.fullmatch(value):
+        return None
+    return "\\".join(part.strip(" \x00").strip() for part in value.decode("ascii").split("\\"))
+
+
+def _text_converted(ds: Dataset, keyword: str) -> str:
     """The value of ``keyword`` as stripped text; multiple values joined by a backslash."""
     value = ds.get(keyword)
     if value is None:

@@ -41,7 +41,7 @@ class Guard:
     """Counts admitted associations, in all and per peer address, for one server."""
 
     def __init__(self, max_associations: int, max_per_address: int, associate_timeout: float,
-                 admission=None) -> None:
+                 admission=None, slots=None) -> None:
         #: ``admission(assoc)``: None, or the (A-ASSOCIATE-RJ, rule) of an association the
         #: access rules turn away (:meth:`gateway.dicom.permissions.Permissions.admission`);
         #: asked before the limits, so a refused peer never holds a slot.
@@ -49,8 +49,11 @@ class Guard:
         self.max_associations = max_associations
         self.max_per_address = max_per_address
         self.associate_timeout = associate_timeout
+        #: :class:`gateway.dicom.slots.SharedSlots` when several processes receive: the
+        #: limits count their associations too; None counts this process's alone.
+        self.slots = slots
         self._lock = threading.Lock()
-        self._admitted: dict = {}  # Association -> peer address
+        self._admitted: dict = {}  # Association -> peer address (or its shared Slot)
 
     def handlers(self) -> list:
         """The event handlers to start the server with."""
@@ -84,6 +87,11 @@ class Guard:
         """None when ``assoc`` takes a slot; else the rule that refuses it."""
         with self._lock:
             self._forget_finished()
+            if self.slots is not None:
+                slot, refused = self.slots.take(address, self.max_per_address)
+                if slot is not None:
+                    self._admitted[assoc] = slot
+                return refused
             total = len(self._admitted)
             if total >= self.max_associations:
                 return f"{total} associations already (server.max_associations = {self.max_associations})"
@@ -96,12 +104,18 @@ class Guard:
 
     def _on_ended(self, event) -> None:
         with self._lock:
-            self._admitted.pop(event.assoc, None)
+            _give_back(self._admitted.pop(event.assoc, None))
 
     def _forget_finished(self) -> None:
         # In case an association ended without any of the events (its thread is gone).
         for assoc in [a for a in self._admitted if not a.is_alive()]:
-            del self._admitted[assoc]
+            _give_back(self._admitted.pop(assoc))
+
+
+def _give_back(held) -> None:
+    release = getattr(held, "release", None)  # a shared Slot; an address needs nothing
+    if release is not None:
+        release()
 
 
 def refusal(assoc) -> str | None:

@@ -27,7 +27,8 @@ from pynetdicom.sop_class import Verification
 from gateway import audit_trail, jobs, logs
 from gateway.app import App
 from gateway.dicom import (access, commitment, forwarder, guard, mpps, permissions, qr, storage, syntaxes, tls,
-                           tuning, worklist)
+                           tuning, workers, worklist)
+from gateway.dicom.slots import SharedSlots
 from gateway.dicom.status import SUCCESS
 from gateway.http import desk as http_desk
 from gateway.hl7 import listener as hl7_listener
@@ -107,8 +108,9 @@ def _on_rejected(event, metrics: Metrics | None = None) -> None:
                 extra=logs.operation(event.assoc, "A-ASSOCIATE-RJ"))
 
 
-def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
-    """The AE with every service's contexts, and the handlers to start it with (counting in ``metrics``)."""
+def build_ae(app: App, metrics: Metrics | None = None, slots=None) -> tuple[AE, list]:
+    """The AE with every service's contexts, and the handlers to start it with (counting in ``metrics``;
+    ``slots``: the :class:`.slots.SharedSlots` of several receiving processes, else None)."""
     tuning.apply()
     s = app.settings
     if s.log_level != "DEBUG":
@@ -133,7 +135,7 @@ def build_ae(app: App, metrics: Metrics | None = None) -> tuple[AE, list]:
     rules = permissions.Permissions(s, refusals)
     ae.gk_refusals = refusals  # type: ignore[attr-defined]  # for refusals a service decides (MPPS station)
     admission = guard.Guard(s.max_associations, s.max_associations_per_address, s.associate_timeout,
-                            admission=rules.admission)
+                            admission=rules.admission, slots=slots)
     handlers = [
         (evt.EVT_CONN_OPEN, _on_tls_connection, [refusals, s]),  # first: nothing else runs on a failed handshake
         *admission.handlers(),
@@ -174,24 +176,25 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     s = app.settings
     storage.on_start(app)
     metrics = Metrics(app, jobs=jobs.JOBS)  # per server: tests run several in one process
-    ae, handlers = build_ae(app, metrics)
+    # server.workers > 1: worker processes receive on server.port (gateway.dicom.workers) and
+    # every process counts its associations in the shared slots.
+    several = workers.count_of(s) > 1
+    ae, handlers = build_ae(app, metrics, SharedSlots.of(s.storage_root, s.max_associations) if several else None)
     context = _tls_context(s)  # before any port listens: bad TLS files stop the start
     with contextlib.ExitStack() as running:  # each part started pushes its stop; unwound in reverse
-        try:
-            server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
-        except OSError as exc:
-            raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
-                                                   address=s.bind_address, port=s.port, source=s.source)) from None
-        # Listeners shut down last: open associations finish after the other parts stopped.
         running.callback(lambda: log.info("stopped"))
-        running.callback(server.shutdown)
-        # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
-        # the kernel drop the connections after it, a console's among them, for a second or more.
-        server.socket.listen(LISTEN_BACKLOG)
+        if several:
+            server = receivers = workers.start(app)  # the workers listen on server.port
+            running.callback(receivers.stop)
+        else:
+            receivers = None
+            server = _start_plain(ae, handlers, s)
+            # Listeners shut down last: open associations finish after the other parts stopped.
+            running.callback(server.shutdown)
         secure = _start_tls(ae, handlers, s, context)  # the same AE, handlers and rules on server.tls_port
         if secure is not None:
             running.callback(secure.shutdown)
-        metrics.watch_listener(*[server, *([secure] if secure is not None else [])])
+        metrics.watch_listener(*[l for l in (None if several else server, secure) if l is not None])
         for part in (health.start(app, metrics, server),  # /healthz and /metrics; None when metrics.port = 0
                      hl7_listener.start(app),  # the RIS feed (MLLP); None when hl7.port = 0
                      http_desk.start(app)):  # the review desk and /api/ on http.port; None when it is 0
@@ -206,7 +209,7 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stops.put(True))
             reloads = _reloader(app)
-            signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
+            signal.signal(signal.SIGHUP, lambda *_: (reloads.put(True), receivers and receivers.hangup()))
         scheduler = jobs.start(app, metrics=metrics)
         if scheduler is not None:
             running.callback(scheduler.shutdown, wait=False)
@@ -214,7 +217,8 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         sender = forwarder.start(app)  # [forward.NAME]: archived studies to the archive; None when none is set
         if sender is not None:
             running.callback(sender.stop)
-        log.info("listening as %s on %s:%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
+        log.info("listening as %s on %s:%s%s%s (database %s, store %s)", s.ae_title, s.bind_address, s.port,
+                 f" in {receivers.count} receiving processes" if receivers is not None else "",
                  f" and TLS on {s.tls_port}" if secure is not None else "", redacted(s.database_url), s.storage_root)
         if ready is not None:
             ready.set()
@@ -223,6 +227,19 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         finally:
             log.info("shutting down: finishing open associations")
     return 0
+
+
+def _start_plain(ae: AE, handlers: list, s):
+    """The listener on ``server.port`` in this process (``server.workers`` = 1)."""
+    try:
+        server = ae.start_server((s.bind_address, s.port), block=False, evt_handlers=handlers)
+    except OSError as exc:
+        raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
+                                               address=s.bind_address, port=s.port, source=s.source)) from None
+    # socketserver listens with a backlog of 5: a burst of connections (a scan, a script) had
+    # the kernel drop the connections after it, a console's among them, for a second or more.
+    server.socket.listen(LISTEN_BACKLOG)
+    return server
 
 
 def _tls_context(s):

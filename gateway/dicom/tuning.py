@@ -50,6 +50,16 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
      timeout of silence, which pynetdicom's idle timer cannot enforce while its DUL thread
      is stuck in a read. A read that times out is a closed transport connection (Evt17).
      The socket's timeout bounds sends the same way: a peer that stops reading is dropped.
+6. **A worklist response is encoded once per transfer syntax.** pynetdicom encodes every
+   pending C-FIND identifier it is handed (``service_class.encode``, looked up in that
+   module at each call), about half a millisecond per worklist item with pydicom. The
+   worklist query returns the same response object for the same identifier and order
+   version (:mod:`worklist.query`, never modified once built); :func:`encoded_once` registers
+   such a response, and :func:`apply` puts :func:`_encode` in ``service_class.encode``,
+   which answers a registered response with the bytes it encoded the first time under the
+   same transfer syntax. Any other dataset is encoded by pynetdicom as before. The
+   registered responses are kept in a bounded least-recently-used map
+   (:data:`ENCODED_ENTRIES`, :data:`ENCODED_BYTES`).
 """
 
 from __future__ import annotations
@@ -61,10 +71,11 @@ import struct
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 from pydicom.uid import UID
-from pynetdicom import _config, dimse_messages
+from pynetdicom import _config, dimse_messages, dsutils, service_class
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
@@ -87,12 +98,72 @@ def no_delay(event) -> None:
 
 
 def apply() -> None:
-    """Changes 1, 2, 4 and 5, for the whole process (called once when the server is built)."""
+    """Changes 1, 2, 4, 5 and 6, for the whole process (called once when the server is built)."""
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
     copy._deepcopy_dispatch.setdefault(UID, _share)
     DULServiceProvider._read_pdu_data = _read_pdu_data
+    service_class.encode = _encode
+
+
+#: Responses whose encodings are kept (change 6), and the bytes those hold at most.
+ENCODED_ENTRIES = 8192
+ENCODED_BYTES = 32 * 1024 * 1024
+_original_encode = dsutils.encode
+
+
+class _Encodings:
+    """id(dataset) -> (dataset, {syntax: bytes}), least recently used first. The entry holds
+    the dataset, so its id cannot be reused by another while the entry lives."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def register(self, ds) -> None:
+        with self.lock:
+            found = self.entries.get(id(ds))
+            if found is not None and found[0] is ds:
+                self.entries.move_to_end(id(ds))
+                return
+            self.entries[id(ds)] = (ds, {})
+            while len(self.entries) > ENCODED_ENTRIES:
+                self.bytes -= sum(len(b) for b in self.entries.popitem(last=False)[1][1].values())
+
+    def encode(self, ds, implicit: bool, little: bool, deflated: bool = False):
+        key = (implicit, little, deflated)
+        with self.lock:
+            found = self.entries.get(id(ds))
+            if found is None or found[0] is not ds:
+                found = None
+            elif key in found[1]:
+                return found[1][key]
+        encoded = _original_encode(ds, implicit, little, deflated)
+        if found is None or encoded is None:
+            return encoded
+        with self.lock:
+            if self.entries.get(id(ds)) is found and key not in found[1]:
+                found[1][key] = encoded
+                self.bytes += len(encoded)
+                while self.entries and (len(self.entries) > ENCODED_ENTRIES or self.bytes > ENCODED_BYTES):
+                    self.bytes -= sum(len(b) for b in self.entries.popitem(last=False)[1][1].values())
+        return encoded
+
+
+_ENCODINGS = _Encodings()
+
+
+def encoded_once(ds):
+    """Register ``ds`` (a response that is never modified) to be encoded once per transfer syntax; returns it."""
+    _ENCODINGS.register(ds)
+    return ds
+
+
+def _encode(ds, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False):
+    """``service_class.encode`` (change 6): the bytes of a registered response, else pynetdicom's encode."""
+    return _ENCODINGS.encode(ds, is_implicit_vr, is_little_endian, deflated)
 
 
 def _share(uid: UID, memo: dict) -> UID:

@@ -16,7 +16,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from gateway import logs
 from gateway.dicom import status as st
-from gateway.dicom import syntaxes
+from gateway.dicom import syntaxes, tuning
 from worklist.query import WorklistQuery
 
 log = logging.getLogger("gateway.dicom.worklist")
@@ -41,7 +41,7 @@ def on_find(event, query: WorklistQuery, metrics=None):
                 yield st.CANCEL, None
                 return
             count += 1
-            yield st.PENDING, response
+            yield st.PENDING, tuning.encoded_once(response)  # the same response object: its bytes are reused
     except Exception as exc:  # the one outer guard
         reply = st.failure(st.C_FIND, exc, log, f"worklist query from {calling}")
         outcome, code = f"refused (0x{reply.Status:04X})", reply.Status

@@ -80,6 +80,8 @@ class Health:
         server = self.listener
         if server is None:
             return "the DICOM listener is not running"
+        if hasattr(server, "problem"):  # receiving worker processes (server.workers > 1)
+            return server.problem()
         sock = server.socket
         if sock.fileno() == -1:
             return "the DICOM listener's socket is closed"

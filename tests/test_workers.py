@@ -1,0 +1,431 @@
+"""Receiving in several processes on one port (``server.workers``, gateway/dicom/workers.py).
+
+The association limits count across processes (shared slot files, gateway/dicom/slots.py);
+two workers file instances of one study at once; a worker killed with SIGKILL in the middle
+of a transfer loses no acknowledged instance, and is started again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage, Verification
+
+from gateway.dicom.slots import SharedSlots
+from gateway.dicom.workers import probe_port
+from tests.conftest import EXAMPLES, ROOT, free_port
+from tests.dicom_factory import make_instance
+from tests.e2e import Gateway
+from tests.test_crash import COUNT, KILL_AFTER, SENDER, acknowledged, sha256
+
+NOW = {"GATEKEEPER_NOW": "2026-11-30T08:00:00"}
+
+
+# -- the shared slots, as two processes see them ----------------------------------------------
+
+
+def test_slots_count_every_holder_up_to_the_limit(tmp_path):
+    one, other = SharedSlots(tmp_path, 3), SharedSlots(tmp_path, 3)  # two processes' views of one folder
+    taken = [one.take("10.0.0.1", 0)[0], other.take("10.0.0.2", 0)[0], one.take("10.0.0.3", 0)[0]]
+    assert all(taken)
+    slot, refused = other.take("10.0.0.4", 0)
+    assert slot is None and refused == "3 associations already (server.max_associations = 3)"
+    assert sorted(one.held()) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    taken[1].release()
+    slot, refused = one.take("10.0.0.4", 0)
+    assert slot is not None and refused is None
+    assert sorted(other.held()) == ["10.0.0.1", "10.0.0.3", "10.0.0.4"]
+    taken[1].release()  # twice is harmless
+
+
+def test_slots_per_address_limit_and_no_cap(tmp_path):
+    one, other = SharedSlots(tmp_path, 10), SharedSlots(tmp_path, 10)
+    assert one.take("10.0.0.1", 2)[0] and other.take("10.0.0.1", 2)[0]
+    slot, refused = one.take("10.0.0.1", 2)
+    assert slot is None
+    assert refused == "2 associations from 10.0.0.1 already (server.max_associations_per_address = 2)"
+    assert other.take("10.0.0.2", 2)[0] is not None  # another address is not capped by it
+    assert other.take("10.0.0.1", 0)[0] is not None  # 0: no cap of its own
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from gateway.dicom.slots import SharedSlots
+    slot, _ = SharedSlots(sys.argv[1], 2).take("10.9.9.9", 0)
+    print("held", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_killed_process_gives_its_slots_back(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(root=str(ROOT)), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        slots = SharedSlots(tmp_path, 2)
+        assert slots.held() == ["10.9.9.9"]
+        mine = slots.take("10.0.0.1", 0)[0]
+        assert slots.take("10.0.0.2", 0)[0] is None  # full: the other process holds one
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        assert slots.held() == ["10.0.0.1"]
+        assert slots.take("10.0.0.2", 0)[0] is not None
+        mine.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_port_probe_sees_a_port_in_use():
+    port = free_port()
+    probe_port("127.0.0.1", port)  # free
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        with pytest.raises(OSError):
+            probe_port("127.0.0.1", port)
+
+
+def test_healthz_names_a_worker_that_is_down(tmp_path):
+    from gateway.dicom.workers import Workers
+    from gateway.http.health import Health
+
+    class Settings:
+        source, network_timeout = tmp_path / "settings.toml", 1
+
+    workers = Workers(Settings(), 2)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        workers.processes = [alive, alive]
+        assert Health(None, workers)._dicom() is None
+        workers.processes = [alive, dead]
+        assert Health(None, workers)._dicom() == "receiving worker 1 of 2 not running (being started again)"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+# -- serve with workers ------------------------------------------------------------------------
+
+
+def worker_pids(gw: Gateway, count: int, timeout: float = 30) -> list[int]:
+    """The pids of the ``count`` workers running now (the last started of each index)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        started = dict(re.findall(r"receiving worker (\d+) started \(pid (\d+)\)", gw.log()))
+        if len(started) == count and "listening as" in gw.log():
+            return [int(started[str(i)]) for i in range(count)]
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.05)
+
+
+def owner_of(client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server side of the connection from local ``client_port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].split(":")[1], 16)
+            if remote_port == client_port:
+                inodes.add(fields[9])
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def serving(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds an established connection on its local ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+                inodes.add(fields[9])
+    return any(os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] in inodes for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def associate(port: int, calling: str = "MR1"):
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(MRImageStorage)
+    return ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
+
+
+def local_port(assoc) -> int:
+    return assoc.dul.socket.socket.getsockname()[1]
+
+
+def spread(gw: Gateway, pids: list[int], wanted: int, tries: int = 40) -> list:
+    """``wanted`` established associations that between them reach every worker."""
+    kept, owners = [], set()
+    for _ in range(tries):
+        assoc = associate(gw.port)
+        assert assoc.is_established
+        owner = owner_of(local_port(assoc), pids)
+        if owner not in owners or len(kept) + len(set(pids) - owners) < wanted:
+            kept.append(assoc)
+            owners.add(owner)
+        else:
+            assoc.release()
+        if len(kept) == wanted and owners == set(pids):
+            return kept
+        if len(kept) == wanted:
+            kept.pop().release()
+    raise AssertionError(f"the kernel never spread {wanted} associations over {pids}")
+
+
+def test_association_limit_counts_across_workers(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2", "max_associations": "4", "max_associations_per_address": "0"})
+    gw.start()
+    try:
+        pids = worker_pids(gw, 2)
+        held = spread(gw, pids, 4)  # the limit reached, with associations in both workers
+        refused = [associate(gw.port) for _ in range(6)]
+        assert [a.is_established for a in refused] == [False] * 6, "a worker admitted beyond the shared limit"
+        assert [a.is_rejected for a in refused] == [True] * 6
+        assert gw.logged("4 associations already (server.max_associations = 4)")
+        held.pop().release()
+        again = associate(gw.port)
+        assert again.is_established  # a released slot is free for any worker
+        held.append(again)
+        for assoc in held:
+            assoc.release()
+    finally:
+        assert gw.stop() == 0, gw.log()
+
+
+def test_per_address_limit_counts_across_workers(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2", "max_associations": "10", "max_associations_per_address": "2"})
+    gw.start()
+    try:
+        pids = worker_pids(gw, 2)
+        held = spread(gw, pids, 2)
+        refused = [associate(gw.port) for _ in range(6)]
+        assert not any(a.is_established for a in refused)
+        assert gw.logged("2 associations from 127.0.0.1 already (server.max_associations_per_address = 2)")
+        for assoc in held:
+            assoc.release()
+    finally:
+        assert gw.stop() == 0, gw.log()
+
+
+def test_two_workers_file_one_study_at_once(tmp_path):
+    db = sqlite3.connect  # opened after the run
+    two_workers_file_one_study(tmp_path, None, lambda: db(tmp_path / "var" / "gatekeeper.db"))
+
+
+def test_two_workers_file_one_study_at_once_on_postgresql(tmp_path, pg_url):
+    import psycopg2
+
+    from tests.test_schema import _drop_everything
+
+    _drop_everything(pg_url)
+    try:
+        two_workers_file_one_study(tmp_path, pg_url, lambda: _PgRows(psycopg2.connect(pg_url)))
+    finally:
+        _drop_everything(pg_url)
+
+
+class _PgRows:
+    """``execute(sql, args)`` with SQLite's ``?`` placeholders, for the checks below."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, args=()):
+        cursor = self.conn.cursor()
+        cursor.execute(sql.replace("?", "%s"), args)
+        return cursor
+
+
+def two_workers_file_one_study(tmp_path, database_url, rows_of):
+    gw = Gateway(tmp_path, env=NOW, server={"workers": "2"}, database_url=database_url)
+    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
+    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
+    gw.start()
+    try:
+        pids = worker_pids(gw, 2)
+        assocs = spread(gw, pids, 2)
+        study = generate_uid()
+        statuses: list[list[int]] = [[], []]
+        sent: list[list[str]] = [[], []]
+        start = threading.Barrier(2)
+
+        def send(n: int) -> None:
+            start.wait()
+            for i in range(30):
+                # the second half of the study does not match its order: the study turns held
+                # while both workers are filing it, and its archived files move
+                ds = make_instance(StudyInstanceUID=study, StudyDate="20261201", InstanceNumber=str(n * 100 + i),
+                                   PatientBirthDate="19800302" if i >= 15 and n == 1 else "19800203")
+                sent[n].append(ds.SOPInstanceUID)
+                statuses[n].append(assocs[n].send_c_store(ds).Status)
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for assoc in assocs:
+            assoc.release()
+        assert statuses == [[0] * 30, [0] * 30], gw.log()
+    finally:
+        assert gw.stop() == 0, gw.log()
+    store = tmp_path / "var" / "store"
+    db = rows_of()
+    rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances WHERE study_instance_uid = ?", (study,)))
+    assert sorted(rows) == sorted(sent[0] + sent[1])
+    assert db.execute("SELECT state, pending_files FROM studies WHERE study_instance_uid = ?",
+                      (study,)).fetchone() == ("held", None)
+    assert {path.split("/")[0] for path in rows.values()} == {"held"}
+    files = sorted(p for p in (store / "held").rglob("*.dcm"))
+    assert len(files) == 60 and not list((store / "archive").rglob("*.dcm"))
+    for file in files:
+        assert rows[file.stem] == str(file.relative_to(store))
+
+
+def test_a_worker_killed_mid_transfer_loses_nothing_acknowledged(tmp_path):
+    gw = Gateway(tmp_path, env=NOW, server={"workers": "2"})
+    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
+    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
+    gw.start()
+    store = tmp_path / "var" / "store"
+    acked_file = tmp_path / "acked.txt"
+    script = tmp_path / "sender.py"
+    script.write_text(SENDER.format(root=str(ROOT)))
+    pids = worker_pids(gw, 2)
+    sender = subprocess.Popen([sys.executable, str(script), str(gw.port), str(acked_file), str(COUNT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(acknowledged(acked_file)) < KILL_AFTER:
+            assert time.monotonic() < deadline, f"only {len(acknowledged(acked_file))} acknowledged in 60 s:\n{gw.log()}"
+            assert sender.poll() is None, "the sender stopped before the kill"
+            time.sleep(0.005)
+        victim = next(pid for pid in pids if serving(pid, gw.port))  # a worker with an association of the sender
+        os.kill(victim, signal.SIGKILL)
+        sender.wait(120)
+        assert gw.logged(f"(pid {victim}) ended (killed by signal 9); starting it again", 20), gw.log()
+        deadline = time.monotonic() + 30
+        while victim in worker_pids(gw, 2):  # its index started again, under a new pid
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.1)
+        assert len(set(worker_pids(gw, 2)) - set(pids)) == 1
+        assert gw.process.poll() is None  # the main process runs on
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+    acked = acknowledged(acked_file)
+    assert KILL_AFTER <= len(acked) < COUNT, "the kill must land in the middle of the sending"
+    # the restarted worker recovered what the dead one left: its incoming folder is gone
+    assert not [p for p in (store / "incoming").iterdir() if p.name.startswith(f"p{victim}-")]
+    assert gw.stop() == 0, gw.log()
+
+    db = sqlite3.connect(tmp_path / "var" / "gatekeeper.db")
+    rows = {sop: (path, sha, study) for sop, path, sha, study in db.execute(
+        "SELECT sop_instance_uid, path, sha256, study_instance_uid FROM instances")}
+    states = dict(db.execute("SELECT study_instance_uid, state FROM studies"))
+    assert db.execute("SELECT COUNT(*) FROM studies WHERE pending_files IS NOT NULL").fetchone() == (0,)
+    for sop in acked:
+        assert sop in rows, f"acknowledged instance {sop} is not in the index"
+        path, sha, _ = rows[sop]
+        assert dcmread(store / path).SOPInstanceUID == sop
+        assert sha256(store / path) == sha
+    files = [p for tree in ("archive", "held", "rejected") for p in (store / tree).rglob("*") if p.is_file()]
+    for file in files:
+        sop = dcmread(file).SOPInstanceUID
+        assert file.stem == sop and sop in rows, f"{file} is not indexed"
+        path, sha, study = rows[sop]
+        assert store / path == file and sha256(file) == sha
+        assert path.split("/")[0] == {"archived": "archive", "held": "held"}[states[study]]
+    assert len(files) == len(rows)
+    assert list((store / "incoming").rglob("*.dcm")) == [] and not [
+        p for p in (store / "incoming").iterdir() if p.is_dir()], gw.log()  # a clean stop leaves no incoming folder
+
+
+def test_sighup_reaches_every_worker_and_sigterm_stops_them(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2"})
+    gw.start()
+    pids = worker_pids(gw, 2)
+    gw.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while gw.log().count("settings reloaded from") < 3:  # the main process and both workers
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.05)
+    assert gw.stop() == 0, gw.log()
+    assert gw.log().count("finishing open associations") == 3
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_workers_write_the_log_file_of_the_main_process(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2"})
+    gw.settings.write_text(gw.settings.read_text().replace('file = ""', 'file = "serve-file.log"', 1))
+    gw.start()
+    try:
+        pids = worker_pids_in(tmp_path / "serve-file.log", 2)
+        assoc = associate(gw.port)
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        assert gw.stop() == 0, gw.log()
+    text = (tmp_path / "serve-file.log").read_text()
+    assert text.count("finishing open associations") == 3  # both workers and the main process
+    assert "association accepted: calling MR1" in text
+    assert all(f"(pid {pid}) listening on" in text for pid in pids)
+
+
+def worker_pids_in(path: Path, count: int, timeout: float = 30) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        started = dict(re.findall(r"receiving worker (\d+) started \(pid (\d+)\)", text))
+        if len(started) == count and "listening as" in text:
+            return [int(started[str(i)]) for i in range(count)]
+        assert time.monotonic() < deadline, text
+        time.sleep(0.05)
+
+
+def test_a_second_gatekeeper_on_the_same_port_does_not_share_it(tmp_path):
+    (tmp_path / "first").mkdir()
+    first = Gateway(tmp_path / "first", server={"workers": "2"})
+    first.start()
+    try:
+        worker_pids(first, 2)
+        (tmp_path / "second").mkdir()
+        second = Gateway(tmp_path / "second", port=first.port, server={"workers": "2"})
+        result = subprocess.run(second_command(), env=second.env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert f"port {first.port}" in result.stderr and "already in use" in result.stderr
+        assert "receiving worker" not in result.stderr  # no worker was started
+    finally:
+        assert first.stop() == 0, first.log()
+
+
+def second_command() -> list[str]:
+    from tests.e2e import gatekeeper_command
+
+    return gatekeeper_command() + ["serve"]
