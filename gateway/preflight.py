@@ -24,7 +24,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,32 +177,35 @@ def check_storage(settings: Settings) -> list[Check]:
     return [storage, free_space(str(root), stats.f_bavail * stats.f_frsize, settings.min_free_mb)]
 
 
-def check_dicom_port(settings: Settings) -> Check:
-    """``server.port``: free on ``server.bind_address``, or a gatekeeper answers C-ECHO there."""
-    address, port = settings.bind_address, settings.port
-    name = f"DICOM port {port} on {address}"
+def listening_port(name: str, setting: str, address: str, port: int, settings: Settings,
+                   probe: Callable[[str], str | None], found: Callable[[str], str]) -> Check:
+    """A port the gatekeeper listens on: a test bind on ``address:port``; when it is taken,
+    ``probe(host)`` asks whether this gatekeeper answers there (None: it does, else what was
+    found), and ``found(host)`` says what answered."""
     failed = bind_error(address, port)
     ours, answer = False, ""
     if failed in (errno.EADDRINUSE, errno.EACCES):
         host = WILDCARDS.get(address, address)
-        why = dicom_echo(_calling_ae(settings), settings.ae_title, host, port)
+        why = probe(host)
         ours = why is None
-        answer = f"C-ECHO to {settings.ae_title} at {host}:{port} succeeded" if ours else why
-    return port_state(name, "server.port", address, port, failed, ours, answer, settings.source)
+        answer = found(host) if ours else why
+    return port_state(name, setting, address, port, failed, ours, answer, settings.source)
+
+
+def check_dicom_port(settings: Settings) -> Check:
+    """``server.port``: free on ``server.bind_address``, or a gatekeeper answers C-ECHO there."""
+    address, port = settings.bind_address, settings.port
+    return listening_port(f"DICOM port {port} on {address}", "server.port", address, port, settings,
+                          lambda host: dicom_echo(_calling_ae(settings), settings.ae_title, host, port),
+                          lambda host: f"C-ECHO to {settings.ae_title} at {host}:{port} succeeded")
 
 
 def check_tls_port(settings: Settings) -> Check:
     """``server.tls_port``: free, or held while this gatekeeper answers C-ECHO on ``server.port``."""
     address, port = settings.bind_address, settings.tls_port
-    name = f"DICOM TLS port {port} on {address}"
-    failed = bind_error(address, port)
-    ours, answer = False, ""
-    if failed in (errno.EADDRINUSE, errno.EACCES):
-        host = WILDCARDS.get(address, address)
-        why = dicom_echo(_calling_ae(settings), settings.ae_title, host, settings.port)
-        ours = why is None
-        answer = f"this gatekeeper answers C-ECHO on server.port {settings.port}" if ours else why
-    return port_state(name, "server.tls_port", address, port, failed, ours, answer, settings.source)
+    return listening_port(f"DICOM TLS port {port} on {address}", "server.tls_port", address, port, settings,
+                          lambda host: dicom_echo(_calling_ae(settings), settings.ae_title, host, settings.port),
+                          lambda host: f"this gatekeeper answers C-ECHO on server.port {settings.port}")
 
 
 def check_metrics_port(settings: Settings) -> Check:
@@ -210,15 +213,9 @@ def check_metrics_port(settings: Settings) -> Check:
     address, port = settings.metrics_bind_address, settings.metrics_port
     if not port:
         return Check("metrics port", SKIP, "off (metrics.port = 0)")
-    name = f"metrics port {port} on {address}"
-    failed = bind_error(address, port)
-    ours, answer = False, ""
-    if failed in (errno.EADDRINUSE, errno.EACCES):
-        host = WILDCARDS.get(address, address)
-        why = healthz(host, port)
-        ours = why is None
-        answer = f"GET http://{_host_port(host, port)}/healthz answered 200" if ours else why
-    return port_state(name, "metrics.port", address, port, failed, ours, answer, settings.source)
+    return listening_port(f"metrics port {port} on {address}", "metrics.port", address, port, settings,
+                          lambda host: healthz(host, port),
+                          lambda host: f"GET http://{_host_port(host, port)}/healthz answered 200")
 
 
 def check_hl7_port(settings: Settings) -> Check:
@@ -230,15 +227,9 @@ def check_hl7_port(settings: Settings) -> Check:
     address, port = settings.hl7_bind_address, settings.hl7_port
     if not port:
         return Check("HL7 port", SKIP, "off (hl7.port = 0)")
-    name = f"HL7 port {port} on {address}"
-    failed = bind_error(address, port)
-    ours, answer = False, ""
-    if failed in (errno.EADDRINUSE, errno.EACCES):
-        host = WILDCARDS.get(address, address)
-        why = mllp_probe(host, port, settings.ae_title)
-        ours = why is None
-        answer = f"an MLLP probe to {_host_port(host, port)} was answered by {settings.ae_title}" if ours else why
-    return port_state(name, "hl7.port", address, port, failed, ours, answer, settings.source)
+    return listening_port(f"HL7 port {port} on {address}", "hl7.port", address, port, settings,
+                          lambda host: mllp_probe(host, port, settings.ae_title),
+                          lambda host: f"an MLLP probe to {_host_port(host, port)} was answered by {settings.ae_title}")
 
 
 def check_http_port(settings: Settings) -> Check:
@@ -246,16 +237,10 @@ def check_http_port(settings: Settings) -> Check:
     address, port = settings.http_bind_address, settings.http_port
     if not port:
         return Check("review desk port", SKIP, "off (http.port = 0)")
-    name = f"review desk port {port} on {address}"
-    failed = bind_error(address, port)
-    ours, answer = False, ""
-    if failed in (errno.EADDRINUSE, errno.EACCES):
-        host = WILDCARDS.get(address, address)
-        tls = settings.http_tls_cert is not None
-        why = http_answer(host, port, "/login", tls=tls, marker=DESK_MARKER)
-        ours = why is None
-        answer = f"GET {'https' if tls else 'http'}://{_host_port(host, port)}/login is the review desk" if ours else why
-    return port_state(name, "http.port", address, port, failed, ours, answer, settings.source)
+    scheme = "https" if settings.http_tls_cert is not None else "http"
+    return listening_port(f"review desk port {port} on {address}", "http.port", address, port, settings,
+                          lambda host: http_answer(host, port, "/login", tls=scheme == "https", marker=DESK_MARKER),
+                          lambda host: f"GET {scheme}://{_host_port(host, port)}/login is the review desk")
 
 
 def mllp_probe(host: str, port: int, ae_title: str) -> str | None:
