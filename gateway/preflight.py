@@ -318,17 +318,18 @@ def check_tls_ca(ca: Path, now: dt.datetime) -> Check:
 
 def check_peers(settings: Settings) -> list[Check]:
     """Each peer of ``[peers]`` answers a C-ECHO from our AE title."""
-    checks = []
-    for ae, peer in sorted(settings.peers.items()):
-        name = f"peer {ae} at {_host_port(peer.host, peer.port)}"
-        why = dicom_echo(settings.ae_title, peer.ae_title, peer.host, peer.port)
-        if why is None:
-            checks.append(Check(name, OK, "C-ECHO succeeded"))
-        else:
-            checks.append(Check(name, FAIL, f"{why}: check that the peer runs, its host and port under "
-                                            f"[peers.{ae}] in {settings.source}, and that it accepts "
-                                            f"calling AE {settings.ae_title}"))
-    return checks
+    return [echo_check(f"peer {ae} at {_host_port(peer.host, peer.port)}", settings.ae_title, peer.ae_title,
+                       peer.host, peer.port,
+                       f"check that the peer runs, its host and port under [peers.{ae}] in {settings.source}, "
+                       f"and that it accepts calling AE {settings.ae_title}")
+            for ae, peer in sorted(settings.peers.items())]
+
+
+def echo_check(name: str, calling: str, called: str, host: str, port: int, advice: str) -> Check:
+    """ok when ``called`` at host:port answers a C-ECHO from ``calling``, else FAIL with what
+    happened and ``advice`` (what to check)."""
+    why = dicom_echo(calling, called, host, port)
+    return Check(name, OK, "C-ECHO succeeded") if why is None else Check(name, FAIL, f"{why}: {advice}")
 
 
 def check_audit_syslog(settings: Settings) -> list[Check]:
@@ -360,17 +361,12 @@ def check_audit_syslog(settings: Settings) -> list[Check]:
 
 def check_destinations(settings: Settings) -> list[Check]:
     """Each ``[forward.NAME]`` destination answers a C-ECHO from its calling AE title."""
-    checks = []
-    for d in settings.destinations:
-        name = f"forward destination {d.name} ({d.ae_title} at {_host_port(d.host, d.port)})"
-        why = dicom_echo(d.calling_ae, d.ae_title, d.host, d.port)
-        if why is None:
-            checks.append(Check(name, OK, "C-ECHO succeeded"))
-        else:
-            checks.append(Check(name, FAIL, f"{why}: check that the archive runs, ae_title, host and port under "
-                                            f"[forward.{d.name}] in {settings.source}, and that it accepts "
-                                            f"calling AE {d.calling_ae}; until then studies wait in the queue"))
-    return checks
+    return [echo_check(f"forward destination {d.name} ({d.ae_title} at {_host_port(d.host, d.port)})",
+                       d.calling_ae, d.ae_title, d.host, d.port,
+                       f"check that the archive runs, ae_title, host and port under [forward.{d.name}] in "
+                       f"{settings.source}, and that it accepts calling AE {d.calling_ae}; until then studies "
+                       f"wait in the queue")
+            for d in settings.destinations]
 
 
 # -- the probes ------------------------------------------------------------------------
