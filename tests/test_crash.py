@@ -127,31 +127,37 @@ def test_sigkill_in_the_middle_loses_nothing_acknowledged(tmp_path):
         cleaned = re.findall(r"store: (\d+) leftover files? of interrupted receives", gw.log())
         assert int(cleaned[-1]) >= 1 and int(cleaned[-1]) <= left
 
-        db = sqlite3.connect(tmp_path / "var" / "gatekeeper.db")
+        states = assert_nothing_lost(tmp_path / "var" / "gatekeeper.db", store, acked)
+        assert "held" in states.values() and "archived" in states.values()
+    finally:
+        assert gw.stop() == 0, gw.log()
+
+
+def assert_nothing_lost(database: Path, store: Path, acked: list[str]) -> dict[str, str]:
+    """Rule 4 after a crash: every acknowledged instance is indexed with a whole file, every file
+    in the trees is whole and indexed where it is, a study lives in one tree, no move is left
+    pending. Returns each study's state."""
+    db = sqlite3.connect(database)
+    try:
         rows = {sop: (path, sha, study) for sop, path, sha, study in db.execute(
             "SELECT sop_instance_uid, path, sha256, study_instance_uid FROM instances")}
         states = dict(db.execute("SELECT study_instance_uid, state FROM studies"))
         assert db.execute("SELECT COUNT(*) FROM studies WHERE pending_files IS NOT NULL").fetchone() == (0,)
-
-        # every acknowledged instance is indexed, and its file is whole
-        for sop in acked:
-            assert sop in rows, f"acknowledged instance {sop} is not in the index"
-            path, sha, _ = rows[sop]
-            assert dcmread(store / path).SOPInstanceUID == sop
-            assert sha256(store / path) == sha
-
-        # every file in the trees is whole and indexed where it is; a study lives in one tree
-        on_disk = sorted(p for tree in ("archive", "held", "rejected") for p in (store / tree).rglob("*"))
-        files = [p for p in on_disk if p.is_file()]
-        assert len(files) >= len(acked)
-        for file in files:
-            assert file.suffix == ".dcm"
-            sop = dcmread(file).SOPInstanceUID
-            assert file.stem == sop and sop in rows, f"{file} is not indexed"
-            path, sha, study = rows[sop]
-            assert store / path == file and sha256(file) == sha
-            assert path.split("/")[0] == {"archived": "archive", "held": "held"}[states[study]]
-        assert len(files) == len(rows)
-        assert "held" in states.values() and "archived" in states.values()
     finally:
-        assert gw.stop() == 0, gw.log()
+        db.close()
+    for sop in acked:
+        assert sop in rows, f"acknowledged instance {sop} is not in the index"
+        path, sha, _ = rows[sop]
+        assert dcmread(store / path).SOPInstanceUID == sop
+        assert sha256(store / path) == sha
+    files = [p for tree in ("archive", "held", "rejected") for p in sorted((store / tree).rglob("*")) if p.is_file()]
+    assert len(files) >= len(acked)
+    for file in files:
+        assert file.suffix == ".dcm"
+        sop = dcmread(file).SOPInstanceUID
+        assert file.stem == sop and sop in rows, f"{file} is not indexed"
+        path, sha, study = rows[sop]
+        assert store / path == file and sha256(file) == sha
+        assert path.split("/")[0] == {"archived": "archive", "held": "held"}[states[study]]
+    assert len(files) == len(rows)
+    return states

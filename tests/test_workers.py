@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification
@@ -29,7 +28,7 @@ from gateway.dicom.workers import probe_port
 from tests.conftest import EXAMPLES, ROOT, free_port
 from tests.dicom_factory import make_instance
 from tests.e2e import Gateway
-from tests.test_crash import COUNT, KILL_AFTER, SENDER, acknowledged, sha256
+from tests.test_crash import COUNT, KILL_AFTER, SENDER, acknowledged, assert_nothing_lost
 
 NOW = {"GATEKEEPER_NOW": "2026-11-30T08:00:00"}
 
@@ -344,24 +343,7 @@ def test_a_worker_killed_mid_transfer_loses_nothing_acknowledged(tmp_path):
     assert not [p for p in (store / "incoming").iterdir() if p.name.startswith(f"p{victim}-")]
     assert gw.stop() == 0, gw.log()
 
-    db = sqlite3.connect(tmp_path / "var" / "gatekeeper.db")
-    rows = {sop: (path, sha, study) for sop, path, sha, study in db.execute(
-        "SELECT sop_instance_uid, path, sha256, study_instance_uid FROM instances")}
-    states = dict(db.execute("SELECT study_instance_uid, state FROM studies"))
-    assert db.execute("SELECT COUNT(*) FROM studies WHERE pending_files IS NOT NULL").fetchone() == (0,)
-    for sop in acked:
-        assert sop in rows, f"acknowledged instance {sop} is not in the index"
-        path, sha, _ = rows[sop]
-        assert dcmread(store / path).SOPInstanceUID == sop
-        assert sha256(store / path) == sha
-    files = [p for tree in ("archive", "held", "rejected") for p in (store / tree).rglob("*") if p.is_file()]
-    for file in files:
-        sop = dcmread(file).SOPInstanceUID
-        assert file.stem == sop and sop in rows, f"{file} is not indexed"
-        path, sha, study = rows[sop]
-        assert store / path == file and sha256(file) == sha
-        assert path.split("/")[0] == {"archived": "archive", "held": "held"}[states[study]]
-    assert len(files) == len(rows)
+    assert_nothing_lost(tmp_path / "var" / "gatekeeper.db", store, acked)
     assert list((store / "incoming").rglob("*.dcm")) == [] and not [
         p for p in (store / "incoming").iterdir() if p.is_dir()], gw.log()  # a clean stop leaves no incoming folder
 
