@@ -30,7 +30,7 @@ def send_file(_app, args) -> int:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        print(f"gatekeeper: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"gatekeeper: cannot read {path}: {exc.strerror or exc}; check the path", file=sys.stderr)
         return 2
     messages = mllp.split(data)
     if not messages:
