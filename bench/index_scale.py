@@ -21,7 +21,7 @@ studies of the order), never the files of other studies. Every column is given, 
 NOT NULL and unique constraint of the schema holds (the index has no foreign keys). The
 fill time is printed. With ``--keep DIR`` the filled SQLite folder is kept in DIR and the
 PostgreSQL ``<db>_filled`` database is kept too; the next run with the same ``--rows``
-reuses them instead of filling again.
+reuses them instead of filling again (with another ``--rows`` it fills them anew).
 
 Then ``gatekeeper serve`` runs on each folder (as bench/store.py starts it: shipped
 settings, examples imported, scheduled jobs off) and each round sends C new instances
@@ -221,9 +221,10 @@ def fill(url: str, rows: int) -> float:
 # -------------------------------------------------------------------------------- main
 
 
-def prepare(name: str, url_of, folder: Path, rows: int, keep: bool) -> dict:
-    """A gateway folder with an empty or filled index: {"folder", "env", "port", "fill_s", "url"}."""
-    url = url_of(folder)
+def prepare(url_of, folder: Path, rows: int, keep: bool) -> dict:
+    """A gateway folder with an empty or filled index: {"folder", "env", "port", "fill_s", "url"}.
+    A kept index with another count of synthetic instances is made again."""
+    url = url_of(folder, fresh=not keep)
     setup = write_settings(folder, url)
     import_examples(setup["env"])
     setup.update(folder=folder, url=url, fill_s=None, reused=False)
@@ -231,11 +232,11 @@ def prepare(name: str, url_of, folder: Path, rows: int, keep: bool) -> dict:
         found = synthetic_count(url)
         if keep and found == rows:
             setup["reused"] = True
-        else:
-            if found:
-                raise SystemExit(f"{name}: {url} holds {found} synthetic instances, not {rows}; remove the kept "
-                                 "folder (and for PostgreSQL drop the _filled database) or pass the same --rows")
-            setup["fill_s"] = fill(url, rows)
+            return setup
+        if found:
+            shutil.rmtree(folder, ignore_errors=True)
+            return prepare(lambda f, fresh: url_of(f, fresh=True), folder, rows, keep=False)
+        setup["fill_s"] = fill(url, rows)
     return setup
 
 
@@ -264,12 +265,12 @@ def main() -> None:
                 if state == "empty":
                     shutil.rmtree(folder, ignore_errors=True)
                 if kind == "sqlite":
-                    def url_of(f):
+                    def url_of(f, fresh):
                         return f"sqlite:///{f / 'var' / 'gatekeeper.db'}"
                 else:
-                    def url_of(f, state=state):
-                        return pg_database(args.pg_url, state, fresh=state == "empty" or not args.keep)
-                setup = prepare(f"{kind} {state}", url_of, folder, rows, bool(args.keep))
+                    def url_of(f, fresh, state=state):
+                        return pg_database(args.pg_url, state, fresh=fresh or state == "empty")
+                setup = prepare(url_of, folder, rows, bool(args.keep) and state == "filled")
                 if setup["fill_s"] is not None:
                     print(f"{kind}: filled {rows} instances ({rows // STUDY_SIZE} studies) in {setup['fill_s']:.0f} s",
                           flush=True)
