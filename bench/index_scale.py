@@ -7,7 +7,7 @@ against receiving into an empty one, on SQLite and on PostgreSQL.
 For each database, two gateway folders are prepared, each with its own index: one empty,
 one holding N synthetic instances (default 1,000,000) with their studies. SQLite is the
 shipped ``var/gatekeeper.db`` of each folder; PostgreSQL uses two databases next to the
-one of ``--pg-url`` (default postgresql://postgres@127.0.0.1:5432/test_b), named
+one of ``--pg-url`` (default ``$GATEKEEPER_TEST_PG_URL``, else postgresql://postgres@127.0.0.1:5432/test), named
 ``<db>_empty`` and ``<db>_filled``, created (and the empty one dropped first) through
 that URL, so the role needs CREATEDB.
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -51,11 +50,12 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
     sys.path.pop(0)  # run as a script: bench/http.py would shadow the standard library's http
 sys.path.insert(0, str(ROOT))
 
-from bench.store import EXAMPLES, NOW, free_port, make_batches, stop, storescu, timed, wait_for  # noqa: E402
+from bench.store import gatekeeper_folder, make_batches, run_gatekeeper, stop, storescu, timed  # noqa: E402
 from infra.db import open_database  # noqa: E402
 from store.models import InstanceRow, StudyRow  # noqa: E402
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test_b"
+#: The test suite's PostgreSQL server and database (scripts/test.sh), unless --pg-url names another.
+PG_URL = os.environ.get("GATEKEEPER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 STUDY_SIZE = 50
 SERIES_SIZE = 4
 BATCH = 10_000
@@ -64,39 +64,6 @@ SYNTHETIC_AE = "SYNTH"
 
 
 # ------------------------------------------------------------------ gateway folders
-
-
-def write_settings(folder: Path, url: str) -> dict:
-    """The shipped settings with their own port, jobs off, ``url`` as the database; the env to run it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    text = (ROOT / "settings.toml").read_text()
-    text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"').replace("port = 11112", f"port = {port}")
-    text = text.replace("enabled = true", "enabled = false")
-    text = re.sub(r"^workers = .*$", "workers = 1", text, count=1, flags=re.M)
-    for other in ("9102", "8080", "2575"):  # metrics, review desk, HL7: off, so that several run side by side
-        text = text.replace(f"port = {other}", "port = 0")
-    text = text.replace('url = "sqlite:///var/gatekeeper.db"', f'url = "{url}"')
-    (folder / "settings.toml").write_text(text)
-    env = {**os.environ, "GATEKEEPER_CONFIG": str(folder / "settings.toml"), "GATEKEEPER_NOW": NOW,
-           "PYTHONPATH": str(ROOT)}
-    env.pop("GATEKEEPER_DATABASE_URL", None)
-    return {"env": env, "port": port}
-
-
-def import_examples(env: dict) -> None:
-    """Import the examples' orders and auths (this creates the schema of an empty database)."""
-    for kind in ("orders", "auths"):
-        subprocess.run([sys.executable, "-m", "gateway.cli", kind, "import", str(EXAMPLES / f"{kind}.json")],
-                       env=env, check=True, capture_output=True)
-
-
-def serve(folder: Path, env: dict, port: int) -> subprocess.Popen:
-    log = folder / "serve.log"
-    process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
-                               stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-    wait_for(process, port, "GATEKEEPER", log)
-    return process
 
 
 def pg_database(base: str, suffix: str, *, fresh: bool) -> str:
@@ -178,6 +145,8 @@ def fill(url: str, rows: int) -> float:
     db = open_database(url)
     started = time.perf_counter()
     postgres = url.startswith("postgres")
+    if postgres:
+        from psycopg2.extras import execute_values
     tables = {}
     for model in (StudyRow, InstanceRow):
         names = ", ".join(f.column_name for f in _columns(model))
@@ -193,7 +162,6 @@ def fill(url: str, rows: int) -> float:
                     if not values:
                         continue
                     if postgres:
-                        from psycopg2.extras import execute_values
                         execute_values(cur, tables[model] + "%s", values, page_size=1000)
                     else:
                         marks = "(" + ", ".join("?" * len(values[0])) + ")"
@@ -222,21 +190,20 @@ def fill(url: str, rows: int) -> float:
 
 
 def prepare(url_of, folder: Path, rows: int, keep: bool) -> dict:
-    """A gateway folder with an empty or filled index: {"folder", "env", "port", "fill_s", "url"}.
-    A kept index with another count of synthetic instances is made again."""
+    """A gateway folder with an empty or filled index: {"folder", "env", "port", "url", "fill_s", "reused"}.
+    A kept index holding another count of synthetic instances is made again."""
     url = url_of(folder, fresh=not keep)
-    setup = write_settings(folder, url)
-    import_examples(setup["env"])
-    setup.update(folder=folder, url=url, fill_s=None, reused=False)
-    if rows:
-        found = synthetic_count(url)
-        if keep and found == rows:
-            setup["reused"] = True
-            return setup
-        if found:
+    env, port = gatekeeper_folder(folder, database_url=url)  # the examples' import creates the schema
+    found = synthetic_count(url) if rows else 0
+    setup = {"folder": folder, "url": url, "fill_s": None, "reused": keep and rows and found == rows}
+    if not setup["reused"]:
+        if found:  # a kept index of another size
             shutil.rmtree(folder, ignore_errors=True)
-            return prepare(lambda f, fresh: url_of(f, fresh=True), folder, rows, keep=False)
-        setup["fill_s"] = fill(url, rows)
+            setup["url"] = url = url_of(folder, fresh=True)
+            env, port = gatekeeper_folder(folder, database_url=url)
+        if rows:
+            setup["fill_s"] = fill(url, rows)
+    setup.update(env=env, port=port)
     return setup
 
 
@@ -276,7 +243,7 @@ def main() -> None:
                           flush=True)
                 elif setup["reused"]:
                     print(f"{kind}: reusing the kept index of {rows} instances", flush=True)
-                setup["process"] = serve(folder, setup["env"], setup["port"])
+                setup["process"] = run_gatekeeper(folder, setup["env"], setup["port"])
                 servers[(kind, state)] = setup
         rates: dict = {key: [] for key in servers}
         for r in range(args.rounds):

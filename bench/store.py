@@ -130,10 +130,13 @@ def wait_for(process: subprocess.Popen, port: int, called: str, log: Path) -> No
         time.sleep(0.1)
 
 
-def start_gatekeeper(folder: Path, tls: dict | None = None, workers: int = 1) -> tuple[subprocess.Popen, int]:
-    """``tls``: ``{"tls_port": ..., "tls_cert": ..., "tls_key": ..., "tls_ca": ...}`` to listen on a TLS port too;
-    ``workers``: ``server.workers``."""
-    folder.mkdir(parents=True)
+def gatekeeper_folder(folder: Path, tls: dict | None = None, workers: int = 1,
+                      database_url: str | None = None) -> tuple[dict, int]:
+    """Write the shipped settings into ``folder`` (loopback, a free port, jobs, metrics, desk and
+    HL7 off; ``tls`` and ``workers`` as :func:`start_gatekeeper`; ``database_url`` instead of the
+    shipped SQLite file) and import the examples' orders and auths, which creates the schema.
+    Returns the environment to run the CLI with and the DICOM port."""
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     text = (ROOT / "settings.toml").read_text()
     text = text.replace('bind_address = "0.0.0.0"', 'bind_address = "127.0.0.1"').replace("port = 11112", f"port = {port}")
@@ -143,6 +146,8 @@ def start_gatekeeper(folder: Path, tls: dict | None = None, workers: int = 1) ->
         text = text.replace(f"port = {other}", "port = 0")
     for key, value in (tls or {}).items():
         text = re.sub(rf"^{key} = .*$", f"{key} = {json.dumps(value)}", text, count=1, flags=re.M)
+    if database_url is not None:
+        text = text.replace('url = "sqlite:///var/gatekeeper.db"', f"url = {json.dumps(database_url)}")
     (folder / "settings.toml").write_text(text)
     env = {**os.environ, "GATEKEEPER_CONFIG": str(folder / "settings.toml"), "GATEKEEPER_NOW": NOW,
            "PYTHONPATH": str(ROOT)}
@@ -150,6 +155,11 @@ def start_gatekeeper(folder: Path, tls: dict | None = None, workers: int = 1) ->
     for kind in ("orders", "auths"):
         subprocess.run([sys.executable, "-m", "gateway.cli", kind, "import", str(EXAMPLES / f"{kind}.json")],
                        env=env, check=True, capture_output=True)
+    return env, port
+
+
+def run_gatekeeper(folder: Path, env: dict, port: int) -> subprocess.Popen:
+    """``gatekeeper serve`` on a folder made by :func:`gatekeeper_folder`, once every receiver listens."""
     log = folder / "serve.log"
     process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
@@ -159,7 +169,14 @@ def start_gatekeeper(folder: Path, tls: dict | None = None, workers: int = 1) ->
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the gatekeeper did not start:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.1)
-    return process, port
+    return process
+
+
+def start_gatekeeper(folder: Path, tls: dict | None = None, workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """``tls``: ``{"tls_port": ..., "tls_cert": ..., "tls_key": ..., "tls_ca": ...}`` to listen on a TLS port too;
+    ``workers``: ``server.workers``."""
+    env, port = gatekeeper_folder(folder, tls, workers)
+    return run_gatekeeper(folder, env, port), port
 
 
 ORTHANC = "/usr/sbin/Orthanc"
