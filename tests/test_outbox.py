@@ -288,6 +288,8 @@ def test_two_senders_on_postgresql_never_take_the_same_row(pg_url, tmp_path):
         first.gate.import_orders([make_order(accession_number=acc, study_instance_uid=study)
                                   for acc, study in studies.items()])
         first.gate.import_auths([auth()])
+        # the queue runs on the wall clock; fixed here so that queued at T0 is due at T0 + 60 s whatever today is
+        first.store.outbox.clock = Clock(T0)
         for acc, study in studies.items():
             for _ in range(2):
                 receive(first, tmp_path, study=study, AccessionNumber=acc)
