@@ -32,13 +32,25 @@ Read at scrape time:
 Every reason code and refusal rule is exported, 0 when unused, so a rate or an alert
 never meets a missing series. Labels carry codes, statuses and setting names only: never
 a patient, an accession number or a UID.
+
+With receiving workers (``server.workers`` > 1) the main process still serves
+``/metrics`` for all of them: each worker counts through a :class:`MetricsRelay`, one line
+per event on a pipe to the main process, where :meth:`Metrics.follow` applies it to the
+same counters; ``gatekeeper_associations_open`` then counts the association slots held by
+every process (:meth:`Metrics.watch_slots`). What a worker counted stays counted when the
+worker dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
+import os
 import re
+import threading
+import time
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -66,7 +78,26 @@ _RULE = re.compile(r"(?:server|modalities)\.[a-z_]+")
 #: Histogram buckets (seconds): a worklist query takes milliseconds, a large C-STORE minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "connected"]
+#: The longest line a relay writes: below PIPE_BUF (4096 on Linux, 512 by POSIX), so the
+#: kernel writes each line whole, never interleaved with another thread's.
+MAX_RELAY_LINE = 512
+#: What a relay line may carry: kind -> the types of its arguments, in order.
+RELAYED = {
+    "operation": (str, int, (int, float)),
+    "refused": (str,),
+    "access_refused": (str, str),
+    "refusal_not_audited": (str,),
+}
+#: The longest label value a relayed line may set (codes and setting names are short).
+MAX_LABEL = 64
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsRelay", "connected"]
+
+
+def refusal_rule(why: str) -> str:
+    """The refusal rule a refusal's text names (the last one it names), or "other"."""
+    found = [rule for rule in _RULE.findall(why or "") if rule in REFUSAL_RULES]
+    return found[-1] if found else "other"
 
 
 @contextlib.contextmanager
@@ -126,10 +157,60 @@ class Metrics:
         self.associations_open.set_function(
             lambda: sum(1 for server in servers for a in server.active_associations if a.is_established))
 
+    def watch_slots(self, slots) -> None:
+        """Read ``gatekeeper_associations_open`` from the association slots every receiving process
+        holds (:class:`gateway.dicom.slots.SharedSlots`), at each scrape."""
+        self.associations_open.set_function(lambda: len(slots.held()))
+
+    def apply(self, record) -> bool:
+        """Count one event a worker's :class:`MetricsRelay` sent (``[kind, *arguments]``).
+
+        False, counting nothing, for a record that is not one of :data:`RELAYED` with arguments
+        of the right types (a status in 0..0xFFFF, a duration finite and not negative, labels
+        of at most :data:`MAX_LABEL` characters)."""
+        if not isinstance(record, list) or not record or record[0] not in RELAYED:
+            return False
+        kind, args = record[0], record[1:]
+        types = RELAYED[kind]
+        if len(args) != len(types) or any(isinstance(a, bool) or not isinstance(a, t) for a, t in zip(args, types)):
+            return False
+        if kind == "operation":
+            name, status, seconds = args
+            if len(name) > MAX_LABEL or not 0 <= status <= 0xFFFF or not math.isfinite(seconds) or seconds < 0:
+                return False
+        elif kind != "refused" and any(len(a) > MAX_LABEL for a in args):
+            return False
+        getattr(self, kind)(*args)
+        return True
+
+    def follow(self, fd: int, name: str) -> threading.Thread:
+        """Apply every line a worker's relay writes to the pipe ``fd``, in a thread of its own,
+        until the worker closes it (it stopped or died); the pipe is closed then."""
+
+        def read() -> None:
+            pending = b""
+            try:
+                while chunk := os.read(fd, 65536):
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        try:
+                            record = json.loads(line)
+                        except ValueError:
+                            record = None
+                        if not self.apply(record):
+                            log.warning("metrics: %s sent a line that is not a count; ignored: %.80r", name, line)
+            except OSError as exc:
+                log.warning("metrics: the counts of %s could not be read any more: %s", name, exc)
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=read, name=f"gatekeeper-metrics-{name}", daemon=True)
+        thread.start()
+        return thread
+
     def refused(self, why: str) -> None:
         """Count one refused association; ``why`` names the setting that refused it (as the log line does)."""
-        found = [rule for rule in _RULE.findall(why or "") if rule in REFUSAL_RULES]  # the last names the rule
-        self.refusals.labels(found[-1] if found else "other").inc()
+        self.refusals.labels(refusal_rule(why)).inc()
 
     def access_refused(self, rule: str, service: str) -> None:
         """Count one association or operation refused by an access rule (``service`` "-" for an association)."""
@@ -156,6 +237,55 @@ class Metrics:
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format (:data:`CONTENT_TYPE_LATEST`)."""
         return generate_latest(self.registry)
+
+
+class MetricsRelay:
+    """The counters of a receiving worker (:mod:`gateway.dicom.workers`): what its handlers count
+    goes to the main process's :class:`Metrics`, which serves ``/metrics``.
+
+    It has the methods of :class:`Metrics` that the DICOM handlers call. Each event is one JSON
+    line written whole to the pipe ``fd`` (shorter than :data:`MAX_RELAY_LINE`). The pipe does
+    not block: when the main process does not read (it is stopping, or far behind), the event
+    is dropped and counted in :attr:`dropped`, never making an association wait.
+    """
+
+    #: Seconds between two warnings about dropped events.
+    WARN_EVERY = 60.0
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._warned_at = -math.inf
+
+    def operation(self, name: str, status: int, seconds: float) -> None:
+        self._send("operation", name, int(status), round(max(float(seconds), 0.0), 6))
+
+    def refused(self, why: str) -> None:
+        self._send("refused", refusal_rule(why))  # the rule only: the text may be long
+
+    def access_refused(self, rule: str, service: str) -> None:
+        self._send("access_refused", rule, service)
+
+    def refusal_not_audited(self, rule: str) -> None:
+        self._send("refusal_not_audited", rule)
+
+    def _send(self, *record) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        try:
+            if len(line) > MAX_RELAY_LINE:
+                raise ValueError(f"a {len(line)}-byte line")
+            os.write(self.fd, line)
+        except (OSError, ValueError) as exc:  # a full pipe (BlockingIOError), the main process gone
+            with self._lock:
+                self.dropped += 1
+                now = time.monotonic()
+                if now - self._warned_at < self.WARN_EVERY:
+                    return
+                self._warned_at = now
+            log.warning("metrics: %d counts not passed to the main process so far (%s); /metrics misses them",
+                        self.dropped, exc)
 
 
 class _AppFigures(Collector):

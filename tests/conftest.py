@@ -46,6 +46,10 @@ def write_settings(folder: Path, port: int | None = None, extra: str = "", datab
     """
     text = (ROOT / "settings.toml").read_text()
     text = text.replace('unknown_aets = "echo-and-store"', f'unknown_aets = "{unknown_aets}"')
+    # One receiving process unless a test asks for workers: the in-process servers of the
+    # tests (RunningServer) and their clocks, patches and handlers live in the test's process.
+    text, found = re.subn(r"^workers = 0$", "workers = 1", text, count=1, flags=re.M)
+    assert found, "no workers = 0 in settings.toml"
     for key, value in (server or {}).items():  # [server] is the first section: its key comes first
         text, found = re.subn(rf"^{key} = .*$", lambda _: f"{key} = {value}", text, count=1, flags=re.M)
         assert found, f"no {key} in settings.toml"

@@ -379,3 +379,136 @@ def test_every_package_is_listed_for_setuptools():
     found = {p.parent.relative_to(ROOT).as_posix().replace("/", ".")
              for top in ("infra", "worklist", "store", "gateway") for p in (ROOT / top).rglob("__init__.py")}
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+
+
+# ------------------------------------------------------------ counts relayed from worker processes
+
+
+def _samples(metrics: Metrics) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples}
+
+
+def test_a_relay_counts_in_the_metrics_that_follow_its_pipe():
+    from gateway.metrics import MetricsRelay
+
+    metrics = Metrics()
+    read, write = os.pipe()
+    reader = metrics.follow(read, "receiving worker 0")
+    relay = MetricsRelay(write)
+    relay.operation("C-STORE", 0x0000, 0.02)
+    relay.operation("C-STORE", 0xA700, 0.5)
+    relay.operation("C-FIND", 0x0000, -1.0)  # a clock step back counts as 0 s, as Metrics.operation does
+    relay.refused("calling 'CT9' from 10.0.0.9: 20 associations already (server.max_associations = 20)")
+    relay.access_refused("modalities.host", "C-STORE")
+    relay.refusal_not_audited("modalities.host")
+    os.close(write)  # the worker ended: the reader applies what is left and stops
+    reader.join(5)
+    assert not reader.is_alive()
+    m = _samples(metrics)
+    ops = "gatekeeper_dicom_operation_duration_seconds_count"
+    assert value(m, ops, operation="C-STORE", status="0x0000") == 1
+    assert value(m, ops, operation="C-STORE", status="0xA700") == 1
+    assert value(m, ops, operation="C-FIND", status="0x0000") == 1
+    assert value(m, "gatekeeper_dicom_operation_duration_seconds_sum", operation="C-FIND", status="0x0000") == 0
+    assert value(m, "gatekeeper_dicom_operation_duration_seconds_bucket", operation="C-STORE", status="0x0000",
+                 le="0.025") == 1
+    assert value(m, "gatekeeper_associations_refused_total", rule="server.max_associations") == 1
+    assert value(m, "gatekeeper_associations_refused_total", rule="server.max_associations_per_address") == 0
+    assert value(m, "gatekeeper_access_refused_total", rule="modalities.host", service="C-STORE") == 1
+    assert value(m, "gatekeeper_access_refusals_not_audited_total", rule="modalities.host") == 1
+    assert relay.dropped == 0
+
+
+@pytest.mark.parametrize("record", [
+    None, [], {}, "operation", ["operation"], ["nothing", 1],
+    ["operation", "C-STORE", 0], ["operation", "C-STORE", 0, 0.1, 1],  # too few, too many
+    ["operation", "C-STORE", "0x0000", 0.1], ["operation", "C-STORE", 0.0, 0.1], ["operation", "C-STORE", True, 0.1],
+    ["operation", "C-STORE", -1, 0.1], ["operation", "C-STORE", 0x10000, 0.1],
+    ["operation", "C-STORE", 0, -0.001], ["operation", "C-STORE", 0, float("nan")], ["operation", "C-STORE", 0, "1"],
+    ["operation", "C" * 65, 0, 0.1], ["operation", 7, 0, 0.1],
+    ["refused"], ["refused", 3], ["access_refused", "modalities.host"], ["access_refused", "r" * 65, "-"],
+    ["access_refused", "modalities.host", None], ["refusal_not_audited", "r" * 65], ["refusal_not_audited", []],
+])
+def test_a_record_that_is_not_a_count_counts_nothing(record):
+    metrics = Metrics()
+    before = _samples(metrics)
+    assert metrics.apply(record) is False
+    assert _samples(metrics) == before
+
+
+@pytest.mark.parametrize("record", [
+    ["operation", "C-STORE", 0, 0], ["operation", "C-STORE", 0xFFFF, 0.0], ["operation", "C" * 64, 0, 300.0],
+    ["refused", ""], ["access_refused", "r" * 64, "-"], ["refusal_not_audited", "modalities.host"],
+])
+def test_the_edges_of_a_count_are_counted(record):
+    metrics = Metrics()
+    before = sum(_samples(metrics).values())
+    assert metrics.apply(record) is True
+    assert sum(_samples(metrics).values()) > before
+
+
+def test_lines_that_are_not_counts_are_logged_and_the_rest_still_count(caplog):
+    metrics = Metrics()
+    read, write = os.pipe()
+    reader = metrics.follow(read, "receiving worker 1")
+    os.write(write, b'not json\n["operation","C-FIND",0,0.01]\n["operation","C-FI')  # the last line cut short
+    os.write(write, b'ND",0,0.01]\n["bogus"]\n')
+    os.close(write)
+    reader.join(5)
+    ops = "gatekeeper_dicom_operation_duration_seconds_count"
+    assert value(_samples(metrics), ops, operation="C-FIND", status="0x0000") == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("receiving worker 1 sent a line that is not a count" in w for w in warnings)
+
+
+def test_a_full_pipe_drops_counts_instead_of_waiting(caplog):
+    from gateway.metrics import MetricsRelay
+
+    read, write = os.pipe()
+    relay = MetricsRelay(write)  # nobody reads: the pipe fills
+    try:
+        started = time.monotonic()
+        for _ in range(100_000):
+            relay.operation("C-STORE", 0, 0.01)
+            if relay.dropped:
+                break
+        assert relay.dropped == 1 and time.monotonic() - started < 30
+        relay.operation("C-STORE", 0, 0.01)
+        assert relay.dropped == 2
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warnings == ["metrics: 1 counts not passed to the main process so far ([Errno 11] Resource "
+                            "temporarily unavailable); /metrics misses them"]  # once a minute, not per count
+        os.read(read, 1 << 20)  # read again: counts pass again
+        relay.operation("C-STORE", 0, 0.01)
+        assert relay.dropped == 2
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_a_relay_whose_main_process_is_gone_drops_quietly():
+    from gateway.metrics import MetricsRelay
+
+    read, write = os.pipe()
+    os.close(read)
+    relay = MetricsRelay(write)
+    try:
+        relay.refused("server.ae_title")  # EPIPE: no exception into the association
+        assert relay.dropped == 1
+    finally:
+        os.close(write)
+
+
+def test_associations_open_counts_the_slots_of_every_process(tmp_path):
+    from gateway.dicom.slots import SharedSlots
+
+    metrics = Metrics()
+    one, other = SharedSlots(tmp_path, 5), SharedSlots(tmp_path, 5)  # two processes' views
+    metrics.watch_slots(one)
+    held = [one.take("10.0.0.1", 0)[0], other.take("10.0.0.2", 0)[0]]
+    assert value(_samples(metrics), "gatekeeper_associations_open") == 2
+    held[1].release()
+    assert value(_samples(metrics), "gatekeeper_associations_open") == 1
+    held[0].release()
+    assert value(_samples(metrics), "gatekeeper_associations_open") == 0

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage, Verification
+from pynetdicom.sop_class import ModalityWorklistInformationFind, MRImageStorage, Verification
 
 from gateway.dicom.slots import SharedSlots
 from gateway.dicom.workers import probe_port
@@ -411,3 +411,100 @@ def second_command() -> list[str]:
     from tests.e2e import gatekeeper_command
 
     return gatekeeper_command() + ["serve"]
+
+
+# -- /metrics with workers ---------------------------------------------------------------------
+
+
+def with_metrics(gw: Gateway) -> int:
+    """Turn on ``/metrics`` (on a free port) in ``gw``'s settings; the port."""
+    text = gw.settings.read_text()
+    head, metrics = text.split("\n[metrics]\n", 1)
+    assert re.match(r"(#[^\n]*\n)*port = 0\n", metrics)  # write_settings turned metrics off
+    port = free_port()
+    gw.settings.write_text(head + "\n[metrics]\n" + metrics.replace("port = 0\n", f"port = {port}\n", 1))
+    return port
+
+
+def counted(port: int, name: str, **labels) -> float:
+    from tests.test_metrics import scrape
+
+    return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_counted(port: int, wanted: float, name: str, **labels) -> float:
+    """The value once it is ``wanted`` (a worker's counts reach the main process a moment later)."""
+    deadline = time.monotonic() + 10
+    while (found := counted(port, name, **labels)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+STORES = "gatekeeper_dicom_operation_duration_seconds_count"
+
+
+def test_metrics_count_what_every_worker_did_and_keep_it_when_one_dies(tmp_path):
+    from tests.test_metrics import _worklist_query
+
+    gw = Gateway(tmp_path, env=NOW, server={"workers": "2", "max_associations": "3",
+                                            "max_associations_per_address": "0"})
+    metrics = with_metrics(gw)
+    gw.cli("orders", "import", str(EXAMPLES / "orders.json"))
+    gw.cli("auths", "import", str(EXAMPLES / "auths.json"))
+    gw.start()
+    try:
+        pids = worker_pids(gw, 2)
+        assert wait_counted(metrics, 0, "gatekeeper_associations_open") == 0
+        held = spread(gw, pids, 2)  # one association in each worker
+        assert wait_counted(metrics, 2, "gatekeeper_associations_open") == 2
+        for assoc in held:  # one C-STORE in each worker: a total of 2 needs both workers' counts
+            assert assoc.send_c_store(make_instance(StudyDate="20261130")).Status == 0
+        assert wait_counted(metrics, 2, STORES, operation="C-STORE", status="0x0000") == 2
+        ae = AE(ae_title="MR1")
+        ae.add_requested_context(ModalityWorklistInformationFind)
+        console = ae.associate("127.0.0.1", gw.port, ae_title="GATEKEEPER")  # the last of the 3 slots
+        assert console.is_established
+        assert _worklist_query(console)[-1] == 0
+        assert wait_counted(metrics, 1, STORES, operation="C-FIND", status="0x0000") == 1
+        assert wait_counted(metrics, 3, "gatekeeper_associations_open") == 3
+        refused = associate(gw.port)
+        assert refused.is_rejected
+        assert wait_counted(metrics, 1, "gatekeeper_associations_refused_total", rule="server.max_associations") == 1
+        console.release()
+
+        victim = owner_of(local_port(held[0]), pids)
+        os.kill(victim, signal.SIGKILL)
+        assert gw.logged(f"(pid {victim}) ended (killed by signal 9); starting it again", 20), gw.log()
+        deadline = time.monotonic() + 30
+        while victim in worker_pids(gw, 2):
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.1)
+        # the dead worker's counts stay; its association's slot is free
+        assert counted(metrics, STORES, operation="C-STORE", status="0x0000") == 2
+        assert wait_counted(metrics, 1, "gatekeeper_associations_open") == 1
+        held[1].release()
+        again = spread(gw, worker_pids(gw, 2), 2)  # the started-again worker counts too
+        for assoc in again:
+            assert assoc.send_c_store(make_instance(StudyDate="20261130")).Status == 0
+            assoc.release()
+        assert wait_counted(metrics, 4, STORES, operation="C-STORE", status="0x0000") == 4
+        assert wait_counted(metrics, 0, "gatekeeper_associations_open") == 0
+    finally:
+        assert gw.stop() == 0, gw.log()
+    assert "counts not passed to the main process" not in gw.log()
+
+
+def test_workers_default_to_one_per_core(tmp_path):
+    from gateway.settings import load
+
+    shipped = (ROOT / "settings.toml").read_text()
+    assert re.search(r"^workers = 0$", shipped, flags=re.M)
+    path = tmp_path / "settings.toml"
+    path.write_text(shipped)
+    assert load(path, environ={}).workers == (os.cpu_count() or 1)
+    path.write_text(re.sub(r"^workers = 0\n", "", shipped, flags=re.M))  # not set: the declared default
+    assert load(path, environ={}).workers == (os.cpu_count() or 1)
+    path.write_text(re.sub(r"^workers = 0$", "workers = 1", shipped, flags=re.M))
+    assert load(path, environ={}).workers == 1
+    path.write_text(re.sub(r"^workers = 0$", "workers = 3", shipped, flags=re.M))
+    assert load(path, environ={}).workers == 3

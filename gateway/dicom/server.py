@@ -179,12 +179,13 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     # server.workers > 1: worker processes receive on server.port (gateway.dicom.workers) and
     # every process counts its associations in the shared slots.
     several = workers.count_of(s) > 1
-    ae, handlers = build_ae(app, metrics, SharedSlots.of(s.storage_root, s.max_associations) if several else None)
+    slots = SharedSlots.of(s.storage_root, s.max_associations) if several else None
+    ae, handlers = build_ae(app, metrics, slots)
     context = _tls_context(s)  # before any port listens: bad TLS files stop the start
     with contextlib.ExitStack() as running:  # each part started pushes its stop; unwound in reverse
         running.callback(lambda: log.info("stopped"))
         if several:
-            server = receivers = workers.start(app)  # the workers listen on server.port
+            server = receivers = workers.start(app, metrics)  # the workers listen on server.port
             running.callback(receivers.stop)
         else:
             receivers = None
@@ -194,7 +195,10 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
         secure = _start_tls(ae, handlers, s, context)  # the same AE, handlers and rules on server.tls_port
         if secure is not None:
             running.callback(secure.shutdown)
-        metrics.watch_listener(*[l for l in (None if several else server, secure) if l is not None])
+        if several:  # every process's associations, the TLS port's included
+            metrics.watch_slots(slots)
+        else:
+            metrics.watch_listener(*[listener for listener in (server, secure) if listener is not None])
         for part in (health.start(app, metrics, server),  # /healthz and /metrics; None when metrics.port = 0
                      hl7_listener.start(app),  # the RIS feed (MLLP); None when hl7.port = 0
                      http_desk.start(app)):  # the review desk and /api/ on http.port; None when it is 0

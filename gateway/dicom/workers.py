@@ -32,9 +32,10 @@ What stays correct across processes, and how:
   ``SO_REUSEPORT`` for a moment, so a port already in use (another gatekeeper among them)
   stops the start with the usual message instead of being shared.
 
-Left to the main process: ``/metrics`` counts the operations of the main process only (the
-TLS port's, the HTTP and HL7 front ends'); the workers' C-STORE, C-FIND and association
-figures are in their log lines.
+- **Metrics**: the main process serves ``/metrics`` for every process. Each worker counts
+  its operations and refusals through a :class:`gateway.metrics.MetricsRelay`, one line per
+  event on a pipe the main process reads (``--metrics-fd``); ``gatekeeper_associations_open``
+  counts the slots held by every process. A worker's counts stay when it dies.
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ def probe_port(address: str, port: int) -> None:
 class Workers:
     """The receiving worker processes of one ``gatekeeper serve``."""
 
-    def __init__(self, settings, count: int) -> None:
+    def __init__(self, settings, count: int, metrics=None) -> None:
         self.settings = settings
         self.count = count
+        self.metrics = metrics  # a gateway.metrics.Metrics each worker counts into, or None
         self.processes: list[subprocess.Popen | None] = [None] * count
         self.restarts = 0
         self._started_at = [0.0] * count
@@ -124,13 +126,24 @@ class Workers:
         read, write = os.pipe()
         command = [sys.executable, "-m", "gateway.dicom.workers", "--config", str(self.settings.source),
                    "--index", str(index), "--ready-fd", str(write), "--parent", str(os.getpid())]
+        passed = [write]
+        counts = None
+        if self.metrics is not None:
+            counts, counts_write = os.pipe()
+            passed.append(counts_write)
+            command += ["--metrics-fd", str(counts_write)]
         try:
-            process = subprocess.Popen(command, pass_fds=(write,), stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(command, pass_fds=passed, stdin=subprocess.DEVNULL)
         except BaseException:
             os.close(read)
+            if counts is not None:
+                os.close(counts)
             raise
         finally:
-            os.close(write)
+            for fd in passed:
+                os.close(fd)
+        if counts is not None:
+            self.metrics.follow(counts, f"receiving worker {index}")  # until the worker's end closes it
         self._started_at[index] = time.monotonic()
         self.processes[index] = process
         return read
@@ -211,8 +224,9 @@ class Workers:
         return None
 
 
-def start(app) -> Workers:
-    """The workers of ``app``'s settings, listening; raises GatekeeperError when the port is in use."""
+def start(app, metrics=None) -> Workers:
+    """The workers of ``app``'s settings, listening and counting into ``metrics`` (a
+    :class:`gateway.metrics.Metrics`, or None); raises GatekeeperError when the port is in use."""
     from gateway.settings import port_unavailable
     from infra.errors import GatekeeperError
 
@@ -223,7 +237,7 @@ def start(app) -> Workers:
         raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
                                                address=s.bind_address, port=s.port, source=s.source)) from None
     try:
-        return Workers(s, count_of(s)).start()
+        return Workers(s, count_of(s), metrics).start()
     except RuntimeError as exc:
         raise GatekeeperError(f"{exc}. Fix what it names in {s.source}, or set server.workers = 1.") from None
 
@@ -278,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--metrics-fd", type=int, help="the pipe to send the counts of /metrics on")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
 
@@ -285,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.app import open_app
     from gateway.dicom import server, storage
     from gateway.dicom.slots import SharedSlots
+    from gateway.metrics import MetricsRelay
     from gateway.settings import load
     from infra.clock import clock_from_env
 
@@ -295,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         storage.on_start(app)  # files of processes that are gone (a worker that died among them)
         slots = SharedSlots.of(settings.storage_root, settings.max_associations)
-        ae, handlers = server.build_ae(app, None, slots)
+        relay = MetricsRelay(args.metrics_fd) if args.metrics_fd is not None else None
+        ae, handlers = server.build_ae(app, relay, slots)
         listener = ae.make_server((settings.bind_address, settings.port), evt_handlers=handlers,
                                   server_class=ReusePortServer)
         ae._servers.append(listener)  # as ae.start_server does: ae.shutdown and listener.shutdown find it
