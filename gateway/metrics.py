@@ -17,7 +17,8 @@ Counted as things happen (the DICOM handlers' and the jobs' summary lines observ
 
 Read at scrape time:
 
-- ``gatekeeper_associations_open``: established associations of the DICOM listener;
+- ``gatekeeper_associations_open``: established associations of the DICOM listeners (with
+  workers: the association slots every process holds);
 - ``gatekeeper_orders_today{decision}``, ``gatekeeper_orders_served_today{basis}``,
   ``gatekeeper_orders_withheld_today{reason}``: the gate's decisions for today's orders
   (:meth:`worklist.gate.Gate.day`), each reason code of a withheld order counted;
