@@ -219,3 +219,34 @@ def test_sighup_with_a_changed_port_says_it_needs_a_restart(examples_gateway):
         assert find_accessions(assoc) == ["ACC1001", "ACC1003"]
     finally:
         assoc.release()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sighup_as_soon_as_the_port_accepts_reloads_and_does_not_end_the_server(tmp_path, workers):
+    """A service manager may reload the moment the port answers: the handlers are in place first."""
+    import socket
+    import subprocess
+
+    from tests.e2e import echo_ok, gatekeeper_command
+
+    gw = Gateway(tmp_path, server={"workers": workers})
+    with open(gw.log_path, "ab") as log:
+        gw.process = subprocess.Popen(gatekeeper_command() + ["serve"], env=gw.env, stdout=log,
+                                      stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # no sleep: the SIGHUP goes within a millisecond of the port accepting
+            assert gw.process.poll() is None and time.monotonic() < deadline, gw.log()
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", gw.port)) == 0:
+                    break
+        gw.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "settings reloaded from" not in gw.log():
+            assert gw.process.poll() is None, f"serve exited {gw.process.returncode} on SIGHUP:\n{gw.log()}"
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.05)
+        assert echo_ok(gw.port)
+    finally:
+        assert gw.stop() == 0, gw.log()

@@ -182,13 +182,25 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
     slots = SharedSlots.of(s.storage_root, s.max_associations) if several else None
     ae, handlers = build_ae(app, metrics, slots)
     context = _tls_context(s)  # before any port listens: bad TLS files stop the start
+    stop = stop or threading.Event()
+    receivers = None  # the workers, once started: SIGHUP is passed on to them
+    if threading.current_thread() is threading.main_thread():
+        # Before any port listens: a SIGHUP or SIGTERM sent as soon as the server answers
+        # (a reload by the service manager, a test) must not find Python's default, which ends
+        # the process. As for SIGHUP: the handler only puts on a queue; a thread sets the event,
+        # since Event.set in a handler could deadlock on the lock the main thread holds.
+        stops: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=lambda: (stops.get(), stop.set()), name="gatekeeper-stop", daemon=True).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stops.put(True))
+        reloads = _reloader(app)
+        signal.signal(signal.SIGHUP, lambda *_: (reloads.put(True), receivers and receivers.hangup()))
     with contextlib.ExitStack() as running:  # each part started pushes its stop; unwound in reverse
         running.callback(lambda: log.info("stopped"))
         if several:
             server = receivers = workers.start(app, metrics)  # the workers listen on server.port
             running.callback(receivers.stop)
         else:
-            receivers = None
             server = _start_plain(ae, handlers, s)
             # Listeners shut down last: open associations finish after the other parts stopped.
             running.callback(server.shutdown)
@@ -204,16 +216,6 @@ def serve(app: App, ready: threading.Event | None = None, stop: threading.Event 
                      http_desk.start(app)):  # the review desk and /api/ on http.port; None when it is 0
             if part is not None:
                 running.callback(part.stop)
-        stop = stop or threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            # As for SIGHUP below: the handler only puts on a queue; a thread sets the event,
-            # since Event.set in a handler could deadlock on the lock the main thread holds.
-            stops: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=lambda: (stops.get(), stop.set()), name="gatekeeper-stop", daemon=True).start()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stops.put(True))
-            reloads = _reloader(app)
-            signal.signal(signal.SIGHUP, lambda *_: (reloads.put(True), receivers and receivers.hangup()))
         scheduler = jobs.start(app, metrics=metrics)
         if scheduler is not None:
             running.callback(scheduler.shutdown, wait=False)

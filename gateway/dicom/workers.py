@@ -313,11 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         slots = SharedSlots.of(settings.storage_root, settings.max_associations)
         relay = MetricsRelay(args.metrics_fd) if args.metrics_fd is not None else None
         ae, handlers = server.build_ae(app, relay, slots)
-        listener = ae.make_server((settings.bind_address, settings.port), evt_handlers=handlers,
-                                  server_class=ReusePortServer)
-        ae._servers.append(listener)  # as ae.start_server does: ae.shutdown and listener.shutdown find it
-        listener.socket.listen(server.LISTEN_BACKLOG)
-        threading.Thread(target=listener.serve_forever, name="gatekeeper-worker-accept", daemon=True).start()
+        # The signals before the port: a SIGHUP passed on at once must not end the process.
         stop = threading.Event()
         stops: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=lambda: (stops.get(), stop.set()), name="gatekeeper-stop", daemon=True).start()
@@ -325,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, lambda *_: stops.put(True))
         reloads = server._reloader(app)
         signal.signal(signal.SIGHUP, lambda *_: reloads.put(True))
+        listener = ae.make_server((settings.bind_address, settings.port), evt_handlers=handlers,
+                                  server_class=ReusePortServer)
+        ae._servers.append(listener)  # as ae.start_server does: ae.shutdown and listener.shutdown find it
+        listener.socket.listen(server.LISTEN_BACKLOG)
+        threading.Thread(target=listener.serve_forever, name="gatekeeper-worker-accept", daemon=True).start()
         log.info("receiving worker %d (pid %d) listening on %s:%s", args.index, os.getpid(),
                  settings.bind_address, settings.port)
         os.write(args.ready_fd, b"ready\n")
