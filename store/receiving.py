@@ -227,11 +227,10 @@ class Receiving:
               calling_ae: str, synced: Future | None = None) -> Received:
         study, series, sop = header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         with self.placement.lock(study):
-            row = self.index.study(study)
+            row, existing = self.index.lookup(study, sop)
             previous = row.state if row is not None else None
             state = study_state(previous, found)
             tree = TREE_OF[state]
-            existing = self.index.instance(sop)
             link = self._inflight_link(source)
             try:
                 stored = self.archive.write_new(tree, study, series, sop, source, synced=synced)
