@@ -97,6 +97,7 @@ class Archive:
         self._own_lock: int | None = None
         self._claiming = threading.Lock()
         self._syncing: ThreadPoolExecutor | None = None  # made on first use (sync_ahead)
+        self._syncing_pid = 0  # the process that made it: a forked child makes its own
         try:
             for name in (*TREES, INCOMING):
                 self._make_dirs(self.root / name)
@@ -299,8 +300,9 @@ class Archive:
         """
         try:
             with self._claiming:
-                if self._syncing is None:
+                if self._syncing is None or self._syncing_pid != os.getpid():  # a fork has none of its threads
                     self._syncing = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="archive-sync")
+                    self._syncing_pid = os.getpid()
                 return self._syncing.submit(fsync_file, Path(path))
         except RuntimeError:  # shut down meanwhile
             done: Future = Future()

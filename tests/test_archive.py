@@ -226,6 +226,21 @@ def test_sync_ahead_still_syncs_once_the_archive_is_closing(tmp_path, monkeypatc
     archive.close()
 
 
+def test_a_forked_process_syncs_ahead_on_threads_of_its_own(store):
+    """A child forked after the parent synced has none of the parent's threads: it must not wait on them."""
+    store.sync_ahead(store.new_incoming()).result()
+    received = store.new_incoming()
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its sync finishes
+        try:
+            store.sync_ahead(received).result(timeout=10)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_live_owners_incoming_folder_is_never_abandoned(store):
     partial = store.new_incoming()
     partial.write_bytes(b"half a file, still being received")
