@@ -32,7 +32,8 @@ Comparison mode: four servers started once, each on its own store: the gatekeepe
 cores), Orthanc (``/usr/sbin/Orthanc``, Debian package ``orthanc``, with a temporary JSON
 configuration) and the bare SCP. Each round sends one batch to each, the order turning
 from round to round, first on one association, then on four at once; it prints the median
-instances per second of each and the gatekeeper's ratios to the bare SCP and to Orthanc.
+instances per second of each and the gatekeeper's ratios to the bare SCP and to Orthanc,
+and the median CPU time each server (with its worker processes) spent per instance.
 ``TCP_NODELAY=1`` is exported to storescu and Orthanc (DCMTK reads it from the
 environment); the pynetdicom servers set it on every connection.
 
@@ -315,6 +316,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of a process and of every process under it (``server.workers`` > 1
+    serves from child processes, whose time the parent's counters do not hold until they end)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue  # ended meanwhile
+    return total
+
+
 def timed(pool, port: int, called: str, batches: list[list[str]], dcmtk: str | None, pki=None) -> float:
     """Instances per second for sending ``batches`` at once, one association each (over TLS with ``pki``)."""
     count = sum(len(b) for b in batches)
@@ -419,15 +435,20 @@ def compare(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, wo
         with multiprocessing.Pool(4) as pool:
             for associations in (1, 4):
                 rates: dict = {name: [] for name in starts}
+                cpu: dict = {name: [] for name in starts}
                 names = list(starts)
                 for r in range(rounds):
                     for name in names[r % len(names):] + names[: r % len(names)]:
                         folder = work / f"send-{associations}-{r}-{len(rates[name])}"
                         batches = make_batches(folder, count, kib, associations)
+                        pid = running[name][0].pid
+                        before = tree_cpu_seconds(pid)
                         rates[name].append(timed(pool, running[name][1], called.get(name, "GATEKEEPER"), batches,
                                                  dcmtk))
+                        cpu[name].append((tree_cpu_seconds(pid) - before) / count * 1000)
                         shutil.rmtree(folder)
-                results[associations] = {"median": {n: statistics.median(v) for n, v in rates.items()}, "runs": rates}
+                results[associations] = {"median": {n: statistics.median(v) for n, v in rates.items()}, "runs": rates,
+                                         "cpu_ms": {n: statistics.median(v) for n, v in cpu.items()}}
     finally:
         for process, _ in running.values():
             stop(process)
@@ -503,6 +524,8 @@ def main() -> None:
                         print(f"    {name}: {med[name] / med['bare']:.2f} of bare, {med[name] / med['orthanc']:.2f} "
                               f"of Orthanc")
                 print("    runs: " + "; ".join(f"{n} {', '.join(f'{x:.0f}' for x in v)}" for n, v in m["runs"].items()))
+                print("    server CPU per instance (median, ms; less noisy than the rates on a shared machine): "
+                      + ", ".join(f"{n} {v:.1f}" for n, v in m["cpu_ms"].items()))
             if args.json:
                 print(json.dumps(figures, indent=2))
             return

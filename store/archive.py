@@ -35,9 +35,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,9 @@ RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMF
 WRITE_ERRORS = (OutOfResources, StorageFailure)
 #: Suffix of an owner's lock file in ``incoming/``.
 LOCK_SUFFIX = ".lock"
+#: Threads that hash and fsync received files while the receiving thread reads their header
+#: (:meth:`Archive.sync_ahead`). More concurrent receives than this queue for a thread.
+SYNC_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,11 @@ class Archive:
         self.root = Path(root)
         self.incoming_root = self.root / INCOMING
         self._own: Path | None = None  # this process's folder in incoming/, claimed on first use
+        self._own_resolved: Path | None = None  # the same, symbolic links resolved (it never moves)
         self._own_lock: int | None = None
         self._claiming = threading.Lock()
+        self._syncing: ThreadPoolExecutor | None = None  # made on first use (sync_ahead)
+        self._syncing_pid = 0  # the process that made it: a forked child makes its own
         try:
             for name in (*TREES, INCOMING):
                 self._make_dirs(self.root / name)
@@ -123,10 +131,32 @@ class Archive:
             _fsync_dir(self.incoming_root)
         except OSError as exc:
             raise _write_error(exc, f"could not claim a folder in {self.incoming_root}") from exc
+        self._own_resolved = folder.resolve()
         self._own, self._own_lock = folder, fd
+
+    def is_incoming(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a file directly in this process's incoming folder, symbolic links resolved.
+
+        The same answer as comparing ``path.resolve().parent`` with the folder, without
+        resolving every component of both for each received instance: a path named inside the
+        folder (as pynetdicom names the files it receives) needs one ``lstat``, to see that it
+        is not a symbolic link to somewhere else. Anything else is resolved.
+        """
+        path = Path(path)
+        own = self.incoming
+        if path.parent == own or path.parent == self._own_resolved:
+            try:
+                if not stat.S_ISLNK(os.lstat(path).st_mode):
+                    return True
+            except OSError:
+                pass  # gone or unreadable: resolve it as before
+        return path.resolve().parent == self._own_resolved
 
     def close(self) -> None:
         """Give up this process's incoming folder (at a clean stop; what is left in it is removed)."""
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            syncing.shutdown(wait=True)
         if self._own is None:
             return
         try:
@@ -136,7 +166,7 @@ class Archive:
             pass  # the next start's recovery removes it
         finally:
             os.close(self._own_lock)
-            self._own = self._own_lock = None
+            self._own = self._own_resolved = self._own_lock = None
 
     def abandoned(self) -> Iterator[Path]:
         """Each incoming folder whose owner process is gone, locked for the caller meanwhile.
@@ -255,27 +285,59 @@ class Archive:
             raise _write_error(exc, f"could not create a file in {self.incoming}") from exc
         return Path(name)
 
+    def sync_ahead(self, path: str | os.PathLike[str]) -> Future:
+        """Start the fsync of the file at ``path`` on another thread; a future of None.
+
+        A received file must be durable before it is renamed into its tree. The fsync waits
+        on the disk without the interpreter lock, so it can go on while the receiving thread
+        checks the file, reads its header and reconciles the instance; hand the future to
+        :meth:`write_new` as ``synced``, which waits for it before the rename (the order of
+        writes stays: file durable, then renamed, then indexed). Only the fsync goes to the
+        thread: the hash reads the file in many steps, each of which would wait for the
+        interpreter lock the receiving thread holds, and ran slower there than here. The
+        file must not be written to after this call. When no thread can be had (the archive
+        is closing) the fsync is done here and the future is already done.
+        """
+        try:
+            with self._claiming:
+                if self._syncing is None or self._syncing_pid != os.getpid():  # a fork has none of its threads
+                    self._syncing = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="archive-sync")
+                    self._syncing_pid = os.getpid()
+                return self._syncing.submit(fsync_file, Path(path))
+        except RuntimeError:  # shut down meanwhile
+            done: Future = Future()
+            try:
+                done.set_result(fsync_file(Path(path)))
+            except OSError as exc:
+                done.set_exception(exc)
+            return done
+
     def write_new(
-        self, tree: str, study: str, series: str, sop: str, source: bytes | str | os.PathLike[str]
+        self, tree: str, study: str, series: str, sop: str, source: bytes | str | os.PathLike[str], *,
+        synced: Future | None = None,
     ) -> StoredFile:
         """Store one instance durably in ``tree`` and return where, its size and checksum.
 
         ``source`` is the file's bytes, or the path of a file holding them. A path directly
         inside this process's incoming folder is consumed: renamed into place on success,
         deleted on failure. Any other path is copied and left alone. An existing file for
-        the same instance in the same tree is replaced atomically. Raises
-        :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
+        the same instance in the same tree is replaced atomically. ``synced`` is the fsync
+        :meth:`sync_ahead` started for a consumed ``source``: it is waited for (and its
+        error, if any, raised as the write's) instead of fsyncing here.
+        Raises :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
         """
         relative = self.relative_path(tree, study, series, sop)
         final = self.root / relative
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
-        consumed = not in_memory and self._in_incoming(Path(source))
+        consumed = not in_memory and self.is_incoming(source)
         temp: Path | None = Path(source) if consumed else None
         try:
             if in_memory:
                 temp, size, digest = self._write_temp(_chunks_of(source))
             elif consumed:
-                size, digest = file_digest(temp, sync=True)
+                size, digest = file_digest(temp, sync=synced is None)
+                if synced is not None:
+                    synced.result()
             else:
                 with open(source, "rb") as f:
                     temp, size, digest = self._write_temp(iter(lambda: f.read(CHUNK_SIZE), b""))
@@ -350,9 +412,6 @@ class Archive:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _in_incoming(self, path: Path) -> bool:
-        return path.resolve().parent == self.incoming.resolve()
-
     def _write_temp(self, chunks: Iterable[bytes | memoryview]) -> tuple[Path, int, str]:
         """Write ``chunks`` to a new file in ``incoming/``, fsync it; (path, size, sha256)."""
         fd, name = tempfile.mkstemp(dir=self.incoming, prefix="wr-", suffix=".part")
@@ -413,6 +472,15 @@ def file_digest(path: Path, *, sync: bool = False) -> tuple[int, str]:
         if sync:
             os.fsync(f.fileno())
     return size, digest.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    """Make the content of the file at ``path`` durable (fsync on a descriptor of its own)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -29,6 +29,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -176,8 +177,11 @@ class Receiving:
         :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
         """
         source = Path(path)
-        if source.resolve().parent != self.archive.incoming.resolve():
+        if not self.archive.is_incoming(source):
             source = self._copy_in(source)
+        # The file's fsync runs on another thread while this one checks, reads and reconciles;
+        # the rename into the tree waits for it (Archive.sync_ahead).
+        synced = self.archive.sync_ahead(source)
         try:
             try:
                 check_whole(source)  # the whole dataset, under its syntax, before anything else reads it
@@ -188,8 +192,10 @@ class Receiving:
             session = session or Session()
             check = session.order_check(accession_of(header), self.study_day(header), self.authorizer)
             found = self.reconcile(header, check, session.priors_of(header.study_instance_uid, check.order, self.priors))
-            return self._file(source, header, found, check, calling_ae)
+            return self._file(source, header, found, check, calling_ae, synced)
         finally:
+            if not synced.cancel():
+                synced.exception()  # not filed: let the sync finish before the file goes (filed: done already)
             if not source.name.startswith(INFLIGHT) and source.exists():
                 unlink_quietly(source)  # not filed: a copy made above, or the sender's file
 
@@ -218,17 +224,16 @@ class Receiving:
         return temp
 
     def _file(self, source: Path, header: InstanceHeader, found: Reconciliation, check: OrderCheck,
-              calling_ae: str) -> Received:
+              calling_ae: str, synced: Future | None = None) -> Received:
         study, series, sop = header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         with self.placement.lock(study):
-            row = self.index.study(study)
+            row, existing = self.index.lookup(study, sop)
             previous = row.state if row is not None else None
             state = study_state(previous, found)
             tree = TREE_OF[state]
-            existing = self.index.instance(sop)
             link = self._inflight_link(source)
             try:
-                stored = self.archive.write_new(tree, study, series, sop, source)
+                stored = self.archive.write_new(tree, study, series, sop, source, synced=synced)
             except WRITE_ERRORS:
                 unlink_quietly(link)
                 raise

@@ -141,6 +141,106 @@ def test_failure_deletes_a_consumed_incoming_source(store, monkeypatch):
     assert incoming_files(store) == [] and tree_files(store) == []
 
 
+def test_is_incoming_answers_as_resolving_the_path_does(store, tmp_path):
+    """The quick check gives the answer of ``path.resolve().parent == incoming`` in every case."""
+    inside = store.new_incoming()
+    elsewhere = tmp_path / "elsewhere.dcm"
+    elsewhere.write_bytes(b"x")
+    out_link = store.incoming / "link-out.dcm"  # in the folder, but a link to a file outside it
+    out_link.symlink_to(elsewhere)
+    in_link = tmp_path / "link-in.dcm"  # outside, but a link to a file in the folder
+    in_link.symlink_to(inside)
+    nested = store.incoming / "sub"
+    nested.mkdir()
+    (nested / "deeper.dcm").write_bytes(b"x")
+    via_link = tmp_path / "incoming-link"  # the folder itself reached through a symbolic link
+    via_link.symlink_to(store.incoming, target_is_directory=True)
+    cases = {
+        inside: True, store.incoming / "not-yet-written.dcm": True, via_link / inside.name: True,
+        Path(os.path.relpath(inside)): True, in_link: True,
+        out_link: False, elsewhere: False, nested / "deeper.dcm": False, store.incoming: False,
+    }
+    for path, expected in cases.items():
+        assert (path.resolve().parent == store.incoming.resolve()) is expected, path
+        assert store.is_incoming(path) is expected, path
+        assert store.is_incoming(str(path)) is expected, path
+
+
+def test_a_file_synced_ahead_is_durable_before_it_is_renamed_into_place(store, monkeypatch):
+    """The fsync started by sync_ahead runs on another thread; write_new waits for it before the rename."""
+    ds = make_instance()
+    received = write_instance(store.new_incoming(), ds)
+    inode = received.stat().st_ino
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def slow_fsync(fd):
+        if os.fstat(fd).st_ino == inode:
+            time.sleep(0.2)  # a slow disk: a rename that does not wait comes first
+            events.append("file fsynced")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        if Path(src) == received:
+            events.append("renamed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(archive_module.os, "fsync", slow_fsync)
+    monkeypatch.setattr(archive_module.os, "replace", replace)
+    data = received.read_bytes()
+    stored = store.write_new(HELD, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, received,
+                             synced=store.sync_ahead(received))
+    assert events == ["file fsynced", "renamed"]
+    assert stored.size == len(data) and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert (store.root / stored.path).read_bytes() == data and incoming_files(store) == []
+
+
+@pytest.mark.parametrize("code, kind", [(errno.EIO, StorageFailure), (errno.ENOSPC, OutOfResources)])
+def test_a_failed_sync_ahead_fails_the_write_and_leaves_nothing(store, monkeypatch, code, kind):
+    received = store.new_incoming()
+    received.write_bytes(b"received")
+    inode = received.stat().st_ino
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.fstat(fd).st_ino == inode:
+            raise OSError(code, os.strerror(code))
+        real_fsync(fd)
+
+    monkeypatch.setattr(archive_module.os, "fsync", fsync)
+    with pytest.raises(kind, match=os.strerror(code)):
+        store.write_new(ARCHIVE, STUDY, SERIES, SOP, received, synced=store.sync_ahead(received))
+    assert incoming_files(store) == [] and tree_files(store) == []
+
+
+def test_sync_ahead_still_syncs_once_the_archive_is_closing(tmp_path, monkeypatch):
+    archive = Archive(tmp_path / "store")
+    received = archive.new_incoming()
+    archive.sync_ahead(received).result()  # the thread pool exists
+    archive._syncing.shutdown()
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(archive_module.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    future = archive.sync_ahead(received)
+    assert future.done() and future.result() is None and synced == [received.stat().st_ino]
+    archive.close()
+
+
+def test_a_forked_process_syncs_ahead_on_threads_of_its_own(store):
+    """A child forked after the parent synced has none of the parent's threads: it must not wait on them."""
+    store.sync_ahead(store.new_incoming()).result()
+    received = store.new_incoming()
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its sync finishes
+        try:
+            store.sync_ahead(received).result(timeout=10)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_live_owners_incoming_folder_is_never_abandoned(store):
     partial = store.new_incoming()
     partial.write_bytes(b"half a file, still being received")

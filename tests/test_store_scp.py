@@ -222,9 +222,9 @@ def test_received_files_are_written_in_incoming_and_renamed_into_place(app, gate
     sources = []
     real = Archive.write_new
 
-    def spy(self, tree, study, series, sop, source):
+    def spy(self, tree, study, series, sop, source, **options):
         sources.append(Path(source))
-        return real(self, tree, study, series, sop, source)
+        return real(self, tree, study, series, sop, source, **options)
 
     monkeypatch.setattr(Archive, "write_new", spy)
     with Modality(gateway) as mr:

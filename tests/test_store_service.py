@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,53 @@ def test_a_write_failure_leaves_nothing_and_says_out_of_resources(store, tmp_pat
     assert files(store, "archive") == files(store, "held") == []
     assert list(store.archive.incoming.iterdir()) == []
     assert InstanceRow.select().count() == StudyRow.select().count() == 0
+
+
+def test_a_received_file_is_fsynced_before_it_is_renamed_into_its_tree(store, tmp_path, monkeypatch):
+    """Rule 4: the fsync runs while the header is read, and the rename waits for it, however slow."""
+    ds = make_instance(StudyInstanceUID=STUDY)
+    received = write_instance(store.archive.new_incoming(), ds)  # as pynetdicom leaves it
+    inode = received.stat().st_ino
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def slow_fsync(fd):
+        if os.fstat(fd).st_ino == inode:
+            time.sleep(0.2)
+            events.append("file fsynced")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        if Path(src) == received:
+            events.append("renamed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    result = store.receive(received, "MR1")
+    assert events == ["file fsynced", "renamed"]
+    assert (store.root / result.stored.path).stat().st_ino == inode  # renamed, not copied
+    assert list(store.archive.incoming.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_an_unreadable_received_file_is_removed_once_its_fsync_is_over(store, monkeypatch):
+    received = store.archive.new_incoming()
+    received.write_bytes(b"not dicom at all" * 10)
+    inode = received.stat().st_ino
+    real_fsync, synced = os.fsync, []
+
+    def slow_fsync(fd):
+        if os.fstat(fd).st_ino == inode:
+            time.sleep(0.2)
+            synced.append(received.exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    with pytest.raises(Undecodable):
+        store.receive(received, "MR1")
+    assert synced == [True] and not received.exists()
+    assert list(store.archive.incoming.iterdir()) == [] and InstanceRow.select().count() == 0
 
 
 def test_an_index_failure_takes_the_file_back_out(store, tmp_path, monkeypatch):
