@@ -80,7 +80,10 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
    :func:`_send_p_data` in those two actions, which writes a batch with one
    ``AssociationSocket.send`` (its timeout and its Evt17 on failure, as for any PDU) and
    hands any other primitive to pynetdicom's own action. A C-CANCEL is read by the DUL
-   thread meanwhile and seen by the handler before its next response, as before. Only
+   thread meanwhile and seen by the handler before its next response, as before. While
+   :data:`QUEUED_BATCHES` are waiting to be written the handler waits, so the answer to a
+   console that stops reading is not built whole in memory (pynetdicom queues without
+   bound). Only
    when nothing watches the messages: an association with a handler of its own on
    ``EVT_DIMSE_SENT``, ``EVT_PDU_SENT`` or ``EVT_DATA_SENT``, or with pynetdicom's logger
    at DEBUG, is served by pynetdicom as before.
@@ -436,6 +439,8 @@ BATCH_BYTES = 64 * 1024
 #: ... or once its first response has waited this long (seconds; looked at when the next
 #: response is handed over: a slow query sends what it has every so often).
 BATCH_WAIT = 0.05
+#: Batches queued to the DUL thread at most (:func:`_flush`).
+QUEUED_BATCHES = 8
 #: The pending statuses of C-FIND (PS3.4 C.4.1.1.4): the responses that carry a match.
 _PENDING = (0xFF00, 0xFF01)
 #: The state machine's actions that send a P-DATA request (Sta6, Sta8), and what they return.
@@ -490,10 +495,20 @@ def _send_msg(dimse: DIMSEServiceProvider, primitive, context_id: int) -> None:
 
 
 def _flush(dimse: DIMSEServiceProvider) -> None:
-    """Hand the batch, if any, to the DUL thread (behind whatever is queued already)."""
+    """Hand the batch, if any, to the DUL thread (behind whatever is queued already).
+
+    While :data:`QUEUED_BATCHES` wait to be written, the handler waits: for a console that
+    reads slowly or not at all, the answer is not built whole in memory. The wait ends when
+    the DUL thread has written one, or has dropped the connection (its socket timeout), or
+    has stopped.
+    """
     batch = dimse.__dict__.pop("_gk_batch", None)
-    if batch is not None:
-        dimse.dul.send_pdu(batch)
+    if batch is None:
+        return
+    dul = dimse.dul
+    while dul.to_provider_queue.qsize() >= QUEUED_BATCHES and dimse.assoc.is_established and dul.is_alive():
+        time.sleep(0.001)
+    dul.send_pdu(batch)
 
 
 def _c_find_scp(self, req, context) -> None:
