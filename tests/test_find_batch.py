@@ -55,6 +55,7 @@ class Query:
         self.answers = answers
         self.hold_after = hold_after
         self.until = until
+        self.held = threading.Event()
         self.release = threading.Event()
         self.taken = 0
         self.ended = threading.Event()
@@ -63,6 +64,7 @@ class Query:
         try:
             for i, answer in enumerate(self.answers):
                 if i == self.hold_after:
+                    self.held.set()
                     self.release.wait(10)
                     if self.until is not None:
                         wait_for(self.until, 10, "the condition the held answer waits for", interval=0.01)
@@ -238,7 +240,8 @@ def test_a_cancel_between_responses_stops_the_answer(scp):
     statuses = []
     for status, _ in assoc.send_c_find(identifier(), ModalityWorklistInformationFind, msg_id=9):
         statuses.append(status.Status)
-        if len(statuses) == 1:  # mid-answer: the first batch is here, the query is not done
+        if len(statuses) == 1:  # mid-answer: the first batch is here, the rest is held back
+            assert query.held.wait(10)
             assoc.send_c_cancel(9, assoc.accepted_contexts[0].context_id)
             query.release.set()
     assoc.release()
