@@ -20,14 +20,26 @@ and the ratio of the medians is printed (the goal: the gatekeeper's console quer
 
     python bench/mwl.py [--wlmscpfs] [N ...]
 
+Those figures are taken with a pynetdicom console (this process), so they include its own
+work: it decodes every response with pydicom, about as much time again as the answer. With
+``--wlmscpfs`` the console query is also timed with a native console, DCMTK's ``findscu``
+(same keys, ``TCP_NODELAY=1``), against both servers in turn: each round runs
+``findscu --repeat 1`` and ``findscu --repeat R`` (one association, R queries; R chosen per
+server so that the run lasts about ``FINDSCU_SPAN``, at least ``FINDSCU_REPEAT``), and the
+difference over ``R - 1`` is the time of one query on an open association, process start,
+association and release taken out. The median of the rounds is
+printed for each server, and their ratio: what a DCMTK-based console would see.
+
 It prints the median and 95th percentile in milliseconds, and the ratio of the
 console median at the largest N to the smallest (the lookup must use the indexes:
 that ratio stays under 2).
 
 For scale it also times the floor on this machine: a bare pynetdicom C-FIND SCP (a
 child process, no database, no gating, no matching) that answers every query with 40
-prebuilt worklist items of the same shape. What the gatekeeper adds is the
-difference.
+prebuilt worklist items of the same shape, sent the way pynetdicom sends them, one DUL
+round and one socket write per PDU. The gatekeeper sends its pending responses in batches
+(gateway/dicom/tuning.py, change 7), so it can come in under that floor: the floor is then
+mostly the pynetdicom console's own decoding.
 """
 
 from __future__ import annotations
@@ -60,6 +72,10 @@ from worklist.intake import auth_from_record, order_from_record  # noqa: E402
 FIRST_DAY = dt.date(2026, 12, 1)
 NOW = "2026-11-30T08:00:00"
 REPEAT = 60
+FINDSCU_ROUNDS = 9
+FINDSCU_REPEAT = 6
+FINDSCU_MAX_REPEAT = 101
+FINDSCU_SPAN = 1500.0  # ms
 PER_STATION_DAY = 80  # orders per station and day: half served, so about 40 items
 
 
@@ -78,6 +94,61 @@ def console_query(station: str, day: dt.date) -> Dataset:
     step.ScheduledProcedureStepID = ""
     ds.ScheduledProcedureStepSequence = [step]
     return ds
+
+
+def findscu_keys(station: str, day: dt.date) -> list[str]:
+    """:func:`console_query` as findscu ``-k`` arguments."""
+    keys = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+            "RequestedProcedureID", "RequestedProcedureDescription", "StudyInstanceUID",
+            "ReferringPhysicianName", "RequestedProcedureComments"]
+    step = {"ScheduledStationAETitle": station, "ScheduledProcedureStepStartDate": day.strftime("%Y%m%d"),
+            "ScheduledProcedureStepStartTime": "", "Modality": "", "ScheduledProcedureStepDescription": "",
+            "ScheduledProcedureStepID": ""}
+    keys += [f"ScheduledProcedureStepSequence[0].{k}" + (f"={v}" if v else "") for k, v in step.items()]
+    args = []
+    for key in keys:
+        args += ["-k", key]
+    return args
+
+
+def findscu_run(port: int, keys: list[str], repeat: int) -> float:
+    """ms for one ``findscu`` process making ``repeat`` queries over one association."""
+    cmd = ["findscu", "-W", "-q", "-aet", "MR1", "-aec", "GATEKEEPER", "--repeat", str(repeat), *keys,
+           "127.0.0.1", str(port)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=600,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return (time.perf_counter() - start) * 1000
+
+
+def findscu_count(port: int, keys: list[str]) -> int:
+    """How many pending responses findscu receives for ``keys`` (it must see what pynetdicom sees)."""
+    cmd = ["findscu", "-W", "-v", "-aet", "MR1", "-aec", "GATEKEEPER", *keys, "127.0.0.1", str(port)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+    return (out.stdout + out.stderr).count("(Pending)")
+
+
+def findscu_repeat(port: int, keys: list[str]) -> int:
+    """How many queries one findscu run makes for ``port``: enough to last about
+    :data:`FINDSCU_SPAN` ms (so that the noise of one process start is small beside them),
+    from :data:`FINDSCU_REPEAT` to :data:`FINDSCU_MAX_REPEAT`."""
+    per_query = max((findscu_run(port, keys, 3) - findscu_run(port, keys, 1)) / 2, 1.0)
+    return max(FINDSCU_REPEAT, min(FINDSCU_MAX_REPEAT, round(FINDSCU_SPAN / per_query)))
+
+
+def findscu_compare(ours: int, theirs: int, day: dt.date) -> tuple[list[float], list[float], int, int]:
+    """Per-query ms with findscu, round by round in turn (see the module docstring), for both
+    servers; and how many items each answered."""
+    ours_ms, theirs_ms = [], []
+    repeats = {port: findscu_repeat(port, findscu_keys(STATIONS[0], day)) for port in (ours, theirs)}
+    for i in range(FINDSCU_ROUNDS):
+        keys = findscu_keys(STATIONS[i % len(STATIONS)], day)
+        for got, port in ((ours_ms, ours), (theirs_ms, theirs)):
+            one = findscu_run(port, keys, 1)
+            many = findscu_run(port, keys, repeats[port])
+            got.append((many - one) / (repeats[port] - 1))
+    keys = findscu_keys(STATIONS[0], day)
+    return ours_ms, theirs_ms, findscu_count(ours, keys), findscu_count(theirs, keys)
 
 
 def accession_query(accession: str) -> Dataset:
@@ -245,6 +316,7 @@ def run(count: int, wlmscpfs: bool = False) -> float:
                         for mine, target in ((ours, port), (theirs, dcmtk_port)):
                             for got, value in zip(mine, measure(target, middle_day, [accession])):
                                 got.extend(value)
+                    native = findscu_compare(port, dcmtk_port, middle_day)
                 finally:
                     dcmtk.terminate()
                     dcmtk.wait(20)
@@ -254,6 +326,11 @@ def run(count: int, wlmscpfs: bool = False) -> float:
                       f"{statistics.median(theirs[2]):5.1f} ms; gatekeeper/wlmscpfs: console "
                       f"{statistics.median(ours[0]) / statistics.median(theirs[0]):.2f}, by accession "
                       f"{statistics.median(ours[2]) / statistics.median(theirs[2]):.2f}")
+                f_ours, f_theirs, n_ours, n_theirs = native
+                print(f"{count:>7} orders, findscu console query on an open association (gatekeeper {n_ours} items, "
+                      f"wlmscpfs {n_theirs}): gatekeeper median {statistics.median(f_ours):6.1f} ms, wlmscpfs "
+                      f"median {statistics.median(f_theirs):6.1f} ms; gatekeeper/wlmscpfs "
+                      f"{statistics.median(f_ours) / statistics.median(f_theirs):.2f}")
             else:
                 console, items, by_acc = measure(port, middle_day, accessions)
             fresh = [fresh_association_query(port, acc) for acc in accessions[:20]]

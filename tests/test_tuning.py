@@ -110,3 +110,32 @@ def test_pynetdicom_counts_connections_against_maximum_associations():
     assert "len(active_acceptors) > self.assoc.ae.maximum_associations" in negotiate
     # ... which counts every acceptor thread, whether it became an association or not.
     assert "threading.enumerate()" in inspect.getsource(AE.active_associations.fget)
+
+
+def test_the_c_find_send_path_replaced_by_change_7_is_unchanged():
+    # tuning._send_msg frames pending C-FIND responses as pynetdicom 3.0.4 does and hands the
+    # rest to it; its batches pass DT-1/AR-7. Port any change of these to change 7.
+    from pynetdicom import dimse, dimse_messages, service_class
+
+    send = inspect.getsource(tuning._original_send_msg)
+    assert "dimse_msg.primitive_to_message(primitive)" in send
+    assert "for pdata in dimse_msg.encode_msg(context_id, self.maximum_pdu_size):" in send
+    assert "self.dul.send_pdu(pdata)" in send
+    encode = inspect.getsource(dimse_messages.DIMSEMessage.encode_msg)
+    assert "encode(self.command_set, True, True)" in encode
+    assert 'b"\\x01" + next(cmd_fragments)' in encode and 'b"\\x03" + next(cmd_fragments)' in encode
+    assert 'b"\\x00" + next(ds_fragments)' in encode and 'b"\\x02" + next(ds_fragments)' in encode
+    assert "fragment_length -= 6" in inspect.getsource(dimse_messages.DIMSEMessage._generate_pdv_fragments)
+    find = inspect.getsource(tuning._original_c_find_scp)
+    assert find.count("self.dimse.send_msg(rsp, cx_id)") == 8, "the C-FIND SCP sends differently now"
+    for name, state in tuning._P_DATA_ACTIONS.items():
+        source = inspect.getsource(tuning._original_actions[name])
+        assert "dul.to_provider_queue.get(False)" in source and "dul._send(P_DATA_TF(primitive))" in source
+        assert f'return "{state}"' in source
+    assert fsm.TRANSITION_TABLE[("Evt9", "Sta6")] == "DT-1" and fsm.TRANSITION_TABLE[("Evt9", "Sta8")] == "AR-7"
+    assert [e for e, s in fsm.TRANSITION_TABLE if e == "Evt9"] == ["Evt9", "Evt9"], "P-DATA is sent in another state now"
+    assert "isinstance(primitive, P_DATA)" in inspect.getsource(dul.DULServiceProvider._process_recv_primitive)
+    tuning.apply()
+    assert dimse.DIMSEServiceProvider.send_msg is tuning._send_msg
+    assert service_class.ServiceClass._c_find_scp is tuning._c_find_scp
+    assert all(fsm.ACTIONS[name][1] is tuning._send_p_data for name in tuning._P_DATA_ACTIONS)

@@ -38,6 +38,8 @@ RESPONSE_CACHE_BYTES = 32 * 1024 * 1024
 CACHED_IDENTIFIER_BYTES = 64 * 1024
 #: Bytes an element costs beyond its value's characters: about what pydicom spends on one.
 ELEMENT_BYTES = 200
+#: What the response cache keeps for a served order whose item does not match the identifier.
+_NO_MATCH = Dataset()
 
 
 class WorklistQuery:
@@ -50,7 +52,8 @@ class WorklistQuery:
         self.auth_attribute = auth_attribute
         self.restrict_unnamed_station_to_caller = restrict_unnamed_station_to_caller
         self._items = _Cache(CACHE_SIZE)
-        self._responses = _Cache(CACHE_SIZE, max_bytes=RESPONSE_CACHE_BYTES, weigh=_weight)
+        self._responses = _Cache(CACHE_SIZE, max_bytes=RESPONSE_CACHE_BYTES,
+                                 weigh=lambda value: ELEMENT_BYTES if value is _NO_MATCH else _weight(value))
 
     def find(self, query: Dataset, calling_ae: str = "") -> Iterator[Dataset]:
         """One response identifier per served order that matches ``query``.
@@ -80,19 +83,26 @@ class WorklistQuery:
         for order, decision in zip(orders, records.decide_all(orders, self.policy, today)):
             if not decision.served:
                 continue
-            item = self._item(order, decision.auth_number)
-            if matches(keys, item):
-                yield self._response(query, asked, order, decision.auth_number, item)
+            response = self._response(query, asked, keys, order, decision.auth_number)
+            if response is not _NO_MATCH:
+                yield response
 
-    def _response(self, query: Dataset, asked: bytes | None, order: Order, auth_number: str | None,
-                  item: Dataset) -> Dataset:
-        """The response identifier for one matching item (PS3.4 K.4.1.1.3.2), reused for the same identifier.
+    def _response(self, query: Dataset, asked: bytes | None, keys, order: Order, auth_number: str | None) -> Dataset:
+        """The response identifier for a served order's item (PS3.4 K.4.1.1.3.2), or :data:`_NO_MATCH`
+        when the item does not match; both reused for the same identifier and version of the order.
 
-        ``asked`` is the identifier's fingerprint; None (too heavy to cache) builds it afresh.
+        The item depends on nothing but the order and its auth, and the match on nothing but the
+        item and the identifier, so a console polling with the same identifier gets its answer
+        without the item being matched again. ``asked`` is the identifier's fingerprint; None (too
+        heavy to cache) matches and builds afresh.
         """
+        def answer() -> Dataset:
+            item = self._item(order, auth_number)
+            return build_response(query, item) if matches(keys, item) else _NO_MATCH
+
         if asked is None:
-            return build_response(query, item)
-        return self._responses.get((asked, order, auth_number), lambda: build_response(query, item))
+            return answer()
+        return self._responses.get((asked, order, auth_number), answer)
 
     def _item(self, order: Order, auth_number: str | None) -> Dataset:
         """The worklist item of a served order, built once per version of the order.

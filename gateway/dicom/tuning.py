@@ -60,6 +60,33 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
    same transfer syntax. Any other dataset is encoded by pynetdicom as before. The
    registered responses are kept in a bounded least-recently-used map
    (:data:`ENCODED_ENTRIES`, :data:`ENCODED_BYTES`).
+7. **Pending C-FIND responses leave in few socket writes.** pynetdicom sends every
+   response as its own DIMSE message (``dimse.DIMSEServiceProvider.send_msg``): it builds
+   and encodes the command set with pydicom, makes a P-DATA primitive per fragment, runs
+   the logging handlers of ``EVT_DIMSE_SENT`` and ``EVT_PDU_SENT`` (which format their
+   lines even when nothing is logged), and queues each fragment to the DUL thread, which
+   sends one P-DATA-TF PDU per turn of its loop, one socket write each: about a millisecond
+   per worklist item. :func:`_send_msg` takes over the pending responses of C-FIND
+   (0xFF00, 0xFF01): the command set is encoded once per query by pynetdicom (same message
+   ID, SOP class and status, same bytes), the PDUs are framed exactly as pynetdicom frames
+   them (the same fragments for the peer's maximum PDU length), and they are gathered into
+   one :class:`_Batch`, a P-DATA primitive for the DUL thread, written to the socket at
+   once when it holds :data:`BATCH_BYTES` or its first response has waited
+   :data:`BATCH_WAIT` (seen when the next one is handed over). Every other message, the
+   final status of a query above all (success, cancel, failure), sends the batch first and
+   then goes through pynetdicom as before, so the order on the wire is unchanged. The
+   batch passes the state machine as one P-DATA request (Evt9: DT-1 in Sta6, AR-7 in
+   Sta8, refused in any other state like any P-DATA); :func:`apply` puts
+   :func:`_send_p_data` in those two actions, which writes a batch with one
+   ``AssociationSocket.send`` (its timeout and its Evt17 on failure, as for any PDU) and
+   hands any other primitive to pynetdicom's own action. A C-CANCEL is read by the DUL
+   thread meanwhile and seen by the handler before its next response, as before. While
+   :data:`QUEUED_BATCHES` are waiting to be written the handler waits, so the answer to a
+   console that stops reading is not built whole in memory (pynetdicom queues without
+   bound). Only
+   when nothing watches the messages: an association with a handler of its own on
+   ``EVT_DIMSE_SENT``, ``EVT_PDU_SENT`` or ``EVT_DATA_SENT``, or with pynetdicom's logger
+   at DEBUG, is served by pynetdicom as before.
 """
 
 from __future__ import annotations
@@ -75,9 +102,15 @@ from collections import OrderedDict
 from pathlib import Path
 
 from pydicom.uid import UID
-from pynetdicom import _config, dimse_messages, dsutils, service_class
+from io import BytesIO
+
+from pynetdicom import _config, _handlers, dimse_messages, dsutils, evt, fsm, service_class
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 
 log = logging.getLogger("gateway.dicom.tuning")
 
@@ -98,13 +131,18 @@ def no_delay(event) -> None:
 
 
 def apply() -> None:
-    """Changes 1, 2, 4, 5 and 6, for the whole process (called once when the server is built)."""
+    """Changes 1, 2, 4, 5, 6 and 7, for the whole process (called once when the server is built)."""
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
     copy._deepcopy_dispatch.setdefault(UID, _share)
     DULServiceProvider._read_pdu_data = _read_pdu_data
     service_class.encode = _encode
+    DIMSEServiceProvider.send_msg = _send_msg
+    service_class.ServiceClass._c_find_scp = _c_find_scp
+    for name in _P_DATA_ACTIONS:
+        description, _, state = fsm.ACTIONS[name]
+        fsm.ACTIONS[name] = (description, _send_p_data, state)
 
 
 #: Responses whose encodings are kept (change 6), and the bytes those hold at most.
@@ -392,3 +430,167 @@ def _peer(dul: DULServiceProvider) -> str:
     assoc = dul.assoc
     remote = assoc.acceptor if assoc.is_requestor else assoc.requestor
     return f"{remote.address}:{remote.port}" if remote.address_info else "the peer"
+
+
+# -- change 7: pending C-FIND responses leave in few socket writes ---------------------------
+
+#: A batch of pending responses is written once it holds this many bytes ...
+BATCH_BYTES = 64 * 1024
+#: ... or once its first response has waited this long (seconds; looked at when the next
+#: response is handed over: a slow query sends what it has every so often).
+BATCH_WAIT = 0.05
+#: Batches queued to the DUL thread at most (:func:`_flush`).
+QUEUED_BATCHES = 8
+#: The pending statuses of C-FIND (PS3.4 C.4.1.1.4): the responses that carry a match.
+_PENDING = (0xFF00, 0xFF01)
+#: The state machine's actions that send a P-DATA request (Sta6, Sta8), and what they return.
+_P_DATA_ACTIONS = {"DT-1": "Sta6", "AR-7": "Sta8"}
+_original_actions = {name: fsm.ACTIONS[name][1] for name in _P_DATA_ACTIONS}
+_original_send_msg = DIMSEServiceProvider.send_msg
+_original_c_find_scp = service_class.ServiceClass._c_find_scp
+#: The primitive's attributes a C-FIND-RSP's command set is made of (pynetdicom fills the rest).
+_FIND_RSP_KEYS = tuple(e.keyword for e in C_FIND_RSP().command_set
+                       if e.keyword not in ("CommandGroupLength", "CommandField", "CommandDataSetType"))
+#: pynetdicom's own logging handlers: skipping them changes nothing while its logger is above DEBUG.
+_STANDARD = {evt.EVT_DIMSE_SENT: _handlers.standard_dimse_sent_handler,
+             evt.EVT_PDU_SENT: _handlers.standard_pdu_sent_handler}
+_pynetdicom_log = logging.getLogger("pynetdicom")
+
+
+class _Batch(P_DATA):
+    """P-DATA-TF PDUs already encoded, written with one socket write by :func:`_send_p_data`.
+
+    A P_DATA, so the DUL takes it as a P-DATA request (Evt9) like any other.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.responses = 0
+        self.since = 0.0
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _send_msg(dimse: DIMSEServiceProvider, primitive, context_id: int) -> None:
+    """``DIMSEServiceProvider.send_msg`` (change 7): a pending C-FIND response joins the batch."""
+    pdus = _pending_find_pdus(dimse, primitive, context_id)
+    if pdus is None:
+        _flush(dimse)
+        _original_send_msg(dimse, primitive, context_id)
+        return
+    batch = dimse.__dict__.get("_gk_batch")
+    now = time.monotonic()
+    if batch is None:
+        batch = dimse._gk_batch = _Batch()
+        batch.since = now
+    batch.parts.extend(pdus)
+    batch.size += sum(len(p) for p in pdus)
+    batch.responses += 1
+    if batch.size >= BATCH_BYTES or now - batch.since >= BATCH_WAIT:
+        _flush(dimse)
+
+
+def _flush(dimse: DIMSEServiceProvider) -> None:
+    """Hand the batch, if any, to the DUL thread (behind whatever is queued already).
+
+    While :data:`QUEUED_BATCHES` wait to be written, the handler waits: for a console that
+    reads slowly or not at all, the answer is not built whole in memory. The wait ends when
+    the DUL thread has written one, or has dropped the connection (its socket timeout), or
+    has stopped.
+    """
+    batch = dimse.__dict__.pop("_gk_batch", None)
+    if batch is None:
+        return
+    dul = dimse.dul
+    while dul.to_provider_queue.qsize() >= QUEUED_BATCHES and dimse.assoc.is_established and dul.is_alive():
+        time.sleep(0.001)
+    dul.send_pdu(batch)
+
+
+def _c_find_scp(self, req, context) -> None:
+    """``ServiceClass._c_find_scp`` (change 7): pynetdicom's, with no batch left behind.
+
+    It ends with a final status (which sends the batch first), or, when the association
+    is no longer established (aborted, released by a handler), without one: then what is
+    left is dropped, as the peer is gone.
+    """
+    try:
+        _original_c_find_scp(self, req, context)
+    finally:
+        dimse = self.dimse
+        if dimse.__dict__.get("_gk_batch") is not None:
+            if self.assoc.is_established:
+                _flush(dimse)
+            else:
+                dimse.__dict__.pop("_gk_batch", None)
+
+
+def _pending_find_pdus(dimse: DIMSEServiceProvider, primitive, context_id: int) -> list[bytes] | None:
+    """The P-DATA-TF PDUs of a pending C-FIND response, as pynetdicom would send them; None
+    for any other message, or when something watches what is sent."""
+    if (type(primitive) is not C_FIND or primitive.MessageIDBeingRespondedTo is None
+            or primitive.Status not in _PENDING or not isinstance(primitive.Identifier, BytesIO)
+            or getattr(primitive, "_dataset_path", None) is not None or _watched(dimse.assoc)):
+        return None
+    try:
+        key = (context_id, dimse.maximum_pdu_size, *(getattr(primitive, k) for k in _FIND_RSP_KEYS))
+        commands = dimse.__dict__.setdefault("_gk_find_commands", {})
+        command = commands.get(key)
+    except TypeError:  # an unhashable value (a list of offending elements): pynetdicom sends it
+        return None
+    if command is None:
+        message = C_FIND_RSP()
+        message.primitive_to_message(primitive)
+        if len(commands) >= 8:  # one query at a time: the entries of past queries are of no use
+            commands.clear()
+        command = commands[key] = _frame(context_id, 0x01, dsutils.encode(message.command_set, True, True),
+                                         dimse.maximum_pdu_size)
+    dataset = primitive.Identifier.getvalue()
+    if not dataset:
+        return None  # pynetdicom sends no data set then: leave that to it
+    return [*command, *_frame(context_id, 0x00, dataset, dimse.maximum_pdu_size)]
+
+
+def _frame(context_id: int, kind: int, data: bytes, max_pdu: int) -> list[bytes]:
+    """``data`` as P-DATA-TF PDUs of one PDV each, fragmented as pynetdicom does
+    (``DIMSEMessage.encode_msg``: fragments of ``max_pdu - 6`` bytes, whole when 0).
+
+    ``kind`` is the message control header's command bit (PS3.8 E.2); the last fragment
+    also has bit 1 set.
+    """
+    step = len(data) if max_pdu == 0 else max_pdu - 6
+    pdus = []
+    for offset in range(0, len(data), step):
+        fragment = data[offset:offset + step]
+        last = 0x02 if offset + step >= len(data) else 0x00
+        pdus.append(struct.pack(">BBLLBB", 0x04, 0x00, len(fragment) + 6, len(fragment) + 2, context_id, kind | last))
+        pdus.append(fragment)
+    return pdus
+
+
+def _watched(assoc) -> bool:
+    """Whether something other than pynetdicom's silent logging would see the messages sent."""
+    if assoc.get_handlers(evt.EVT_DATA_SENT):
+        return True
+    for event, standard in _STANDARD.items():
+        if any(handler is not standard for handler, _ in assoc.get_handlers(event)):
+            return True
+    return _pynetdicom_log.isEnabledFor(logging.DEBUG)
+
+
+def _send_p_data(dul: DULServiceProvider) -> str:
+    """DT-1 (Sta6) and AR-7 (Sta8) with change 7: a :class:`_Batch` in one socket write."""
+    primitive = dul.to_provider_queue.queue[0]
+    action = fsm.TRANSITION_TABLE[("Evt9", dul.state_machine.current_state)]
+    if not isinstance(primitive, _Batch):
+        return _original_actions[action](dul)
+    dul.to_provider_queue.get(False)
+    if dul.socket is not None:
+        dul.socket.send(primitive.data)  # Evt17 when the peer is gone or stopped reading
+    else:
+        log.warning("a batch of %d C-FIND responses was not sent: the connection is closed", primitive.responses)
+    return _P_DATA_ACTIONS[action]
