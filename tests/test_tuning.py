@@ -139,3 +139,57 @@ def test_the_c_find_send_path_replaced_by_change_7_is_unchanged():
     assert dimse.DIMSEServiceProvider.send_msg is tuning._send_msg
     assert service_class.ServiceClass._c_find_scp is tuning._c_find_scp
     assert all(fsm.ACTIONS[name][1] is tuning._send_p_data for name in tuning._P_DATA_ACTIONS)
+
+
+def test_the_reactor_loops_replaced_by_change_8_are_unchanged():
+    # tuning._dul_reactor and tuning._association_reactor are pynetdicom 3.0.4's loops with
+    # their sleeps replaced by waits: port any change of these to change 8.
+    loops = {
+        tuning._original_dul_reactor: "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
+        tuning._original_association_reactor: "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
+    }
+    for loop, digest in loops.items():
+        source = inspect.getsource(loop)
+        assert hashlib.sha256(source.encode()).hexdigest() == digest, f"pynetdicom changed {loop.__qualname__}"
+    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(tuning._original_dul_reactor)
+    assert "time.sleep(0.001)" in inspect.getsource(tuning._original_association_reactor)
+    # what wakes them: the queues they read, created in the constructors and only put to
+    for name in ("event_queue", "to_provider_queue", "to_user_queue"):
+        assert f"self.{name}: " in inspect.getsource(tuning._original_dul_init)
+    assert "self.msg_queue: " in inspect.getsource(tuning._original_dimse_init)
+    assert "self._kill_thread = True" in inspect.getsource(tuning._original_stop_dul)
+    assert "self._kill = True" in inspect.getsource(tuning._original_kill)
+    assert "self.dul.start()" in inspect.getsource(association.Association.run_reactor)
+    # a request served off the reactor's thread leaves _is_paused false (tuning._serve_request)
+    from pynetdicom import dimse
+    assert "self._is_paused = False" in inspect.getsource(tuning._original_serve_request)
+    assert "target=make_target(self.assoc._serve_request)" in inspect.getsource(dimse.DIMSEServiceProvider.receive_primitive)
+    tuning.apply()
+    assert dul.DULServiceProvider.run_reactor is tuning._dul_reactor
+    assert association.Association._run_reactor is tuning._association_reactor
+    assert association.Association._serve_request is tuning._serve_request
+    ae = AE("TUNED")
+    assoc = association.Association(ae, "requestor")
+    queues = (assoc.dul.event_queue, assoc.dul.to_provider_queue, assoc.dul.to_user_queue, assoc.dimse.msg_queue)
+    assert all(isinstance(q, tuning._WakingQueue) for q in queues)
+
+
+def test_the_file_meta_and_response_encoders_replaced_by_change_9_are_unchanged():
+    # the File Meta of a received dataset is written by decode_msg alone, from these two names,
+    # with pynetdicom's implementation UID and version; the response goes through send_msg
+    import pynetdicom
+    from pynetdicom import dimse_messages, dsutils
+
+    module = inspect.getsource(dimse_messages)
+    assert module.count("write_file_meta_info(") == 1 and module.count("create_file_meta(") == 1
+    decode = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert "write_file_meta_info(" in decode and "create_file_meta(" in decode
+    assert 'self._data_set_file.write(b"\\x00" * 128)' in decode and 'self._data_set_file.write(b"DICM")' in decode
+    defaults = inspect.signature(dsutils.create_file_meta).parameters
+    assert defaults["implementation_uid"].default == tuning._IMPLEMENTATION_UID == pynetdicom.PYNETDICOM_IMPLEMENTATION_UID
+    assert defaults["implementation_version"].default.encode() == tuning._IMPLEMENTATION_VERSION
+    store_scp = inspect.getsource(pynetdicom.service_class.StorageServiceClass.SCP)
+    assert "self.dimse.send_msg(rsp, cx_id)" in store_scp
+    tuning.apply()
+    assert dimse_messages.create_file_meta is tuning._create_file_meta
+    assert dimse_messages.write_file_meta_info is tuning._write_file_meta_info

@@ -87,13 +87,51 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
    when nothing watches the messages: an association with a handler of its own on
    ``EVT_DIMSE_SENT``, ``EVT_PDU_SENT`` or ``EVT_DATA_SENT``, or with pynetdicom's logger
    at DEBUG, is served by pynetdicom as before.
+8. **The reactors wait for work instead of polling.** Each association has two threads, and
+   pynetdicom runs both as polling loops: the DUL thread (``DULServiceProvider.run_reactor``)
+   sleeps a millisecond whenever a turn found nothing to do, then looks at its queues and
+   polls the socket; the association thread (``Association._run_reactor``) sleeps a
+   millisecond every turn before looking for a message. An idle association thus costs
+   some 2,000 wake-ups a second (8% of a core), every C-STORE waits up to a millisecond at
+   each hand-over between the two threads, and with several associations the wake-ups
+   fight the handlers for the interpreter lock. :func:`_dul_reactor` and
+   :func:`_association_reactor` are the same loops, step for step, with the sleeps replaced
+   by waits that end as soon as there is something to do: the queues between the threads
+   (``to_provider_queue``, ``event_queue``, ``to_user_queue``, the DIMSE ``msg_queue``) are
+   made in the constructors as :class:`_WakingQueue`, which wakes its reader on every put;
+   the DUL thread waits in ``select`` on the peer's socket and a socket pair of its own
+   (:func:`_wait_for_dul_work`; an SSL socket's buffered bytes are looked at first), the
+   association thread on an event. The timers bound the waits (ARTIM for the DUL thread, the
+   network idle timer for the association thread), so both still expire on time, and
+   :data:`IDLE_WAIT` caps every wait as a safety net. ``stop_dul``, ``kill_dul`` and
+   ``Association.kill`` wake the thread they end. A caller that pauses the association's
+   reactor to exchange messages itself (``send_c_store`` and the like, used by the
+   gatekeeper's own SCUs) finds it paused while it waits; :func:`_pass_checkpoint` also
+   closes a gap of pynetdicom's loop in which such a caller could have its response taken,
+   and a request served on another thread (an N-EVENT-REPORT) wakes it after
+   (:func:`_serve_request`).
+9. **A received instance's File Meta and its C-STORE response are encoded without pydicom.**
+   For each C-STORE request pynetdicom builds a File Meta dataset with pydicom and writes it
+   before the received dataset (``dimse_messages.create_file_meta`` and
+   ``write_file_meta_info``, used only there), and builds and encodes the response's command
+   set with pydicom (``send_msg``): together about 0.6 ms per instance. :func:`apply` puts
+   :func:`_create_file_meta` and :func:`_write_file_meta_info` in ``dimse_messages``, which
+   write the same bytes with ``struct`` (:func:`file_meta_bytes`); :func:`_send_msg` encodes
+   a C-STORE response that carries a status and the affected UIDs only (no Error Comment,
+   no Offending Element) as the same bytes pynetdicom would (:func:`_store_rsp_pdus`) and
+   writes it as one PDU through the batch path of change 7. Any value that is not a plain
+   UID or a 16-bit number, any other response, and any association watched as in change 7
+   are left to pynetdicom.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import queue
+from select import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -104,10 +142,12 @@ from pathlib import Path
 from pydicom.uid import UID
 from io import BytesIO
 
-from pynetdicom import _config, _handlers, dimse_messages, dsutils, evt, fsm, service_class
+from pynetdicom import (PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, _handlers,
+                        dimse_messages, dsutils, evt, fsm, service_class)
+from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_FIND_RSP
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -131,7 +171,7 @@ def no_delay(event) -> None:
 
 
 def apply() -> None:
-    """Changes 1, 2, 4, 5, 6 and 7, for the whole process (called once when the server is built)."""
+    """Changes 1, 2 and 4 to 9, for the whole process (called once when the server is built)."""
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
@@ -143,6 +183,16 @@ def apply() -> None:
     for name in _P_DATA_ACTIONS:
         description, _, state = fsm.ACTIONS[name]
         fsm.ACTIONS[name] = (description, _send_p_data, state)
+    dimse_messages.create_file_meta = _create_file_meta
+    dimse_messages.write_file_meta_info = _write_file_meta_info
+    DULServiceProvider.__init__ = _dul_init
+    DIMSEServiceProvider.__init__ = _dimse_init
+    DULServiceProvider.run_reactor = _dul_reactor
+    DULServiceProvider.stop_dul = _stop_dul
+    DULServiceProvider.kill_dul = _kill_dul
+    Association._run_reactor = _association_reactor
+    Association.kill = _kill
+    Association._serve_request = _serve_request
 
 
 #: Responses whose encodings are kept (change 6), and the bytes those hold at most.
@@ -463,8 +513,9 @@ class _Batch(P_DATA):
     A P_DATA, so the DUL takes it as a P-DATA request (Evt9) like any other.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, service: str = "C-FIND") -> None:
         super().__init__()
+        self.service = service
         self.parts: list[bytes] = []
         self.size = 0
         self.responses = 0
@@ -476,7 +527,15 @@ class _Batch(P_DATA):
 
 
 def _send_msg(dimse: DIMSEServiceProvider, primitive, context_id: int) -> None:
-    """``DIMSEServiceProvider.send_msg`` (change 7): a pending C-FIND response joins the batch."""
+    """``DIMSEServiceProvider.send_msg`` (changes 7 and 9): a pending C-FIND response joins the
+    batch; a C-STORE response is encoded here and written at once."""
+    pdus = _store_rsp_pdus(dimse, primitive, context_id)
+    if pdus is not None:
+        _flush(dimse)
+        response = _Batch("C-STORE")
+        response.parts, response.size, response.responses = pdus, sum(len(p) for p in pdus), 1
+        dimse.dul.send_pdu(response)
+        return
     pdus = _pending_find_pdus(dimse, primitive, context_id)
     if pdus is None:
         _flush(dimse)
@@ -592,5 +651,358 @@ def _send_p_data(dul: DULServiceProvider) -> str:
     if dul.socket is not None:
         dul.socket.send(primitive.data)  # Evt17 when the peer is gone or stopped reading
     else:
-        log.warning("a batch of %d C-FIND responses was not sent: the connection is closed", primitive.responses)
+        log.warning("%d %s response(s) not sent: the connection is closed", primitive.responses, primitive.service)
     return _P_DATA_ACTIONS[action]
+
+
+# -- change 8: the reactors wait for work instead of polling ---------------------------------
+
+#: The longest either reactor waits with nothing to do before it looks again (seconds). Only
+#: a safety net: everything a reactor waits for wakes it at once (:func:`_wake_dul`,
+#: :func:`_wake_association`), and its timers (ARTIM, network idle) shorten the wait.
+IDLE_WAIT = 0.5
+_original_dul_init = DULServiceProvider.__init__
+_original_dimse_init = DIMSEServiceProvider.__init__
+_original_dul_reactor = DULServiceProvider.run_reactor
+_original_stop_dul = DULServiceProvider.stop_dul
+_original_kill_dul = DULServiceProvider.kill_dul
+_original_association_reactor = Association._run_reactor
+_original_kill = Association.kill
+_original_serve_request = Association._serve_request
+#: The loggers of the loops replaced, so that their lines read as before.
+_association_log = logging.getLogger("pynetdicom.association")
+_dul_log = logging.getLogger("pynetdicom.dul")
+
+
+class _WakingQueue(queue.Queue):
+    """A queue that calls ``wake`` after every item put, so that its reader need not poll."""
+
+    def __init__(self, wake) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+def _dul_init(dul: DULServiceProvider, assoc) -> None:
+    """``DULServiceProvider.__init__`` (change 8): its queues wake their readers.
+
+    The DUL thread reads ``to_provider_queue`` (what the association sends) and
+    ``event_queue``, and waits on a socket pair besides the peer's socket; the
+    association thread reads ``to_user_queue`` (A-RELEASE, A-ABORT from the peer).
+    """
+    _original_dul_init(dul, assoc)
+    dul._gk_wake_r, dul._gk_wake_w = socket.socketpair()
+    dul._gk_wake_r.setblocking(False)
+    dul._gk_wake_w.setblocking(False)
+    dul.event_queue = _WakingQueue(lambda: _wake_dul(dul))
+    dul.to_provider_queue = _WakingQueue(lambda: _wake_dul(dul))
+    dul.to_user_queue = _WakingQueue(lambda: _wake_association(assoc))
+
+
+def _dimse_init(dimse: DIMSEServiceProvider, assoc) -> None:
+    """``DIMSEServiceProvider.__init__`` (change 8): a complete message wakes the association."""
+    _original_dimse_init(dimse, assoc)
+    dimse.msg_queue = _WakingQueue(lambda: _wake_association(assoc))
+
+
+def _wake_dul(dul: DULServiceProvider) -> None:
+    """Wake the DUL thread from its wait. Its own puts need not: it looks again before waiting."""
+    if threading.get_ident() == dul.ident:
+        return
+    try:
+        dul._gk_wake_w.send(b"\0")
+    except OSError:  # full (it is awake already) or closed (it has ended)
+        pass
+
+
+def _association_wake(assoc) -> threading.Event:
+    return assoc.__dict__.setdefault("_gk_wake", threading.Event())
+
+
+def _wake_association(assoc) -> None:
+    _association_wake(assoc).set()
+
+
+def _dul_reactor(self: DULServiceProvider) -> None:
+    """``DULServiceProvider.run_reactor`` (change 8): pynetdicom's loop, one step at a time as
+    before, except that where pynetdicom sleeps a millisecond and looks again, this waits for
+    the peer's socket or the socket pair (:func:`_wait_for_dul_work`)."""
+    self._idle_timer.start()
+    idle = False
+    try:
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+            if idle:
+                _wait_for_dul_work(self)
+            if self._kill_thread:
+                break
+            # ARTIM first, so that its event is ahead of any other this turn
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                # either send a primitive of the local user or read a PDU, one per turn
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:  # as pynetdicom: an A-ABORT past the state machine
+                _abort_from_reactor(self, exc)
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+    finally:
+        for end in (self._gk_wake_r, self._gk_wake_w):
+            end.close()
+        _wake_association(self.assoc)  # it looks at whether this thread is alive
+
+
+def _abort_from_reactor(dul: DULServiceProvider, exc: Exception) -> None:
+    """What pynetdicom's reactor does with an exception: log it, A-ABORT, end both threads."""
+    _dul_log.error("Exception in DUL.run(), aborting association")
+    _dul_log.exception(exc)
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source = 0x02
+    abort_pdu.reason_diagnostic = 0x00
+    dul.socket.send(abort_pdu.encode())
+    dul.assoc.is_aborted = True
+    dul.assoc.is_established = False
+    dul.assoc._kill = True
+    dul._kill_thread = True
+
+
+def _wait_for_dul_work(dul: DULServiceProvider) -> None:
+    """Wait until the peer's socket has bytes, a primitive or event is queued, ARTIM is due or
+    :data:`IDLE_WAIT` has passed; whichever comes first."""
+    timeout = min(IDLE_WAIT, max(dul.artim_timer.remaining, 0.001))
+    wait_on = [dul._gk_wake_r]
+    transport = dul.socket
+    peer = transport.socket if transport is not None and transport._is_connected else None
+    if peer is not None:
+        if isinstance(peer, ssl.SSLSocket) and peer.pending():
+            return  # decrypted bytes already buffered, which select cannot see
+        wait_on.append(peer)
+    try:
+        ready, _, _ = select(wait_on, [], [], timeout)
+    except (OSError, ValueError):  # the peer's socket was closed meanwhile: the loop sees it
+        return
+    if dul._gk_wake_r in ready:
+        try:
+            while dul._gk_wake_r.recv(4096):
+                pass
+        except OSError:  # drained
+            pass
+
+
+def _stop_dul(self: DULServiceProvider) -> bool:
+    """``DULServiceProvider.stop_dul`` (change 8): wake the thread it waits for."""
+    if self.state_machine.current_state == "Sta1":
+        self._kill_thread = True
+        _wake_dul(self)
+    return _original_stop_dul(self)
+
+
+def _kill_dul(self: DULServiceProvider) -> None:
+    """``DULServiceProvider.kill_dul`` (change 8): wake the thread it ends."""
+    _original_kill_dul(self)
+    _wake_dul(self)
+
+
+def _association_reactor(self: Association) -> None:
+    """``Association._run_reactor`` (change 8): pynetdicom's loop, which sleeps a millisecond a
+    turn, waiting instead for a message, a primitive from the peer, the DUL thread's end, a
+    kill, or the network idle timer.
+
+    While it waits it touches no queue, so it counts as paused for a caller that pauses it to
+    send and receive itself (``send_c_store`` and the like clear ``_reactor_checkpoint`` and
+    wait for ``_is_paused``), as it does at the checkpoint.
+    """
+    wake = _association_wake(self)
+    busy = True
+    self._is_paused = False
+    while not self._kill:
+        self._is_paused = True
+        if not busy:
+            timer = self.dul._idle_timer
+            wake.wait(min(IDLE_WAIT, max(timer.remaining, 0.001)))
+        wake.clear()  # before looking: anything put from now on sets it again
+        _pass_checkpoint(self)
+        busy = False
+
+        context_id, msg = self.dimse.get_msg(block=False)
+        if msg:
+            self._serve_request(msg, context_id)
+            busy = True  # more may be queued behind it
+
+        if self.is_established and self.acse.is_release_requested():
+            self.acse.send_release(is_response=True)
+            _association_log.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.kill()
+            return
+
+        if self.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            _association_log.info(log_msg)
+            self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for its handlers
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+
+        if not self.dul.is_alive():
+            self.kill()
+            return
+
+        if self.dul.idle_timer_expired():
+            _association_log.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+            self.kill()
+            return
+
+
+def _pass_checkpoint(assoc: Association) -> None:
+    """Wait at ``_reactor_checkpoint`` until it is set, and leave paused no longer.
+
+    pynetdicom's loop waits at the checkpoint, then sets ``_is_paused`` false: a caller that
+    clears the checkpoint in between still reads ``_is_paused`` true, takes the reactor for
+    paused, sends its request, and may have its response taken by the reactor. Looking at the
+    checkpoint again after ``_is_paused`` is false closes that gap: a caller that read it
+    true had cleared the checkpoint before, so the reactor sees it cleared and waits again.
+    """
+    while True:
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        if assoc._reactor_checkpoint.is_set():
+            return
+
+
+def _serve_request(self: Association, msg, context_id: int) -> None:
+    """``Association._serve_request`` (change 8): when served off the reactor's thread, wake it.
+
+    pynetdicom serves an N-EVENT-REPORT request on a thread of its own (so as not to block
+    the DUL thread), and ``_serve_request`` ends by setting ``_is_paused`` false. pynetdicom's
+    reactor sets it true again within a millisecond; a waiting one would not until woken, and
+    a caller pausing the reactor (a release after a storage commitment report, say) would
+    wait for it meanwhile.
+    """
+    try:
+        _original_serve_request(self, msg, context_id)
+    finally:
+        if threading.current_thread() is not self:
+            _wake_association(self)
+
+
+def _kill(self: Association) -> None:
+    """``Association.kill`` (change 8): wake the reactor it ends."""
+    _wake_association(self)
+    _original_kill(self)
+
+
+# -- change 9: a received instance's File Meta and its C-STORE response without pydicom ------
+
+_original_create_file_meta = dimse_messages.create_file_meta
+#: What pynetdicom's File Meta names as the implementation that wrote the file (its defaults).
+_IMPLEMENTATION_UID = str(PYNETDICOM_IMPLEMENTATION_UID)
+_IMPLEMENTATION_VERSION = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+_original_write_file_meta_info = dimse_messages.write_file_meta_info
+#: The C-STORE-RSP attributes :func:`_store_rsp_pdu` encodes; a response with any other
+#: (Error Comment, Offending Element, ...) is encoded by pynetdicom.
+_STORE_RSP_KEYS = ("AffectedSOPClassUID", "AffectedSOPInstanceUID", "MessageIDBeingRespondedTo", "Status")
+_STORE_RSP_OTHERS = tuple(k for k in _FIND_RSP_KEYS if k not in _STORE_RSP_KEYS) + ("OffendingElement", "ErrorComment")
+
+
+class _FileMeta(tuple):
+    """What ``dsutils.create_file_meta`` is given in ``decode_msg``: (SOP class, SOP instance,
+    transfer syntax), for :func:`_write_file_meta_info`."""
+
+
+def _create_file_meta(*, sop_class_uid, sop_instance_uid, transfer_syntax, **others):
+    """``dimse_messages.create_file_meta`` (change 9): the values, not a pydicom dataset."""
+    if others:
+        return _original_create_file_meta(sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid,
+                                          transfer_syntax=transfer_syntax, **others)
+    return _FileMeta((sop_class_uid, sop_instance_uid, transfer_syntax))
+
+
+def _write_file_meta_info(fp, file_meta, enforce_standard: bool = True) -> None:
+    """``dimse_messages.write_file_meta_info`` (change 9): the bytes pydicom writes for the File
+    Meta pynetdicom makes (PS3.10 7.1), from :func:`file_meta_bytes`; pydicom for anything else."""
+    if isinstance(file_meta, _FileMeta):
+        encoded = file_meta_bytes(*file_meta)
+        if encoded is not None:
+            fp.write(encoded)
+            return
+        file_meta = _original_create_file_meta(sop_class_uid=file_meta[0], sop_instance_uid=file_meta[1],
+                                               transfer_syntax=file_meta[2])
+    _original_write_file_meta_info(fp, file_meta, enforce_standard)
+
+
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes | None:
+    """The File Meta Information group pynetdicom writes before a received dataset, encoded in
+    Explicit VR Little Endian as pydicom encodes it; None when a value is not a plain UID
+    (empty, not ASCII), which pydicom is left to deal with."""
+    values = [_uid_bytes(v) for v in (sop_class, sop_instance, transfer_syntax, _IMPLEMENTATION_UID)]
+    if any(v is None for v in values):
+        return None
+    body = [struct.pack("<HH2sHH", 0x0002, 0x0001, b"OB", 0, 2), b"\x00\x00", b"\x00\x01"]
+    for element, value in zip((0x0002, 0x0003, 0x0010, 0x0012), values):
+        body.append(struct.pack("<HH2sH", 0x0002, element, b"UI", len(value)) + value)
+    version = _IMPLEMENTATION_VERSION + (b" " if len(_IMPLEMENTATION_VERSION) % 2 else b"")
+    body.append(struct.pack("<HH2sH", 0x0002, 0x0013, b"SH", len(version)) + version)
+    rest = b"".join(body)
+    return struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(rest)) + rest
+
+
+def _uid_bytes(value) -> bytes | None:
+    """A UID value as written: ASCII, padded with a NUL to an even length."""
+    if not isinstance(value, str) or not value or not value.isascii() or len(value) > 64:
+        return None
+    encoded = value.encode("ascii")
+    return encoded + b"\x00" if len(encoded) % 2 else encoded
+
+
+def _store_rsp_pdus(dimse: DIMSEServiceProvider, primitive, context_id: int) -> list[bytes] | None:
+    """The P-DATA-TF PDU of a C-STORE response as pynetdicom would send it (PS3.7 9.3.1.2:
+    the command set in Implicit VR Little Endian); None for any other message, a response
+    with more than a status (Error Comment, Offending Element), or when something watches."""
+    if (type(primitive) is not C_STORE or primitive.MessageIDBeingRespondedTo is None
+            or any(getattr(primitive, k, None) is not None for k in _STORE_RSP_OTHERS)
+            or _watched(dimse.assoc)):
+        return None
+    message_id, status = primitive.MessageIDBeingRespondedTo, primitive.Status
+    if type(message_id) is not int or type(status) is not int or not (0 <= message_id <= 0xFFFF and 0 <= status <= 0xFFFF):
+        return None
+    elements = []
+    for element, value in ((0x0002, primitive.AffectedSOPClassUID), (0x0100, 0x8001), (0x0120, message_id),
+                           (0x0800, 0x0101), (0x0900, status), (0x1000, primitive.AffectedSOPInstanceUID)):
+        if isinstance(value, int):
+            elements.append(struct.pack("<HHLH", 0x0000, element, 2, value))
+        elif value is not None:
+            encoded = _uid_bytes(value)
+            if encoded is None:
+                return None
+            elements.append(struct.pack("<HHL", 0x0000, element, len(encoded)) + encoded)
+    rest = b"".join(elements)
+    command = struct.pack("<HHLL", 0x0000, 0x0000, 4, len(rest)) + rest
+    return _frame(context_id, 0x01, command, dimse.maximum_pdu_size)
