@@ -285,45 +285,40 @@ class Archive:
             raise _write_error(exc, f"could not create a file in {self.incoming}") from exc
         return Path(name)
 
-    def sync_ahead(self, path: str | os.PathLike[str]) -> Future:
-        """Start the fsync of the file at ``path`` on another thread; a future of None.
+    def sync_ahead(self, path: str | os.PathLike[str]) -> "Ahead":
+        """Start the hash and the fsync of the file at ``path``, each on a thread of its own.
 
-        A received file must be durable before it is renamed into its tree. The fsync waits
-        on the disk without the interpreter lock, so it can go on while the receiving thread
-        checks the file, reads its header and reconciles the instance; hand the future to
-        :meth:`write_new` as ``synced``, which waits for it before the rename (the order of
-        writes stays: file durable, then renamed, then indexed). Only the fsync goes to the
-        thread: the hash reads the file in many steps, each of which would wait for the
-        interpreter lock the receiving thread holds, and ran slower there than here. The
-        file must not be written to after this call. When no thread can be had (the archive
-        is closing) the fsync is done here and the future is already done.
+        A received file must be durable before it is renamed into its tree, and its size and
+        SHA-256 go in the index. Both wait on the disk or hash without the interpreter lock
+        (one read and one hash update per MiB), so they can go on while the receiving thread
+        checks the file, reads its header and reconciles the instance, and beside each other.
+        Hand the result to :meth:`write_new` as ``synced``, which waits for both before the
+        rename (the order of writes stays: file durable, then renamed, then indexed). The file
+        must not be written to after this call. When no thread can be had (the archive is
+        closing) the work is done here and the result is ready.
         """
+        path = Path(path)
         try:
             with self._claiming:
                 if self._syncing is None or self._syncing_pid != os.getpid():  # a fork has none of its threads
                     self._syncing = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="archive-sync")
                     self._syncing_pid = os.getpid()
-                return self._syncing.submit(fsync_file, Path(path))
+                return Ahead(self._syncing.submit(file_digest, path), self._syncing.submit(fsync_file, path))
         except RuntimeError:  # shut down meanwhile
-            done: Future = Future()
-            try:
-                done.set_result(fsync_file(Path(path)))
-            except OSError as exc:
-                done.set_exception(exc)
-            return done
+            return Ahead(_done(file_digest, path), _done(fsync_file, path))
 
     def write_new(
         self, tree: str, study: str, series: str, sop: str, source: bytes | str | os.PathLike[str], *,
-        synced: Future | None = None,
+        synced: "Ahead | None" = None,
     ) -> StoredFile:
         """Store one instance durably in ``tree`` and return where, its size and checksum.
 
         ``source`` is the file's bytes, or the path of a file holding them. A path directly
         inside this process's incoming folder is consumed: renamed into place on success,
         deleted on failure. Any other path is copied and left alone. An existing file for
-        the same instance in the same tree is replaced atomically. ``synced`` is the fsync
-        :meth:`sync_ahead` started for a consumed ``source``: it is waited for (and its
-        error, if any, raised as the write's) instead of fsyncing here.
+        the same instance in the same tree is replaced atomically. ``synced`` is the hash and
+        fsync :meth:`sync_ahead` started for a consumed ``source``: it is waited for (and its
+        error, if any, raised as the write's) instead of hashing and fsyncing here.
         Raises :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
         """
         relative = self.relative_path(tree, study, series, sop)
@@ -335,9 +330,7 @@ class Archive:
             if in_memory:
                 temp, size, digest = self._write_temp(_chunks_of(source))
             elif consumed:
-                size, digest = file_digest(temp, sync=synced is None)
-                if synced is not None:
-                    synced.result()
+                size, digest = synced.result() if synced is not None else file_digest(temp, sync=True)
             else:
                 with open(source, "rb") as f:
                     temp, size, digest = self._write_temp(iter(lambda: f.read(CHUNK_SIZE), b""))
@@ -456,6 +449,49 @@ class Archive:
             _fsync_dir(path.parent)
 
 
+class Ahead:
+    """The hash and the fsync of one received file, running on the archive's sync threads
+    (:meth:`Archive.sync_ahead`)."""
+
+    def __init__(self, hashed: Future, synced: Future) -> None:
+        self._futures = (hashed, synced)
+
+    def result(self, timeout: float | None = None) -> tuple[int, str]:
+        """Wait for both; the file's size and SHA-256, or the first error (an OSError)."""
+        hashed, synced = self._futures
+        synced.result(timeout)
+        return hashed.result(timeout)
+
+    def cancel(self) -> bool:
+        """Cancel what has not started; True when neither will run."""
+        return all([future.cancel() for future in self._futures])
+
+    def wait(self) -> None:
+        """Wait for what was not cancelled to end, whatever its outcome."""
+        for future in self._futures:
+            if not future.cancelled():
+                future.exception()
+
+
+def _done(function, *args) -> Future:
+    """A future already holding ``function(*args)``'s result or OSError."""
+    done: Future = Future()
+    try:
+        done.set_result(function(*args))
+    except OSError as exc:
+        done.set_exception(exc)
+    return done
+
+
+def fsync_file(path: Path) -> None:
+    """Make the content of the file at ``path`` durable (fsync on a descriptor of its own)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _chunks_of(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
     view = memoryview(data)
     for start in range(0, len(view), CHUNK_SIZE):
@@ -472,15 +508,6 @@ def file_digest(path: Path, *, sync: bool = False) -> tuple[int, str]:
         if sync:
             os.fsync(f.fileno())
     return size, digest.hexdigest()
-
-
-def fsync_file(path: Path) -> None:
-    """Make the content of the file at ``path`` durable (fsync on a descriptor of its own)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

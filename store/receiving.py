@@ -29,7 +29,6 @@ import datetime as dt
 import logging
 import os
 import shutil
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,7 +36,7 @@ from typing import Callable
 from infra import audit
 from infra.clock import Clock
 from infra.errors import InvalidInput, OutOfResources, StorageFailure
-from store.archive import RESOURCE_ERRNOS, WRITE_ERRORS, Archive, StoredFile, unlink_quietly
+from store.archive import RESOURCE_ERRNOS, WRITE_ERRORS, Ahead, Archive, StoredFile, unlink_quietly
 from store.header import InstanceHeader, read_header
 from store.integrity import check_whole
 from store.index import Index, IndexedInstance
@@ -195,7 +194,7 @@ class Receiving:
             return self._file(source, header, found, check, calling_ae, synced)
         finally:
             if not synced.cancel():
-                synced.exception()  # not filed: let the sync finish before the file goes (filed: done already)
+                synced.wait()  # not filed: let the hash and sync finish before the file goes (filed: done already)
             if not source.name.startswith(INFLIGHT) and source.exists():
                 unlink_quietly(source)  # not filed: a copy made above, or the sender's file
 
@@ -224,7 +223,7 @@ class Receiving:
         return temp
 
     def _file(self, source: Path, header: InstanceHeader, found: Reconciliation, check: OrderCheck,
-              calling_ae: str, synced: Future | None = None) -> Received:
+              calling_ae: str, synced: Ahead | None = None) -> Received:
         study, series, sop = header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         with self.placement.lock(study):
             row, existing = self.index.lookup(study, sop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import struct
 import time
 from pathlib import Path
@@ -222,7 +223,8 @@ def test_sync_ahead_still_syncs_once_the_archive_is_closing(tmp_path, monkeypatc
     real_fsync = os.fsync
     monkeypatch.setattr(archive_module.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
     future = archive.sync_ahead(received)
-    assert future.done() and future.result() is None and synced == [received.stat().st_ino]
+    assert future.result() == (0, hashlib.sha256(b"").hexdigest())
+    assert synced == [received.stat().st_ino]
     archive.close()
 
 
@@ -454,3 +456,39 @@ def test_read_header_of_a_large_file_skips_pixel_data(tmp_path):
     elapsed = time.perf_counter() - started
     assert header.sop_instance_uid == ds.SOPInstanceUID
     assert elapsed < 0.5, f"reading the header took {elapsed:.3f}s; pixel data must be skipped"
+
+
+def test_sync_ahead_hashes_and_syncs_on_its_threads_and_write_new_does_neither_again(store, monkeypatch):
+    ds = make_instance()
+    received = write_instance(store.new_incoming(), ds)
+    data = received.read_bytes()
+    real_digest, real_fsync_file, threads = archive_module.file_digest, archive_module.fsync_file, []
+
+    def digest(path, *, sync=False):
+        threads.append(("hash", threading.current_thread().name))
+        return real_digest(path, sync=sync)
+
+    def fsync_file(path):
+        threads.append(("fsync", threading.current_thread().name))
+        return real_fsync_file(path)
+
+    monkeypatch.setattr(archive_module, "file_digest", digest)
+    monkeypatch.setattr(archive_module, "fsync_file", fsync_file)
+    synced = store.sync_ahead(received)
+    assert synced.result() == (len(data), hashlib.sha256(data).hexdigest())
+    stored = store.write_new(HELD, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, received, synced=synced)
+    assert (stored.size, stored.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert sorted(kind for kind, _ in threads) == ["fsync", "hash"]
+    assert all(name.startswith("archive-sync") for _, name in threads)
+
+
+def test_a_cancelled_sync_ahead_runs_neither_and_waiting_on_it_returns(store):
+    blocker = threading.Event()
+    store.sync_ahead(store.new_incoming()).result()  # the threads exist
+    busy = [store._syncing.submit(blocker.wait) for _ in range(archive_module.SYNC_THREADS)]
+    ahead = store.sync_ahead(store.new_incoming())
+    assert ahead.cancel() is True  # both still queued behind the busy threads
+    ahead.wait()
+    blocker.set()
+    for future in busy:
+        future.result(timeout=10)
