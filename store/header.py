@@ -115,16 +115,11 @@ def read_header(path: str | os.PathLike[str]) -> InstanceHeader:
     (missing file, I/O error) is not a property of the file's content and propagates as is.
     """
     path = Path(path)
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
-    except OSError:
-        raise
-    except Exception as exc:  # any parse failure of untrusted input means "not DICOM"
-        raise UnreadableInstance(
-            f"{path.name} is not a readable DICOM Part 10 file ({type(exc).__name__}: {exc}). "
-            "Ask the sender to check the object it sends; it was not stored."
-        ) from exc
-    header = _header_of(ds)
+    from store.header_native import native_header  # it builds on this module
+
+    header = native_header(path)
+    if header is None:
+        header = _pydicom_header(path)
     for label, uid in (
         ("SOP Instance UID (0008,0018)", header.sop_instance_uid),
         ("Study Instance UID (0020,000D)", header.study_instance_uid),
@@ -141,6 +136,21 @@ def read_header(path: str | os.PathLike[str]) -> InstanceHeader:
                 "dots (PS3.5 9.1). Ask the sender to fix the object; it was not stored."
             )
     return header
+
+
+def _pydicom_header(path: Path) -> InstanceHeader:
+    """The header as pydicom reads it: the reference, and the path of every file the native
+    reader (:mod:`store.header_native`) leaves to it."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+    except OSError:
+        raise
+    except Exception as exc:  # any parse failure of untrusted input means "not DICOM"
+        raise UnreadableInstance(
+            f"{path.name} is not a readable DICOM Part 10 file ({type(exc).__name__}: {exc}). "
+            "Ask the sender to check the object it sends; it was not stored."
+        ) from exc
+    return _header_of(ds)
 
 
 def _header_of(ds: Dataset, *, raw: bool = True) -> InstanceHeader:
