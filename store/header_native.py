@@ -345,13 +345,8 @@ def _item(src: _Source, pos: int, end: int | None, implicit: bool, little: bool,
             start = pos + 8
         tag = group << 16 | element
         if group == 0xFFFE:
-            if tag == ITEM_END and end is None:
-                if implicit:
-                    pass
-                else:  # the 8 bytes read as a tag, a "VR" and a 16-bit length
-                    length = _LE_IMPLICIT.unpack_from(buf, off)[2] if little else _BE_IMPLICIT.unpack_from(buf, off)[2]
-                if length:
-                    raise _Doubt
+            # an Item Delimitation Item is a tag and a 32-bit length, whatever the VR encoding
+            if tag == ITEM_END and end is None and unpack_long(buf, off + 4)[0] == 0:
                 return pos + 8
             raise _Doubt
         if not implicit:
