@@ -29,9 +29,12 @@ Sequence) is walked item by item as pydicom parses it, to find where it ends.
   them);
 - a Specific Character Set that is not printable ASCII or where printable ASCII does not
   keep its meaning (:func:`store.header._ascii_compatible`: JIS X 0201);
-- a text value with a byte outside printable ASCII (and NUL) (values in another
-  repertoire are decoded by pydicom with the character set); a Person Name with a NUL
-  before its trailing padding;
+- a byte outside printable ASCII (and NUL) in a value of a VR the character set does not
+  apply to (UI, CS, DA, ...); in an SH, LO or PN value, unless the character set is one of
+  :data:`_CODECS` (one codec, no ISO 2022 code extensions: the default repertoire, ISO 8859,
+  UTF-8, GB18030, GBK), the value has no ESC and decodes without error; then it is decoded
+  as pydicom decodes it (the whole value with that codec, then split at backslashes);
+- a printable Person Name with a NUL before its trailing padding;
 - pydicom configured otherwise than by default where it changes what is read.
 
 Text is taken as :func:`store.header._raw_text` takes it (each value stripped of spaces and
@@ -47,6 +50,7 @@ import os
 import struct
 
 from pydicom import config
+from pydicom.charset import python_encoding
 from pydicom.filereader import ENCODED_VR
 from pydicom.uid import AllTransferSyntaxes, PrivateTransferSyntaxes
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
@@ -94,6 +98,13 @@ _LE_LONG = struct.Struct("<L")
 _BE_LONG = struct.Struct(">L")
 
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\x00"
+#: Specific Character Set (trailing padding removed) -> the codec pydicom decodes SH, LO and
+#: PN values with, for the character sets of one codec and no ISO 2022 code extensions
+#: (PS3.5 6.1.2.5.1); b"" is the default repertoire, which pydicom decodes as ISO 8859-1.
+#: ISO_IR 138 is not among them: "IR 13" is in its name, so store.header leaves it to pydicom.
+_CODECS = {name.encode(): python_encoding[name] for name in (
+    "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 126", "ISO_IR 127",
+    "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 192", "GB18030", "GBK")}
 
 
 class _Doubt(Exception):
@@ -138,7 +149,7 @@ def native_header(path: str | os.PathLike[str]) -> InstanceHeader | None:
             return _header(syntax, values)
         except _Doubt:
             return None
-        except (struct.error, IndexError, ValueError):  # pragma: no cover - a check missed
+        except (struct.error, IndexError, ValueError, LookupError):  # pragma: no cover - a check missed
             return None
 
 
@@ -388,13 +399,44 @@ def _person_name(value: bytes | None) -> str:
     value = value.rstrip(b"\x00 ")
     if b"\x00" in value:
         raise _Doubt
+    return _names(value.decode("ascii"))
+
+
+def _names(text: str) -> str:
     names = []
-    for name in value.decode("ascii").split("\\"):
+    for name in text.split("\\"):
         groups = name.split("=")
-        while groups and not groups[-1]:
+        while groups and not groups[-1]:  # PersonName drops empty component groups at the end
             groups.pop()
         names.append("=".join(groups).strip())
     return "\\".join(names)
+
+
+def _decoded_text(value: bytes | None, codec: str | None) -> str:
+    """An SH or LO value as pydicom converts it (decoded whole with the character set's
+    codec, split at backslashes, trailing spaces and NULs removed), each value stripped;
+    printable ASCII as :func:`_text` takes it (as store.header's raw path does)."""
+    if not value or not value.translate(None, _PRINTABLE):
+        return _text(value)
+    text = _decode(value, codec)
+    return "\\".join(part.rstrip("\0 ").strip() for part in text.split("\\"))
+
+
+def _decoded_name(value: bytes | None, codec: str | None) -> str:
+    """A PN value as pydicom converts it (trailing spaces and NULs removed, decoded whole with
+    the character set's codec), then as :func:`_person_name`."""
+    if not value or not value.translate(None, _PRINTABLE):
+        return _person_name(value)
+    return _names(_decode(value.rstrip(b"\x00 "), codec))
+
+
+def _decode(value: bytes, codec: str | None) -> str:
+    if codec is None or b"\x1b" in value:
+        raise _Doubt  # another character set, or ISO 2022 code extensions: pydicom's
+    try:
+        return value.decode(codec)
+    except UnicodeDecodeError:
+        raise _Doubt from None  # pydicom warns and replaces: let it
 
 
 _T = {keyword: tag for tag, (keyword, _) in _WANTED.items()}
@@ -411,27 +453,39 @@ _PATIENT_NAME, _REFERRING = _T["PatientName"], _T["ReferringPhysicianName"]
 
 def _header(syntax: str, values: dict[int, bytes]) -> InstanceHeader:
     """The header from the wanted values, as :func:`store.header._header_of` makes it."""
-    every = b"".join(values.values())
-    if every.translate(None, _PRINTABLE):
-        raise _Doubt  # a value in another repertoire (or a character set that is not ASCII)
     charset = values.get(_CHARSET)
-    if charset is not None and b"IR 13" in charset:
-        raise _Doubt  # JIS X 0201: 0x5C and 0x7E are other characters
-    if b"\\" in every:
-        text = _text
-    else:  # one value each (the common case): _text without the split
-        def text(value: bytes | None) -> str:
-            return value.strip(b" \x00").decode("ascii") if value else ""
+    if charset is not None:
+        if charset.translate(None, _PRINTABLE):
+            raise _Doubt
+        if b"IR 13" in charset:
+            raise _Doubt  # JIS X 0201: 0x5C and 0x7E are other characters
+    every = b"".join(values.values())
     get = values.get
+    if every.translate(None, _PRINTABLE):  # some value is not ASCII: decoded where pydicom decodes
+        codec = _CODECS.get(b"" if charset is None else charset.rstrip(b" \x00"))
+        return _build(syntax, get, _text, lambda v: _decoded_text(v, codec), lambda v: _decoded_name(v, codec))
+    if b"\\" in every:
+        return _build(syntax, get, _text, _text, _person_name)
+    return _build(syntax, get, _single, _single, _person_name)
+
+
+def _single(value: bytes | None) -> str:
+    """:func:`_text` of a printable value without a backslash."""
+    return value.strip(b" \x00").decode("ascii") if value else ""
+
+
+def _build(syntax: str, get, text, string, name) -> InstanceHeader:
+    """``text`` for the values whatever the character set, ``string`` for SH and LO, ``name``
+    for PN."""
     return InstanceHeader(
         sop_class_uid=text(get(_SOP_CLASS)),
         sop_instance_uid=text(get(_SOP_INSTANCE)),
         study_instance_uid=text(get(_STUDY_INSTANCE)),
         series_instance_uid=text(get(_SERIES_INSTANCE)),
-        accession_number=text(get(_ACCESSION)),
+        accession_number=string(get(_ACCESSION)),
         request_accession_numbers=(),
-        patient_id=text(get(_PATIENT_ID)),
-        patient_name=_person_name(get(_PATIENT_NAME)),
+        patient_id=string(get(_PATIENT_ID)),
+        patient_name=name(get(_PATIENT_NAME)),
         birth_date=text(get(_BIRTH_DATE)),
         sex=text(get(_SEX)).upper(),
         modality=text(get(_MODALITY)).upper(),
@@ -439,10 +493,10 @@ def _header(syntax: str, values: dict[int, bytes]) -> InstanceHeader:
         study_date=text(get(_STUDY_DATE)),
         transfer_syntax_uid=syntax,
         study_time=text(get(_STUDY_TIME)),
-        study_id=text(get(_STUDY_ID)),
-        study_description=text(get(_STUDY_DESCRIPTION)),
-        referring_physician=_person_name(get(_REFERRING)),
+        study_id=string(get(_STUDY_ID)),
+        study_description=string(get(_STUDY_DESCRIPTION)),
+        referring_physician=name(get(_REFERRING)),
         series_number=text(get(_SERIES_NUMBER)),
-        series_description=text(get(_SERIES_DESCRIPTION)),
+        series_description=string(get(_SERIES_DESCRIPTION)),
         instance_number=text(get(_INSTANCE_NUMBER)),
     )

@@ -5,6 +5,7 @@ errors included) where it cannot be sure."""
 from __future__ import annotations
 
 import os
+import random
 import struct
 import warnings
 from pathlib import Path
@@ -179,8 +180,10 @@ def test_read_header_does_not_call_pydicom_for_ordinary_files(tmp_path, monkeypa
     for n, ds in enumerate(ordinary):
         h.read_header(save(tmp_path / f"{n}.dcm", ds))
     assert calls == []
-    odd = save(tmp_path / "odd.dcm", instance(PatientName="M\u00fcller^Anna"))  # Latin-1: pydicom decodes it
-    assert h.read_header(odd).patient_name == "M\u00fcller^Anna"
+    latin = save(tmp_path / "latin.dcm", instance(PatientName="M\u00fcller^Anna"))  # ISO_IR 100, decoded natively
+    assert h.read_header(latin).patient_name == "M\u00fcller^Anna"
+    odd = save(tmp_path / "odd.dcm", instance(SpecificCharacterSet="ISO_IR 13", StudyDescription="KNEE"))
+    assert h.read_header(odd).study_description == "KNEE"
     assert calls == [odd]
 
 
@@ -236,7 +239,15 @@ VALUES = {
     "image laterality first": {0x00200060: ("CS", b"R "), 0x00200062: ("CS", b"L ")},
     "image laterality empty": {0x00200060: ("CS", b"R "), 0x00200062: ("CS", b"  ")},
     "Latin-1": {0x00080005: ("CS", b"ISO_IR 100"), 0x00100010: ("PN", b"M\xfcller^Anna")},
+    "Latin-1, padded character set": {0x00080005: ("CS", b"ISO_IR 100 "), 0x00081030: ("LO", b"Genou \xe9\\B ")},
+    "Latin-1 no-break space": {0x00080005: ("CS", b"ISO_IR 100"), 0x00100020: ("LO", b"\xa0MRN\xa0 ")},
+    "Latin-1 bytes without a character set": {0x00100010: ("PN", b"M\xfcller^Anna=\xe9= ")},
     "UTF-8 description": {0x00080005: ("CS", b"ISO_IR 192"), 0x0008103E: ("LO", "\u819d".encode())},
+    "UTF-8 cut inside a character": {0x00080005: ("CS", b"ISO_IR 192"), 0x0008103E: ("LO", "\u819d".encode()[:2])},
+    "GBK with a backslash byte": {0x00080005: ("CS", b"GBK"), 0x00100010: ("PN", b"\x81\x5c^\xc4\xe3")},
+    "undefined in ISO 8859-3": {0x00080005: ("CS", b"ISO_IR 109"), 0x00100020: ("LO", b"\xa5 ")},
+    "a Latin-1 byte in a code string": {0x00080005: ("CS", b"ISO_IR 100"), 0x00100040: ("CS", b"\xe9")},
+    "an unlisted character set": {0x00080005: ("CS", b"ISO_IR 999"), 0x00100020: ("LO", b"\xe9")},
     "ISO 2022 escape": {0x00080005: ("CS", b"\\ISO 2022 IR 87"), 0x00100010: ("PN", b"\x1b$B;3ED\x1b(B^J")},
     "JIS X 0201": {0x00080005: ("CS", b"ISO_IR 13"), 0x00100020: ("LO", b"A~B")},
     "control byte in a UID": {0x00080018: ("UI", b"1.2.3\x01")},
@@ -272,9 +283,12 @@ def test_generated_values(tmp_path, monkeypatch, name, encoding):
 NATIVE = ["odd lengths", "even, NUL padded", "space padded both sides", "empty values", "missing attributes",
           "multi-valued", "empty multi-values", "PN trailing groups", "PN trailing carets", "PN ideographic",
           "PN spaces in groups", "PN NUL padded", "lower-case codes", "image laterality first",
-          "image laterality empty", "malformed UID", "no SOP Instance UID",
+          "image laterality empty", "malformed UID", "no SOP Instance UID", "Latin-1", "Latin-1, padded character set",
+          "Latin-1 no-break space", "Latin-1 bytes without a character set", "UTF-8 description",
+          "GBK with a backslash byte",
           "a 65-character UID", "group length elements", "private tags"]
-LEFT_TO_PYDICOM = ["PN NUL inside", "Latin-1", "UTF-8 description", "ISO 2022 escape", "JIS X 0201",
+LEFT_TO_PYDICOM = ["PN NUL inside", "UTF-8 cut inside a character", "undefined in ISO 8859-3",
+                   "a Latin-1 byte in a code string", "an unlisted character set", "ISO 2022 escape", "JIS X 0201",
                    "control byte in a UID", "wrong VR for a wanted tag", "UN for a wanted tag",
                    "wanted sequence present", "empty wanted sequence", "shared groups present"]
 
@@ -308,6 +322,37 @@ def test_values_as_read(tmp_path):
     assert read("image laterality first").laterality == "L"
     assert read("image laterality empty").laterality == "R"
     assert read("missing attributes").patient_name == "" and read("missing attributes").modality == ""
+    assert read("Latin-1").patient_name == "M\u00fcller^Anna"
+    assert read("Latin-1, padded character set").study_description == "Genou \u00e9\\B"
+    assert read("Latin-1 no-break space").patient_id == "MRN"  # str.strip() takes U+00A0 too
+    assert read("Latin-1 bytes without a character set").patient_name == "M\u00fcller^Anna=\u00e9"
+    assert read("UTF-8 description").series_description == "\u819d"
+    assert read("GBK with a backslash byte").patient_name == b"\x81\x5c^\xc4\xe3".decode("gbk")  # one value
+
+
+@pytest.mark.parametrize("charset", sorted(hn._CODECS), ids=lambda c: c.decode() or "none")
+def test_random_text_under_each_decoded_character_set(tmp_path, monkeypatch, charset):
+    """SH, LO and PN values of random bytes (padding, backslashes, '=' and '^' among them):
+    the native decoding is pydicom's, or the file is left to pydicom."""
+    rng = random.Random(charset)
+    codec = hn._CODECS[charset]
+    alphabet = b"AZaz09 ^=\\\x00" + bytes(range(0x80, 0x100))
+    letters = [c for c in (bytes([b]).decode(codec, "ignore") for b in range(0xA0, 0x100)) if c]
+    letters += ["\u819d", "\u4e2d", "\u00fc"] if codec.lower() in ("utf8", "gb18030", "gbk") else []
+
+    def value(n):
+        if n % 2:  # random bytes: often not text in the character set
+            return bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 9) * 2))
+        text = "".join(rng.choice(letters + list("AZ ^=\\")) for _ in range(rng.randrange(0, 8))).encode(codec)
+        return text + b" " * (len(text) % 2)
+
+    for n in range(16):
+        values = {tag: (vr, value(n)) for tag, vr in ((0x00080050, "SH"), (0x00081030, "LO"), (0x00100010, "PN"),
+                                                      (0x00080090, "PN"))}
+        if charset:
+            values[0x00080005] = ("CS", charset + b" " * (len(charset) % 2))
+        path = written(tmp_path, meta(ExplicitVRLittleEndian) + dataset(values), f"{n}.dcm")
+        assert_same(path, monkeypatch)
 
 
 @pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, RLELossless], ids=["jpeg", "rle"])
