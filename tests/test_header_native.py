@@ -376,6 +376,11 @@ def test_an_unknown_or_missing_transfer_syntax_is_left_to_pydicom(tmp_path, monk
     assert_same(written(tmp_path, no_syntax + dataset(), "none.dcm"), monkeypatch, native=False)
 
 
+def test_a_file_meta_without_its_group_length(tmp_path, monkeypatch):
+    path = written(tmp_path, meta(ExplicitVRLittleEndian, group_length=False) + dataset())
+    assert assert_same(path, monkeypatch, native=True).sop_instance_uid == "1.2.3.4"
+
+
 def test_a_transfer_syntax_with_trailing_padding(tmp_path, monkeypatch):
     padded = meta(ExplicitVRLittleEndian).replace(ExplicitVRLittleEndian.encode() + b"\0",
                                                   ExplicitVRLittleEndian.encode() + b" ")
@@ -506,17 +511,21 @@ def test_a_header_longer_than_the_first_read(tmp_path, monkeypatch):
     raw = {0x00090010: element(0x00090010, "LO", b"ACME"), 0x00091001: blob}
     fast = assert_same(written(tmp_path, meta(ExplicitVRLittleEndian) + dataset(raw=raw)), monkeypatch, native=True)
     assert fast.patient_id == "MRN5001"
-    for shift in range(0, 12):  # move (0010,0020) across the end of the first buffer
-        filler = element(0x00091001, "OB", b"\7" * (hn.BUFFER - 300 + shift * 3))
+    starts = []
+    for shift in range(14):  # move (0010,0020) (8 bytes of header, 8 of value) across the end of the first read
+        filler = element(0x00091001, "OB", b"\7" * (hn.BUFFER - 390 + shift * 2))
         data = meta(ExplicitVRLittleEndian) + dataset(raw={0x00090010: element(0x00090010, "LO", b"ACME"),
                                                            0x00091001: filler})
+        starts.append(data.index(b"\x10\x00\x20\x00LO") - hn.BUFFER)
         assert assert_same(written(tmp_path, data, f"s{shift}.dcm"), monkeypatch, native=True).patient_id == "MRN5001"
+    assert min(starts) < -16 and max(starts) > 0  # before, across (header, then value) and after the end
 
 
-def test_a_long_wanted_value(tmp_path, monkeypatch):
-    long = {0x00081030: ("LO", b"X" * 64), 0x00100020: ("LO", b"P" * (hn.BUFFER + 1))}  # too long for LO: kept as sent
+def test_a_wanted_value_longer_than_the_buffer(tmp_path, monkeypatch):
+    monkeypatch.setattr(hn, "BUFFER", 1024)
+    long = {0x00081030: ("LO", b"X" * 64), 0x00100020: ("LO", b"P" * 5001 + b" ")}  # too long for LO: kept as sent
     fast = assert_same(written(tmp_path, meta(ExplicitVRLittleEndian) + dataset(long)), monkeypatch, native=True)
-    assert fast.patient_id == "P" * (hn.BUFFER + 1)
+    assert fast.patient_id == "P" * 5001 and fast.patient_name == "DOE^JANE"
 
 
 def test_a_tag_exactly_at_pixel_data(tmp_path, monkeypatch):
