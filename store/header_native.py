@@ -22,7 +22,7 @@ Sequence) is walked item by item as pydicom parses it, to find where it ends.
   element in an Explicit VR dataset or the reverse, a Command Set group 0000), a VR that is
   not one of PS3.5 Table 6.2-1, tags not strictly ascending, a length past the end of the
   file or of its item, an undefined length other than a sequence's, an item or delimiter
-  out of place, nesting deeper than :data:`MAX_DEPTH`, a file that ends between elements;
+  out of place, nesting deeper than :data:`MAX_DEPTH`, a file cut inside an element;
 - Deflated Explicit VR Little Endian (pydicom inflates it) and any syntax not listed above;
 - a wanted attribute with another VR than the dictionary's, or of undefined length;
 - Request Attributes Sequence or Shared Functional Groups Sequence present (pydicom reads
