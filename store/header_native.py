@@ -25,8 +25,10 @@ Sequence) is walked item by item as pydicom parses it, to find where it ends.
   out of place, nesting deeper than :data:`MAX_DEPTH`, a file cut inside an element;
 - Deflated Explicit VR Little Endian (pydicom inflates it) and any syntax not listed above;
 - a wanted attribute with another VR than the dictionary's, or of undefined length;
-- Request Attributes Sequence or Shared Functional Groups Sequence present (pydicom reads
-  them);
+- Shared Functional Groups Sequence present (pydicom reads it); a Request Attributes
+  Sequence that is not an SQ, or whose item has a Specific Character Set of its own or an
+  Accession Number that is not a defined-length SH (its items' Accession Numbers are read
+  here, with the dataset's character set, as pydicom reads them);
 - a Specific Character Set that is not printable ASCII or where printable ASCII does not
   keep its meaning (:func:`store.header._ascii_compatible`: JIS X 0201);
 - a byte outside printable ASCII (and NUL) in a value of a VR the character set does not
@@ -90,6 +92,10 @@ _SYNTAXES.update({
 _WANTED = {int(_TAG_OF[k]): (k, _VR_OF[k].encode()) for k in HEADER_KEYWORDS}
 _SEQUENCES = frozenset(tag for tag, (_, vr) in _WANTED.items() if vr == _SQ)
 _CHARSET = int(_TAG_OF["SpecificCharacterSet"])
+#: Request Attributes Sequence: its items' Accession Numbers are read here (modalities fed by
+#: the worklist send it with every image); the other wanted sequence is pydicom's.
+_REQUESTS = int(_TAG_OF["RequestAttributesSequence"])
+_ITEM_ACCESSION = int(_TAG_OF["AccessionNumber"])
 
 _LE_HEAD = struct.Struct("<HH2sH")
 _BE_HEAD = struct.Struct(">HH2sH")
@@ -148,16 +154,17 @@ def native_header(path: str | os.PathLike[str]) -> InstanceHeader | None:
             return None
         src = _Source(f, size, f.read(BUFFER))
         try:
-            syntax, values = _read(src)
-            return _header(syntax, values)
+            syntax, values, requests = _read(src)
+            return _header(syntax, values, requests)
         except _Doubt:
             return None
         except (struct.error, IndexError, ValueError, LookupError):  # pragma: no cover - a check missed
             return None
 
 
-def _read(src: _Source) -> tuple[str, dict[int, bytes]]:
-    """The transfer syntax and the wanted top-level values (tag -> bytes)."""
+def _read(src: _Source) -> tuple[str, dict[int, bytes], list[bytes | None] | None]:
+    """The transfer syntax, the wanted top-level values (tag -> bytes) and the Accession
+    Number of each item of the Request Attributes Sequence (None: no sequence)."""
     size, buf = src.size, src.buf
     if size < 132 or buf[128:132] != b"DICM":
         raise _Doubt
@@ -175,7 +182,8 @@ def _read(src: _Source) -> tuple[str, dict[int, bytes]]:
     looks_implicit = not (0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B)
     if looks_implicit != implicit:
         raise _Doubt  # pydicom would switch (and warn)
-    return syntax, _dataset(src, pos, implicit, little)
+    values, requests = _dataset(src, pos, implicit, little)
+    return syntax, values, requests
 
 
 def _file_meta(src: _Source) -> tuple[str, int]:
@@ -219,7 +227,7 @@ def _file_meta(src: _Source) -> tuple[str, int]:
     return syntax, pos
 
 
-def _dataset(src: _Source, pos: int, implicit: bool, little: bool) -> dict[int, bytes]:
+def _dataset(src: _Source, pos: int, implicit: bool, little: bool) -> tuple[dict[int, bytes], list | None]:
     """Walk the top-level elements from ``pos`` to the pixel data (or the end of the file)."""
     size = src.size
     head = (_LE_IMPLICIT if little else _BE_IMPLICIT) if implicit else (_LE_HEAD if little else _BE_HEAD)
@@ -227,6 +235,7 @@ def _dataset(src: _Source, pos: int, implicit: bool, little: bool) -> dict[int, 
     unpack_long = (_LE_LONG if little else _BE_LONG).unpack_from
     wanted, long_vrs, short_vrs, pixel_tags = _WANTED, _LONG_VRS, _SHORT_VRS, _PIXEL_TAGS
     values: dict[int, bytes] = {}
+    requests: list[bytes | None] | None = None
     last = -1
     buf, base = src.buf, src.base
     buflen = len(buf)
@@ -257,10 +266,20 @@ def _dataset(src: _Source, pos: int, implicit: bool, little: bool) -> dict[int, 
         last = tag
         if tag >= 0x7FE00008:
             if tag in pixel_tags:
-                return values
+                return values, requests
             if group == 0xFFFE:
                 raise _Doubt
-        if length == UNDEFINED:
+        if tag == _REQUESTS:
+            if vr is not None and vr != _SQ:
+                raise _Doubt
+            requests = []
+            end = None if length == UNDEFINED else start + length
+            if end is not None and end > size:
+                raise _Doubt
+            pos = _sequence(src, start, implicit, little, 1, end, requests)
+            buf, base = src.buf, src.base
+            buflen = len(buf)
+        elif length == UNDEFINED:
             if tag in wanted or not _is_sequence(src, tag, vr, start, little):
                 raise _Doubt
             pos = _sequence(src, start, implicit, little, 1)
@@ -282,7 +301,7 @@ def _dataset(src: _Source, pos: int, implicit: bool, little: bool) -> dict[int, 
             pos = start + length
     if pos != size:
         raise _Doubt  # a length past the end, or a file cut between elements
-    return values
+    return values, requests
 
 
 def _is_sequence(src: _Source, tag: int, vr: bytes | None, start: int, little: bool) -> bool:
@@ -300,30 +319,43 @@ def _is_sequence(src: _Source, tag: int, vr: bytes | None, start: int, little: b
         return (group << 16 | element) == ITEM
 
 
-def _sequence(src: _Source, pos: int, implicit: bool, little: bool, depth: int) -> int:
-    """Walk the items of the undefined-length sequence whose value starts at ``pos`` as
-    pydicom's ``read_sequence`` does; return the position after its delimiter."""
+def _sequence(src: _Source, pos: int, implicit: bool, little: bool, depth: int, end: int | None = None,
+              accessions: list | None = None) -> int:
+    """Walk the items of the sequence whose value starts at ``pos`` as pydicom's
+    ``read_sequence`` does: up to ``end`` (a defined length) or its delimiter (undefined);
+    return the position after it. With ``accessions``, each item's Accession Number (its
+    bytes, None when the item has none) is appended to it."""
     if depth > MAX_DEPTH:
         raise _Doubt
     tag_length = (_LE_IMPLICIT if little else _BE_IMPLICIT).unpack_from
     while True:
+        if end is not None:
+            if pos == end:
+                return pos
+            if pos + 8 > end:
+                raise _Doubt
         off = src.at(pos, 8)
         group, element, length = tag_length(src.buf, off)
         tag = group << 16 | element
         pos += 8
-        if tag == SEQUENCE_END:
+        if tag == SEQUENCE_END and end is None:
             if length:
                 raise _Doubt
             return pos
         if tag != ITEM:
             raise _Doubt
         item_implicit = implicit or _item_looks_implicit(src, pos)
+        found = None if accessions is None else {}
         if length == UNDEFINED:
-            pos = _item(src, pos, None, item_implicit, little, depth)
+            pos = _item(src, pos, None, item_implicit, little, depth, found)
         else:
-            if pos + length > src.size:
+            if pos + length > (src.size if end is None else end):
                 raise _Doubt
-            pos = _item(src, pos, pos + length, item_implicit, little, depth)
+            pos = _item(src, pos, pos + length, item_implicit, little, depth, found)
+        if end is not None and pos > end:
+            raise _Doubt
+        if accessions is not None:
+            accessions.append(found.get(_ITEM_ACCESSION))
 
 
 def _item_looks_implicit(src: _Source, pos: int) -> bool:
@@ -336,9 +368,12 @@ def _item_looks_implicit(src: _Source, pos: int) -> bool:
     return not (0x40 < a < 0x5B and 0x40 < b < 0x5B)
 
 
-def _item(src: _Source, pos: int, end: int | None, implicit: bool, little: bool, depth: int) -> int:
+def _item(src: _Source, pos: int, end: int | None, implicit: bool, little: bool, depth: int,
+          found: dict | None = None) -> int:
     """Walk one item's elements (to ``end``, or to its Item Delimitation Item when ``end``
-    is None); return the position after it."""
+    is None); return the position after it. With ``found``, the item's own Accession Number
+    (SH, defined length) goes in it; an item with a Specific Character Set of its own is
+    left to pydicom."""
     size = src.size
     head = (_LE_IMPLICIT if little else _BE_IMPLICIT) if implicit else (_LE_HEAD if little else _BE_HEAD)
     unpack_long = (_LE_LONG if little else _BE_LONG).unpack_from
@@ -371,6 +406,13 @@ def _item(src: _Source, pos: int, end: int | None, implicit: bool, little: bool,
                 start = pos + 12
             elif vr not in _SHORT_VRS:
                 raise _Doubt
+        if found is not None and tag in (_ITEM_ACCESSION, _CHARSET):
+            if tag == _CHARSET or length == UNDEFINED or (vr is not None and vr != b"SH"):
+                raise _Doubt
+            if start + length > limit:
+                raise _Doubt
+            voff = src.at(start, length)
+            found[tag] = src.buf[voff:voff + length]
         if length == UNDEFINED:
             if not _is_sequence(src, tag, vr, start, little):
                 raise _Doubt
@@ -454,22 +496,23 @@ _IMAGE_LATERALITY, _LATERALITY = _T["ImageLaterality"], _T["Laterality"]
 _PATIENT_NAME, _REFERRING = _T["PatientName"], _T["ReferringPhysicianName"]
 
 
-def _header(syntax: str, values: dict[int, bytes]) -> InstanceHeader:
+def _header(syntax: str, values: dict[int, bytes], requests: list[bytes | None] | None = None) -> InstanceHeader:
     """The header from the wanted values, as :func:`store.header._header_of` makes it."""
+    requests = requests or []
     charset = values.get(_CHARSET)
     if charset is not None:
         if charset.translate(None, _PRINTABLE):
             raise _Doubt
         if b"IR 13" in charset:
             raise _Doubt  # JIS X 0201: 0x5C and 0x7E are other characters
-    every = b"".join(values.values())
+    every = b"".join(values.values()) + b"".join(v for v in requests if v)
     get = values.get
     if every.translate(None, _PRINTABLE):  # some value is not ASCII: decoded where pydicom decodes
         codec = _CODECS.get(b"" if charset is None else charset.rstrip(b" \x00"))
-        return _build(syntax, get, _text, lambda v: _decoded_text(v, codec), lambda v: _decoded_name(v, codec))
+        return _build(syntax, get, requests, _text, lambda v: _decoded_text(v, codec), lambda v: _decoded_name(v, codec))
     if b"\\" in every:
-        return _build(syntax, get, _text, _text, _person_name)
-    return _build(syntax, get, _single, _single, _person_name)
+        return _build(syntax, get, requests, _text, _text, _person_name)
+    return _build(syntax, get, requests, _single, _single, _person_name)
 
 
 def _single(value: bytes | None) -> str:
@@ -477,7 +520,7 @@ def _single(value: bytes | None) -> str:
     return value.strip(b" \x00").decode("ascii") if value else ""
 
 
-def _build(syntax: str, get, text, string, name) -> InstanceHeader:
+def _build(syntax: str, get, requests, text, string, name) -> InstanceHeader:
     """``text`` for the values whatever the character set, ``string`` for SH and LO, ``name``
     for PN."""
     return InstanceHeader(
@@ -486,7 +529,7 @@ def _build(syntax: str, get, text, string, name) -> InstanceHeader:
         study_instance_uid=text(get(_STUDY_INSTANCE)),
         series_instance_uid=text(get(_SERIES_INSTANCE)),
         accession_number=string(get(_ACCESSION)),
-        request_accession_numbers=(),
+        request_accession_numbers=tuple(string(value) for value in requests),
         patient_id=string(get(_PATIENT_ID)),
         patient_name=name(get(_PATIENT_NAME)),
         birth_date=text(get(_BIRTH_DATE)),

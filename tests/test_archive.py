@@ -492,3 +492,27 @@ def test_a_cancelled_sync_ahead_runs_neither_and_waiting_on_it_returns(store):
     blocker.set()
     for future in busy:
         future.result(timeout=10)
+
+
+def test_waiting_on_a_sync_ahead_that_has_started_waits_for_its_end(store, monkeypatch):
+    received = write_instance(store.new_incoming(), make_instance())
+    started, release, ended = threading.Event(), threading.Event(), []
+    real_fsync_file = archive_module.fsync_file
+
+    def held_fsync(path):
+        started.set()
+        release.wait(10)
+        real_fsync_file(path)
+        ended.append(path)
+
+    monkeypatch.setattr(archive_module, "fsync_file", held_fsync)
+    ahead = store.sync_ahead(received)
+    assert started.wait(10)
+    assert ahead.cancel() is False  # the fsync runs: it cannot be cancelled
+    waiter = threading.Thread(target=ahead.wait)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and ended == []  # still waiting for the fsync
+    release.set()
+    waiter.join(10)
+    assert not waiter.is_alive() and ended == [received]

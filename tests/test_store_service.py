@@ -289,7 +289,8 @@ def test_an_unreadable_received_file_is_removed_once_its_fsync_is_over(store, mo
     monkeypatch.setattr(os, "fsync", slow_fsync)
     with pytest.raises(Undecodable):
         store.receive(received, "MR1")
-    assert synced == [True] and not received.exists()
+    # the fsync was either cancelled before it started, or had the file until it was over
+    assert synced in ([], [True]) and not received.exists()
     assert list(store.archive.incoming.iterdir()) == [] and InstanceRow.select().count() == 0
 
 
