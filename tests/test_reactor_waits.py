@@ -64,7 +64,8 @@ def requestor():
     ae = AE("MODALITY")
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = DEADLINE
+    ae.acse_timeout = ae.dimse_timeout = DEADLINE
+    ae.network_timeout = NO_NET  # never what ends an association here
     return ae
 
 
@@ -151,13 +152,19 @@ def test_a_connection_that_never_associates_is_dropped_by_artim(scp, no_safety_n
         assert time.monotonic() - started < DEADLINE
 
 
-def test_shutting_the_server_down_ends_its_open_associations(scp, no_safety_net):
+def test_an_association_left_open_by_a_server_shutdown_still_ends_at_once(scp, no_safety_net):
+    # pynetdicom's shutdown stops accepting and leaves open associations to their peers
     server, port = scp()
     assoc = requestor().associate("127.0.0.1", port, ae_title="REACTOR")
     assert assoc.is_established
+    open_ones = list(server.active_associations)
     within("the shutdown", server.shutdown)
-    wait_for(lambda: assoc.is_aborted or assoc.is_released or not assoc.is_alive(), DEADLINE,
-             "the requestor to see its association end", 0.05)
+    assert within("a C-ECHO after the shutdown", assoc.send_c_echo).Status == 0x0000
+    within("the release", assoc.release)
+    assert assoc.is_released
+    for served in open_ones:
+        within("the server's side ending", lambda: served.join(DEADLINE))
+        assert not served.is_alive()
 
 
 def test_an_idle_association_does_not_turn_its_loops(scp, monkeypatch):
@@ -213,9 +220,11 @@ def test_a_requestor_that_received_an_event_report_releases_at_once(no_safety_ne
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CTImageStorage, generate_uid()
     info.ReferencedSOPSequence = [item]
 
+    answered = threading.Event()
+
     def on_action(event):
         def report():
-            time.sleep(0.05)  # after the N-ACTION response, as a commitment SCP does
+            answered.wait(DEADLINE)  # after the N-ACTION response has arrived, as a commitment SCP does
             event.assoc.send_n_event_report(info, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
         threading.Thread(target=report).start()
         return 0x0000, None
@@ -235,9 +244,34 @@ def test_a_requestor_that_received_an_event_report_releases_at_once(no_safety_ne
         assoc = modality.associate("127.0.0.1", port, ae_title="REACTOR", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
         status, _ = assoc.send_n_action(info, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
         assert status.Status == 0x0000
+        answered.set()
         assert reported.wait(DEADLINE)
         time.sleep(0.1)  # the report's thread has ended
         within("the release after a report", assoc.release)
         assert assoc.is_released
     finally:
         server.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the DUL thread's, on purpose
+def test_a_dul_thread_that_dies_of_an_exception_ends_its_association(scp, no_safety_net):
+    # the DUL thread ends with an exception out of the state machine (pynetdicom lets it
+    # propagate: seen when an abort from another thread races a response); its association
+    # must not wait for it
+    def break_the_dul(event):
+        machine = event.assoc.dul.state_machine
+
+        def broken(name):
+            raise RuntimeError(f"{name}: a state machine that fails")
+
+        machine.do_action = broken  # the response to this C-ECHO is the next event
+        return 0x0000
+
+    server, port = scp(handlers=[(evt.EVT_C_ECHO, break_the_dul)])
+    assoc = requestor().associate("127.0.0.1", port, ae_title="REACTOR")
+    open_ones = list(server.active_associations)
+    assoc.send_c_echo()
+    for served in open_ones:
+        within("the server's side ending", lambda: served.join(DEADLINE))
+        assert not served.is_alive() and not served.dul.is_alive()
+    assoc.abort()

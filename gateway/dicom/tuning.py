@@ -762,7 +762,10 @@ def _dul_reactor(self: DULServiceProvider) -> None:
     finally:
         for end in (self._gk_wake_r, self._gk_wake_w):
             end.close()
-        _wake_association(self.assoc)  # it looks at whether this thread is alive
+        # the association's reactor ends when this thread has: it is woken now, while this
+        # thread is still alive, so it is told by the flag rather than by is_alive()
+        self._gk_ended = True
+        _wake_association(self.assoc)
 
 
 def _abort_from_reactor(dul: DULServiceProvider, exc: Exception) -> None:
@@ -863,8 +866,8 @@ def _association_reactor(self: Association) -> None:
             self.kill()
             return
 
-        if not self.dul.is_alive():
-            self.kill()
+        if self.dul.__dict__.get("_gk_ended") or not self.dul.is_alive():
+            self.kill()  # waits for the DUL thread's very end
             return
 
         if self.dul.idle_timer_expired():
