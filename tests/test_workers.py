@@ -24,7 +24,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, MRImageStorage, Verification
 
 from gateway.dicom.slots import SharedSlots
-from gateway.dicom.workers import probe_port
+from gateway.dicom.workers import bind_port
 from tests.conftest import EXAMPLES, ROOT, free_port
 from tests.dicom_factory import make_instance
 from tests.e2e import Gateway
@@ -89,15 +89,17 @@ def test_a_killed_process_gives_its_slots_back(tmp_path):
         holder.wait()
 
 
-def test_the_port_probe_sees_a_port_in_use():
+def test_the_main_process_bind_sees_a_port_in_use():
     port = free_port()
-    probe_port("127.0.0.1", port)  # free
+    bind_port("127.0.0.1", port).close()  # free
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
         with pytest.raises(OSError):
-            probe_port("127.0.0.1", port)
+            bind_port("127.0.0.1", port)
+    with bind_port("127.0.0.1", port), pytest.raises(OSError):  # nor twice: no SO_REUSEPORT
+        bind_port("127.0.0.1", port)
 
 
 def test_healthz_names_a_worker_that_is_down(tmp_path):
