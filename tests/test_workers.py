@@ -830,3 +830,47 @@ def test_a_worker_killed_while_idle_costs_no_connection(tmp_path):
         for assoc in held:
             assoc.release()
         assert gw.stop() == 0, gw.log()
+
+
+def test_a_handed_server_serves_a_connection_it_did_not_accept():
+    import socket
+
+    from pynetdicom import evt
+
+    from gateway.dicom import tuning
+    from gateway.dicom.workers import HandedServer
+
+    ended = []
+    scp = AE(ae_title="GATEKEEPER")
+    scp.add_supported_context(Verification)
+    server = scp.make_server(("127.0.0.1", 0), evt_handlers=[(evt.EVT_CONN_OPEN, tuning.no_delay)],
+                             server_class=HandedServer, on_end=lambda: ended.append(True))
+    assert server.socket.getsockname()[1] == 0  # it never bound: the main process holds the port
+    port = free_port()
+    copies = []
+
+    def accept_and_hand() -> None:
+        with socket.create_server(("127.0.0.1", port)) as main_process:
+            connection, address = main_process.accept()
+            copies.append(connection.dup())  # the same connection, to look at its options
+            assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            server.take(connection, address)
+
+    handing = threading.Thread(target=accept_and_hand)
+    handing.start()
+    try:
+        ae = AE(ae_title="MR1")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
+        handing.join(10)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        # pynetdicom's EVT_CONN_OPEN handlers ran on it as on a connection it accepted itself
+        assert copies[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert ended == []
+        assoc.release()
+        server.close()  # returns once its associations have ended
+        assert ended == [True]  # reported once
+    finally:
+        for copy in copies:
+            copy.close()

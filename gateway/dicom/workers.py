@@ -42,7 +42,8 @@ What stays correct across processes, and how:
   kernel (``PR_SET_PDEATHSIG``), as the main process's own threads would be.
 - **The port**: the main process binds ``server.port`` itself, before starting the workers,
   so a port already in use (another gatekeeper among them) stops the start with the usual
-  message, and no worker binds it.
+  message, and no worker binds it. It listens once every worker is ready: a connection the
+  port accepts is served at once.
 
 - **Metrics**: the main process serves ``/metrics`` for every process. Each worker counts
   its operations and refusals through a :class:`gateway.metrics.MetricsRelay`, one line per
@@ -92,20 +93,26 @@ def count_of(settings) -> int:
     return max(1, settings.workers)
 
 
-def bind_port(address: str, port: int) -> socket.socket:
-    """A socket bound to ``address:port`` and listening; :class:`OSError` when the port is in use."""
-    from gateway.dicom.server import LISTEN_BACKLOG
-
+def bind_port(address: str, port: int, listen: bool = True) -> socket.socket:
+    """A socket bound to ``address:port``, listening unless ``listen`` is false (:func:`listen`
+    later); :class:`OSError` when the port is in use."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pynetdicom binds: TIME_WAIT is no use
         listener.bind((address, port))
-        listener.listen(LISTEN_BACKLOG)
+        if listen:
+            _listen(listener)
     except BaseException:
         listener.close()
         raise
     return listener
+
+
+def _listen(listener: socket.socket) -> None:
+    from gateway.dicom.server import LISTEN_BACKLOG
+
+    listener.listen(LISTEN_BACKLOG)
 
 
 def least_loaded(open_counts: list[int | None], last: int) -> int | None:
@@ -322,6 +329,9 @@ class Workers:
             for index, read in enumerate(launched):
                 self._wait_ready(index, read)
             if self._listener is not None:
+                # Only now: a connection the port accepts is served at once (a service manager
+                # may take the port answering for the service being up).
+                _listen(self._listener)
                 self._acceptor = Acceptor(self._listener, self._seats, self._alive, self._lock).start()
         except Exception:
             self.stop()
@@ -480,15 +490,21 @@ def start(app, metrics=None) -> Workers:
     from infra.errors import GatekeeperError
 
     s = app.settings
-    try:
-        listener = bind_port(s.bind_address, s.port)
+
+    def in_use(exc: OSError) -> GatekeeperError:
+        return GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
+                                                address=s.bind_address, port=s.port, source=s.source))
+
+    try:  # bound before the workers start, listening once they are ready (Workers.start)
+        listener = bind_port(s.bind_address, s.port, listen=False)
     except OSError as exc:
-        raise GatekeeperError(port_unavailable(exc, setting="server.port", address_setting="server.bind_address",
-                                               address=s.bind_address, port=s.port, source=s.source)) from None
+        raise in_use(exc) from None
     try:
         return Workers(s, count_of(s), metrics, listener).start()
     except RuntimeError as exc:
         raise GatekeeperError(f"{exc}. Fix what it names in {s.source}, or set server.workers = 1.") from None
+    except OSError as exc:  # listen: another process took the port meanwhile
+        raise in_use(exc) from None
 
 
 def _read_line(fd: int, timeout: float) -> str:
