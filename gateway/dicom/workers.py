@@ -94,8 +94,8 @@ def count_of(settings) -> int:
 
 
 def bind_port(address: str, port: int, listen: bool = True) -> socket.socket:
-    """A socket bound to ``address:port``, listening unless ``listen`` is false (:func:`listen`
-    later); :class:`OSError` when the port is in use."""
+    """A socket bound to ``address:port``, listening unless ``listen`` is false (the caller
+    listens later); :class:`OSError` when the port is in use."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     try:
