@@ -58,7 +58,7 @@ DECLARED: tuple[Declared, ...] = (
     Declared("server.max_associations", int, 20, "Associations served at once; more are rejected (transient)."),
     Declared("server.network_timeout", int, 60, "Seconds of silence before an association is aborted."),
     Declared("server.associate_timeout", int, 10, "Seconds a peer has, in all, to deliver its A-ASSOCIATE-RQ after connecting."),
-    Declared("server.workers", int, 0, "Processes receiving DICOM on server.port (SO_REUSEPORT); 0 = one per core; 1 = the main process alone."),
+    Declared("server.workers", int, 0, "Processes receiving DICOM on server.port (the main process hands each connection to the least-loaded); 0 = one per core; 1 = the main process alone."),
     Declared("server.max_associations_per_address", int, 10, "Associations at once from one network address; 0 = no cap of its own."),
     Declared("server.log_level", str, "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR."),
     Declared("log.file", str, "", "Log file (relative to the settings file); empty logs to standard error only."),

@@ -24,7 +24,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, MRImageStorage, Verification
 
 from gateway.dicom.slots import SharedSlots
-from gateway.dicom.workers import probe_port
+from gateway.dicom.workers import bind_port
 from tests.conftest import EXAMPLES, ROOT, free_port
 from tests.dicom_factory import make_instance
 from tests.e2e import Gateway
@@ -89,15 +89,17 @@ def test_a_killed_process_gives_its_slots_back(tmp_path):
         holder.wait()
 
 
-def test_the_port_probe_sees_a_port_in_use():
+def test_the_main_process_bind_sees_a_port_in_use():
     port = free_port()
-    probe_port("127.0.0.1", port)  # free
+    bind_port("127.0.0.1", port).close()  # free
     import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
         busy.listen()
         with pytest.raises(OSError):
-            probe_port("127.0.0.1", port)
+            bind_port("127.0.0.1", port)
+    with bind_port("127.0.0.1", port), pytest.raises(OSError):  # nor twice: no SO_REUSEPORT
+        bind_port("127.0.0.1", port)
 
 
 def test_healthz_names_a_worker_that_is_down(tmp_path):
@@ -508,3 +510,370 @@ def test_workers_default_to_one_per_core(tmp_path):
     assert load(path, environ={}).workers == 1
     path.write_text(re.sub(r"^workers = 0$", "workers = 3", shipped, flags=re.M))
     assert load(path, environ={}).workers == 3
+
+
+# -- handing the connections to the least-loaded worker ------------------------------------------
+
+
+def test_least_loaded_takes_the_fewest_and_turns_on_ties():
+    from gateway.dicom.workers import least_loaded
+
+    assert least_loaded([2, 1, 3], last=0) == 1
+    assert least_loaded([1, 1], last=0) == 1  # a tie: the one after the last chosen
+    assert least_loaded([1, 1], last=1) == 0
+    assert least_loaded([0, 0, 0], last=2) == 0
+    assert least_loaded([None, 5], last=1) == 1  # down or starting: skipped, whatever its count
+    assert least_loaded([0, None, 0], last=0) == 2
+    assert least_loaded([None, None], last=0) is None
+    assert least_loaded([], last=0) is None
+
+
+def tcp_pair():
+    """A connected TCP pair on loopback: (client, the accepted side, its peer address)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, address = server.accept()
+    return client, accepted, address
+
+
+def test_a_handed_over_socket_keeps_its_options_and_its_peer():
+    import socket
+
+    from gateway.dicom.workers import hand_over, take_over
+
+    main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    client, accepted, address = tcp_pair()
+    try:
+        accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        hand_over(main_end, accepted, address)
+        accepted.close()  # the main process closes its copy: the connection stays, in the worker
+        taken, peer = take_over(worker_end)
+        with taken:
+            assert peer == address and taken.getpeername() == address
+            assert taken.family == socket.AF_INET and taken.type == socket.SOCK_STREAM
+            assert taken.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert taken.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert taken.gettimeout() is None  # blocking, as an accepted socket
+            client.sendall(b"A-ASSOCIATE")
+            assert taken.recv(64) == b"A-ASSOCIATE"
+            taken.sendall(b"ok")
+            assert client.recv(64) == b"ok"
+        main_end.close()
+        assert take_over(worker_end) is None  # the main process closed its end
+    finally:
+        for s in (client, main_end, worker_end):
+            s.close()
+
+
+class _Seats:
+    """The main-process side of an :class:`Acceptor` with ``n`` seats, their worker ends in ``ends``."""
+
+    def __init__(self, n: int, ready: bool = True) -> None:
+        import socket
+        from gateway.dicom.workers import Acceptor, _Seat, bind_port
+
+        self.seats = [_Seat() for _ in range(n)]
+        self.ends = []
+        for seat in self.seats:
+            seat.channel, end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            seat.channel.settimeout(2)
+            seat.ready = ready
+            self.ends.append(end)
+        self.up = [True] * n
+        self.port = free_port()
+        self.acceptor = Acceptor(bind_port("127.0.0.1", self.port), self.seats, lambda i: self.up[i],
+                                 threading.Lock()).start()
+
+    def connect(self):
+        import socket
+
+        return socket.create_connection(("127.0.0.1", self.port))
+
+    def taken(self, index: int, timeout: float = 10):
+        """The next connection handed to seat ``index``'s worker (a socket and its address)."""
+        from gateway.dicom.workers import take_over
+
+        self.ends[index].settimeout(timeout)
+        return take_over(self.ends[index])
+
+    def counts(self, wanted=None, timeout: float = 10) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = [seat.open for seat in self.seats]
+            if wanted is None or counts == wanted or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.acceptor.stop()
+        for seat, end in zip(self.seats, self.ends):
+            seat.leave()
+            end.close()
+
+
+def test_the_acceptor_counts_open_connections_and_their_ends():
+    from gateway.dicom.workers import ENDED
+
+    seats = _Seats(2)
+    clients, handed = [], []
+    try:
+        for n in range(4):
+            clients.append(seats.connect())
+            handed.append(seats.taken(n % 2)[0])  # 0, 1, 0, 1: the fewest, ties in turn
+        assert seats.counts() == [2, 2]
+        seats.ends[1].send(ENDED)
+        assert seats.counts([2, 1]) == [2, 1]
+        clients.append(seats.connect())
+        handed.append(seats.taken(1)[0])  # to the one with fewer
+        assert seats.counts() == [2, 2]
+        seats.ends[0].send(ENDED)
+        seats.ends[0].send(ENDED)
+        assert seats.counts([0, 2]) == [0, 2]
+        for _ in range(2):
+            clients.append(seats.connect())
+            handed.append(seats.taken(0)[0])
+        assert seats.counts() == [2, 2]
+        seats.ends[1].close()  # worker 1 died: its count is gone, everything goes to worker 0
+        deadline = time.monotonic() + 10
+        while seats.seats[1].channel is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert seats.seats[1].open == 0
+        for _ in range(3):
+            clients.append(seats.connect())
+            handed.append(seats.taken(0)[0])
+        assert seats.counts() == [5, 0]
+    finally:
+        for s in clients + handed:
+            s.close()
+        seats.close()
+
+
+def test_the_acceptor_skips_a_worker_whose_process_has_ended():
+    seats = _Seats(2)
+    seats.up[0] = False  # its end of the socket pair still open: the process check finds it
+    clients, handed = [], []
+    try:
+        for _ in range(3):
+            clients.append(seats.connect())
+            handed.append(seats.taken(1)[0])
+        assert seats.seats[0].channel is None and seats.counts() == [0, 3]
+    finally:
+        for s in clients + handed:
+            s.close()
+        seats.close()
+
+
+def test_a_connection_waits_briefly_for_a_worker_then_is_closed_with_a_warning(caplog):
+    import logging
+
+    seats = _Seats(1, ready=False)  # the only worker is starting
+    first = seats.connect()
+    try:
+        time.sleep(0.5)
+        seats.seats[0].ready = True  # started within the hold: the held connection goes to it
+        taken, _address = seats.taken(0)
+        taken.sendall(b"hello")
+        assert first.recv(16) == b"hello"
+        taken.close()
+        seats.seats[0].leave()  # down now, and not started again
+        with caplog.at_level(logging.WARNING, logger="gateway.dicom.workers"):
+            second = seats.connect()
+            second.settimeout(15)
+            assert second.recv(16) == b""  # closed (after the hold), not left hanging
+            second.close()
+        warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warning) == 1
+        assert "no receiving worker could take it within 2 s" in warning[0].getMessage()
+        assert "set server.workers = 1" in warning[0].getMessage()
+    finally:
+        first.close()
+        seats.close()
+
+
+def test_a_worker_closes_a_connection_handed_to_it_once_its_stop_has_begun():
+    import socket
+
+    from gateway.dicom.workers import _receive, hand_over
+
+    class Listener:
+        def __init__(self) -> None:
+            self.taken, self.ended = [], 0
+
+        def take(self, connection, address) -> None:
+            self.taken.append((connection, address))
+
+        def on_end(self) -> None:
+            self.ended += 1
+
+    main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener, stopping = Listener(), threading.Event()
+    receiver = threading.Thread(target=_receive, args=(worker_end, listener, stopping, 0), daemon=True)
+    receiver.start()
+    before, accepted, address = tcp_pair()
+    hand_over(main_end, accepted, address)
+    accepted.close()
+    deadline = time.monotonic() + 10
+    while not listener.taken:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert listener.taken[0][1] == address and listener.ended == 0
+    stopping.set()
+    after, accepted, address = tcp_pair()
+    hand_over(main_end, accepted, address)
+    accepted.close()
+    after.settimeout(10)
+    assert after.recv(16) == b""  # closed by the worker
+    deadline = time.monotonic() + 10
+    while listener.ended == 0 and time.monotonic() < deadline:  # reported just after the close
+        time.sleep(0.01)
+    assert len(listener.taken) == 1 and listener.ended == 1  # not served, and reported as ended
+    main_end.close()
+    receiver.join(10)
+    assert not receiver.is_alive()  # the main process closed its end: the thread ends
+    for s in (before, after, worker_end, listener.taken[0][0]):
+        s.close()
+
+
+def owners(assocs, pids: list[int]) -> list[int | None]:
+    return [owner_of(local_port(assoc), pids) for assoc in assocs]
+
+
+def ended_in(pid: int, assoc, pids: list[int], timeout: float = 10) -> None:
+    """Wait until worker ``pid`` closed its side of the released ``assoc`` and had a moment to say so."""
+    port = local_port(assoc)
+    assoc.release()
+    assert pid is not None
+    deadline = time.monotonic() + timeout
+    while owner_of(port, [pid]) is not None:
+        assert time.monotonic() < deadline, "the worker kept a released association's connection"
+        time.sleep(0.02)
+    time.sleep(0.5)  # its one-byte report, read by the main process's acceptor thread
+
+
+def test_associations_held_open_at_once_are_spread_evenly(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2", "max_associations": "20", "max_associations_per_address": "0"})
+    gw.start()
+    held = []
+    try:
+        pids = worker_pids(gw, 2)
+        held = [associate(gw.port) for _ in range(4)]
+        assert all(a.is_established for a in held)
+        found = owners(held, pids)
+        assert sorted(found.count(pid) for pid in pids) == [2, 2], found
+        held += [associate(gw.port) for _ in range(2)]
+        found = owners(held, pids)
+        assert [found.count(pid) for pid in pids] == [3, 3], found
+        # one ends in worker 0: the next new one goes there, the one with fewer
+        leaving = held.pop(found.index(pids[0]))
+        ended_in(pids[0], leaving, pids)
+        held.append(associate(gw.port))
+        assert owners(held[-1:], pids) == [pids[0]]
+        # two end in worker 1: the next two go there
+        for _ in range(2):
+            found = owners(held, pids)
+            ended_in(pids[1], held.pop(found.index(pids[1])), pids)
+        held += [associate(gw.port) for _ in range(2)]
+        assert owners(held[-2:], pids) == [pids[1], pids[1]]
+        found = owners(held, pids)
+        assert [found.count(pid) for pid in pids] == [3, 3], found
+        for assoc in held:
+            assert assoc.send_c_echo().Status == 0
+    finally:
+        for assoc in held:
+            assoc.release()
+        assert gw.stop() == 0, gw.log()
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie its parent has not reaped)."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+def test_a_worker_killed_while_idle_costs_no_connection(tmp_path):
+    gw = Gateway(tmp_path, server={"workers": "2", "max_associations": "20", "max_associations_per_address": "0"})
+    gw.start()
+    held = []
+    try:
+        pids = worker_pids(gw, 2)
+        victim, survivor = pids
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not gone(victim):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(4):
+            assoc = associate(gw.port)
+            assert assoc.is_established, gw.log()  # not reset: nothing went to the dead worker
+            assert assoc.send_c_echo().Status == 0
+            held.append(assoc)
+        restarted = re.findall(r"receiving worker 0 started \(pid (\d+)\)", gw.log())[1:]
+        found = owners(held, [survivor, *map(int, restarted)])
+        assert None not in found and victim not in found, found
+        if not restarted:  # no worker 0 yet: every one went to worker 1
+            assert found == [survivor] * 4
+        assert gw.logged(f"(pid {victim}) ended (killed by signal 9); starting it again", 20), gw.log()
+        deadline = time.monotonic() + 30
+        while victim in (now := worker_pids(gw, 2)):
+            assert time.monotonic() < deadline, gw.log()
+            time.sleep(0.1)
+        for assoc in held:
+            ended_in(owner_of(local_port(assoc), now), assoc, now)
+        held = [associate(gw.port) for _ in range(4)]  # the started-again worker (its count 0) takes its share
+        assert all(a.is_established for a in held)
+        found = owners(held, now)
+        assert sorted(found.count(pid) for pid in now) == [2, 2], (found, now)
+    finally:
+        for assoc in held:
+            assoc.release()
+        assert gw.stop() == 0, gw.log()
+
+
+def test_a_handed_server_serves_a_connection_it_did_not_accept():
+    import socket
+
+    from pynetdicom import evt
+
+    from gateway.dicom import tuning
+    from gateway.dicom.workers import HandedServer
+
+    ended = []
+    scp = AE(ae_title="GATEKEEPER")
+    scp.add_supported_context(Verification)
+    server = scp.make_server(("127.0.0.1", 0), evt_handlers=[(evt.EVT_CONN_OPEN, tuning.no_delay)],
+                             server_class=HandedServer, on_end=lambda: ended.append(True))
+    assert server.socket.getsockname()[1] == 0  # it never bound: the main process holds the port
+    port = free_port()
+    copies = []
+
+    def accept_and_hand() -> None:
+        with socket.create_server(("127.0.0.1", port)) as main_process:
+            connection, address = main_process.accept()
+            copies.append(connection.dup())  # the same connection, to look at its options
+            assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+            server.take(connection, address)
+
+    handing = threading.Thread(target=accept_and_hand)
+    handing.start()
+    try:
+        ae = AE(ae_title="MR1")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="GATEKEEPER")
+        handing.join(10)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        # pynetdicom's EVT_CONN_OPEN handlers ran on it as on a connection it accepted itself
+        assert copies[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert ended == []
+        assoc.release()
+        server.close()  # returns once its associations have ended
+        assert ended == [True]  # reported once
+    finally:
+        for copy in copies:
+            copy.close()
