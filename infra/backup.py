@@ -56,6 +56,7 @@ from typing import Iterable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from infra.db import redacted
+from infra.durable import fsync_dir, fsync_file
 from infra.errors import GatekeeperError, InvalidInput, OutOfResources, Refused, StorageFailure
 from infra.schema import SCHEMA_VERSION, VERSION_TABLE
 
@@ -302,7 +303,7 @@ def _dump_sqlite(source: Path, target: Path) -> tuple[FileEntry, int | None, lis
         raise StorageFailure(f"could not copy the database {source}: {exc}. Check that DEST has room and that the "
                              "database file is readable, then try again.") from exc
     os.chmod(target, 0o600)
-    _fsync_file(target)
+    fsync_file(target)
     size, digest = file_digest(target)
     return FileEntry(target.name, size, digest), version, indexed
 
@@ -350,7 +351,7 @@ def _dump_postgresql(url: str, target: Path) -> tuple[FileEntry, int | None, lis
     finally:
         conn.close()
     os.chmod(target, 0o600)
-    _fsync_file(target)
+    fsync_file(target)
     size, digest = file_digest(target)
     return FileEntry(target.name, size, digest), version, indexed
 
@@ -403,7 +404,7 @@ def _write_manifest(dest: Path, manifest: Manifest) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(temp, dest / MANIFEST)
-    _fsync_dir(dest)
+    fsync_dir(dest)
 
 
 # ------------------------------------------------------------------------------ verify
@@ -628,7 +629,7 @@ def _restore_sqlite(backup_file: Path, target: Path, entry: FileEntry) -> None:
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _restore_postgresql(dump: Path, url: str) -> None:
@@ -731,26 +732,10 @@ def _check_room(folder: Path, needed: int, what: str) -> None:
                              f"(and {SPARE_BYTES // 2**20} MiB to spare); nothing more was written.")
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dirs(made: set[Path]) -> None:
     """Make the files in the folders ``made`` and the folders themselves durable (deepest first)."""
     for folder in sorted(made | {p.parent for p in made}, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(folder)
 
 
 def _os_error(exc: OSError, what: str) -> OutOfResources | StorageFailure:

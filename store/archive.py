@@ -43,6 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.durable import fsync_dir, fsync_file
 from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.header import uid_is_well_formed
 
@@ -128,7 +129,7 @@ class Archive:
             os.replace(temp, self.incoming_root / (owner + LOCK_SUFFIX))
             folder = self.incoming_root / owner
             folder.mkdir()
-            _fsync_dir(self.incoming_root)
+            fsync_dir(self.incoming_root)
         except OSError as exc:
             raise _write_error(exc, f"could not claim a folder in {self.incoming_root}") from exc
         self._own_resolved = folder.resolve()
@@ -198,7 +199,7 @@ class Archive:
                     yield folder
                     _remove_tree(folder)
                 unlink_quietly(folder.with_name(owner + LOCK_SUFFIX))
-                _fsync_dir(self.incoming_root)
+                fsync_dir(self.incoming_root)
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -369,8 +370,8 @@ class Archive:
                     os.replace(path, target / path.name)
                     moved.append(Path(to_tree, study, series_dir.name, path.name))
                 if files:
-                    _fsync_dir(target)
-                    _fsync_dir(series_dir)
+                    fsync_dir(target)
+                    fsync_dir(series_dir)
                 _rmdir_if_empty(series_dir)
             _rmdir_if_empty(source_study)
         except OSError as exc:
@@ -388,7 +389,7 @@ class Archive:
         except OSError as exc:
             raise _write_error(exc, f"could not remove {path.relative_to(self.root)}") from exc
         try:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             _rmdir_if_empty(path.parent)
             _rmdir_if_empty(path.parent.parent)
         except OSError as exc:
@@ -433,7 +434,7 @@ class Archive:
                 raise
             self._make_dirs(final.parent)  # a concurrent cleanup removed an emptied folder
             os.replace(temp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def _make_dirs(self, folder: Path) -> None:
         """Create ``folder`` and missing parents, fsyncing each parent that got a new entry."""
@@ -446,7 +447,7 @@ class Archive:
                 path.mkdir()
             except FileExistsError:
                 continue
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
 
 class Ahead:
@@ -483,15 +484,6 @@ def _done(function, *args) -> Future:
     return done
 
 
-def fsync_file(path: Path) -> None:
-    """Make the content of the file at ``path`` durable (fsync on a descriptor of its own)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _chunks_of(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
     view = memoryview(data)
     for start in range(0, len(view), CHUNK_SIZE):
@@ -510,14 +502,6 @@ def file_digest(path: Path, *, sync: bool = False) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rmdir_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()
@@ -525,7 +509,7 @@ def _rmdir_if_empty(folder: Path) -> None:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise
         return
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
 
 
 def _remove_tree(folder: Path) -> None:
