@@ -9,7 +9,7 @@ size of the image.
 Two readers give the same header. The native one (:mod:`store.header_native`) walks the
 file's bytes and builds the header from them directly (0.03 to 0.07 ms for a 512 KiB CT,
 against 0.3 to 0.5 ms: ``python3 bench/header.py``); whenever it cannot be sure of giving
-what pydicom gives (ISO 2022 or JIS X 0201 text, a sequence among the wanted attributes,
+what pydicom gives (ISO 2022 or JIS X 0201 text, a Shared Functional Groups Sequence,
 anything structurally odd: the list is in its module doc) it leaves the file to the pydicom
 path, ``dcmread(stop_before_pixels=True, specific_tags=HEADER_TAGS)``, which stays the
 reference and decides every error.
