@@ -6,6 +6,7 @@ import copy
 import hashlib
 import inspect
 import logging
+from types import SimpleNamespace
 
 from pydicom.uid import UID
 from pynetdicom import AE, _config, acse, association, dimse_messages, dul, fsm, transport
@@ -193,3 +194,47 @@ def test_the_file_meta_and_response_encoders_replaced_by_change_9_are_unchanged(
     tuning.apply()
     assert dimse_messages.create_file_meta is tuning._create_file_meta
     assert dimse_messages.write_file_meta_info is tuning._write_file_meta_info
+
+
+def test_the_logging_handlers_unbound_by_change_10_log_only_what_the_server_drops():
+    import re
+
+    from pynetdicom import _handlers
+
+    levels = set(re.findall(r"\bLOGGER\.(\w+)\(", inspect.getsource(_handlers)))
+    assert levels == {"info", "debug"}, "pynetdicom's logging handlers log more now; see tuning.quiet_logging"
+    assert _config.LOG_HANDLER_LEVEL == "standard"
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    before = pynetdicom_log.level
+    try:
+        for level, kept in ((logging.WARNING, False), (logging.INFO, True), (logging.DEBUG, True)):
+            assoc = association.Association(AE("TUNED"), "requestor")
+            for event, handler in tuning._STANDARD_LOGGING:
+                assert handler in [h for h, _ in assoc.get_handlers(event)]
+            pynetdicom_log.setLevel(level)
+            tuning.quiet_logging(SimpleNamespace(assoc=assoc))
+            for event, handler in tuning._STANDARD_LOGGING:
+                assert (handler in [h for h, _ in assoc.get_handlers(event)]) is kept, (level, event)
+    finally:
+        pynetdicom_log.setLevel(before)
+
+
+def test_the_p_data_path_shortened_by_change_11_is_unchanged():
+    # tuning._write_through does for a PDU of middle data fragments what these do together
+    from pynetdicom import dimse, pdu
+
+    assert fsm.TRANSITION_TABLE[("Evt10", "Sta6")] == "DT-2"
+    dt_2 = inspect.getsource(fsm.DT_2)  # takes the PDU off _recv_pdu, hands it to the DIMSE provider
+    assert hashlib.sha256(dt_2.encode()).hexdigest() == (
+        "9ec543394e0b49eb8be2448fc3f9950361b0047db7cf3742844f377bd225ba73"
+    ), "pynetdicom changed DT-2; see tuning._write_through"
+    assert dul._PDU_TYPES[b"\x04"] == (pdu.P_DATA_TF, "Evt10")
+    decode_pdu = inspect.getsource(dul.DULServiceProvider._decode_pdu)
+    assert decode_pdu.count("evt.trigger(") == 2 and "EVT_DATA_RECV" in decode_pdu and "EVT_PDU_RECV" in decode_pdu
+    receive = inspect.getsource(dimse.DIMSEServiceProvider.receive_primitive)
+    assert "if self.message.decode_msg(primitive, self.assoc):" in receive
+    decode = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert "self._data_set_file.write(data[1:])\n                    self._data_set_file.file.flush()" in decode
+    assert "if control_header_byte & 1:" in decode and "if control_header_byte & 2 != 0:" in decode
+    tuning.apply()
+    assert dul.DULServiceProvider._read_pdu_data is tuning._read_pdu_data

@@ -60,7 +60,10 @@ def _on_echo(event) -> int:
     return SUCCESS
 
 
-_on_conn_open = tuning.no_delay
+def _on_conn_open(event) -> None:
+    """Nagle off (every response is small) and pynetdicom's silent logging handlers unbound (tuning.py)."""
+    tuning.no_delay(event)
+    tuning.quiet_logging(event)
 
 
 def _on_tls_connection(event, refusals: permissions.Refusals, s) -> None:
