@@ -143,10 +143,10 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
     ahead of it for the state machine, and on an association where nothing is bound to
     those two events, is written by :func:`_write_through` to that file with the same
     writes and flush, and the state machine is left where DT-2 leaves it (Sta6; the idle
-    timer restarted by the reactor as for any PDU). Any other PDU, the command, the first
-    data fragment (it follows the command in the same message, the file not yet made) and
-    the last (it completes the message) above all, and anything malformed, goes through
-    pynetdicom as before, whole.
+    timer restarted by the reactor as for any PDU). Any other PDU, one with a command
+    fragment (the file is made when the command set is whole) or the last data fragment (it
+    completes the message) above all, and anything malformed, goes through pynetdicom as
+    before, whole.
 """
 
 from __future__ import annotations
