@@ -238,3 +238,31 @@ def test_the_p_data_path_shortened_by_change_11_is_unchanged():
     assert "if control_header_byte & 1:" in decode and "if control_header_byte & 2 != 0:" in decode
     tuning.apply()
     assert dul.DULServiceProvider._read_pdu_data is tuning._read_pdu_data
+
+
+def test_the_command_set_decoding_replaced_by_change_12_is_unchanged():
+    # tuning._decode and tuning._store_rq_to_primitive give a C-STORE-RQ's command set and
+    # primitive as pynetdicom 3.0.4 makes them: port any change of these to change 12
+    from pydicom.uid import UID
+    from pynetdicom import dimse_primitives, dsutils
+
+    assert tuning._original_decode is dsutils.decode
+    module = inspect.getsource(dimse_messages)
+    assert "from pynetdicom.dsutils import encode, decode, create_file_meta" in module
+    assert module.count(" decode(") == 2  # the comment and the call in decode_msg, nowhere else
+    decode = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert "self.command_set = decode(self.encoded_command_set, True, True)" in decode
+    assert tuning._original_store_rq_to_primitive is dimse_messages.DIMSEMessage.message_to_primitive
+    source = inspect.getsource(dimse_messages.DIMSEMessage.message_to_primitive)
+    assert hashlib.sha256(source.encode()).hexdigest() == (
+        "f8f43d34e43450efa31bd308677b85b370f8ca7600c0e067e854f8095ce665ac"
+    ), "pynetdicom changed DIMSEMessage.message_to_primitive; see tuning._store_rq_to_primitive"
+    ours = tuple(keyword for keyword, _ in tuning._STORE_RQ_ELEMENTS.values())
+    assert dimse_messages._COMMAND_SET_KEYWORDS["C-STORE-RQ"] == ours + (
+        "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
+    primitive = dimse_primitives.C_STORE()
+    primitive._affected_sop_class_uid, primitive._affected_sop_instance_uid = UID("1.2"), UID("1.2.3")
+    assert primitive.AffectedSOPClassUID == "1.2" and primitive.AffectedSOPInstanceUID == "1.2.3"
+    tuning.apply()
+    assert dimse_messages.decode is tuning._decode
+    assert dimse_messages.C_STORE_RQ.message_to_primitive is tuning._store_rq_to_primitive
