@@ -49,6 +49,7 @@ file (a 512 MiB image is checked in well under a millisecond, with a 64 KiB read
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
@@ -184,6 +185,7 @@ def _file_meta(r: _Reader) -> str:
     return syntax
 
 
+@functools.lru_cache(maxsize=64)
 def _encoding_of(syntax: str) -> _Encoding:
     uid = UID(syntax)
     if not uid.is_transfer_syntax:

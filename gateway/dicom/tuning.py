@@ -547,7 +547,8 @@ def _recv(dul: DULServiceProvider, count: int, deadline: float | None) -> bytear
                 why = f"no complete PDU within the ARTIM timer ({dul.artim_timer.timeout}s)"
             if timeout == 0:
                 raise TimeoutError(why)
-            sock.settimeout(timeout)
+            if sock.gettimeout() != timeout:  # each change is a system call
+                sock.settimeout(timeout)
             try:
                 received = sock.recv_into(view[got:], count - got)
             except TimeoutError:
@@ -557,7 +558,8 @@ def _recv(dul: DULServiceProvider, count: int, deadline: float | None) -> bytear
             got += received
     finally:
         view.release()
-        sock.settimeout(silence)  # what sends wait at most, too
+        if sock.gettimeout() != silence:
+            sock.settimeout(silence)  # what sends wait at most, too
     if got < count:
         del data[got:]
     return data
