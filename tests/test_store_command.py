@@ -180,3 +180,15 @@ def test_requests_are_decoded_here_and_a_c_move_store_by_pydicom(app, gateway, m
                                        originator_id=9)
         assert status.Status == 0x0000
     assert made == ["_StoreCommand", "Dataset"]
+
+
+def test_pynetdicom_logging_reads_the_command_set_at_debug(app, gateway, caplog):  # noqa: F811
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="pynetdicom"):  # its handlers stay bound (change 10)
+        with Modality(gateway) as mr:
+            assert mr.store(instance(SOPInstanceUID="1.2.826.0.1.3680043.8.498.77")) == 0x0000
+    lines = [r.getMessage() for r in caplog.records if r.name == "pynetdicom._handlers"]
+    assert "Received Store Request" in lines
+    assert "Affected SOP Instance UID     : 1.2.826.0.1.3680043.8.498.77" in lines
+    assert "Priority                      : Low" in lines
