@@ -186,7 +186,7 @@ from pynetdicom import (PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION
                         dimse_messages, dsutils, evt, fsm, service_class)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_FIND_RSP, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -1126,8 +1126,6 @@ _STORE_RQ_ELEMENTS = {
     0x0800: ("CommandDataSetType", "US"),
     0x1000: ("AffectedSOPInstanceUID", "UI"),
 }
-_C_STORE_RQ = 0x0001
-_NO_DATA_SET = 0x0101
 #: A UID as PS3.5 9.1 writes it: components of digits without leading zeros, at most 64 characters.
 _PLAIN_UID = re.compile(rb"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 
@@ -1160,10 +1158,10 @@ def store_request_values(encoded: bytes) -> dict | None:
             values[keyword] = UID(uid.decode("ascii"), validation_mode=pydicom_config.IGNORE)
         else:
             return None
-    if len(values) != len(_STORE_RQ_ELEMENTS) or values["CommandField"] != _C_STORE_RQ:
+    if len(values) != len(_STORE_RQ_ELEMENTS) or _MESSAGE_TYPES.get(values["CommandField"], ("",))[0] != "C-STORE-RQ":
         return None
-    if values["CommandDataSetType"] == _NO_DATA_SET or values["CommandGroupLength"] != end - 12:
-        return None
+    if values["CommandDataSetType"] == 0x0101 or values["CommandGroupLength"] != end - 12:
+        return None  # no data set (PS3.7 E.1), or a group length that is not the group's
     return values
 
 
