@@ -143,7 +143,7 @@ class Archive:
         folder (as pynetdicom names the files it receives) needs one ``lstat``, to see that it
         is not a symbolic link to somewhere else. Anything else is resolved.
         """
-        path = Path(path)
+        path = path if isinstance(path, Path) else Path(path)  # Path(a Path) parses it again
         own = self.incoming
         if path.parent == own or path.parent == self._own_resolved:
             try:
@@ -298,7 +298,7 @@ class Archive:
         must not be written to after this call. When no thread can be had (the archive is
         closing) the work is done here and the result is ready.
         """
-        path = Path(path)
+        path = path if isinstance(path, Path) else Path(path)
         try:
             with self._claiming:
                 if self._syncing is None or self._syncing_pid != os.getpid():  # a fork has none of its threads
@@ -326,7 +326,7 @@ class Archive:
         final = self.root / relative
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
         consumed = not in_memory and self.is_incoming(source)
-        temp: Path | None = Path(source) if consumed else None
+        temp: Path | None = (source if isinstance(source, Path) else Path(source)) if consumed else None
         try:
             if in_memory:
                 temp, size, digest = self._write_temp(_chunks_of(source))

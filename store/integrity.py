@@ -108,7 +108,7 @@ def check_whole(path: str | os.PathLike[str]) -> None:
     Raises :class:`IncompleteInstance` (an :class:`~store.header.UnreadableInstance`) saying
     what is wrong and where; an :class:`OSError` reading the file propagates as is.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # Path(a Path) parses it again
     with open(path, "rb", buffering=_BUFFER) as f:
         size = os.fstat(f.fileno()).st_size
         reader = _Reader(f, size)

@@ -175,7 +175,7 @@ class Receiving:
         :class:`~store.integrity.IncompleteInstance`), :class:`DatasetMismatch`,
         :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
         """
-        source = Path(path)
+        source = path if isinstance(path, Path) else Path(path)  # Path(a Path) parses it again
         if not self.archive.is_incoming(source):
             source = self._copy_in(source)
         # The file's fsync runs on another thread while this one checks, reads and reconciles;
