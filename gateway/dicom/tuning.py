@@ -229,7 +229,8 @@ def no_delay(event) -> None:
 
 
 def apply() -> None:
-    """Changes 1, 2, 4 to 9 and 12, for the whole process (called once when the server is built; 10 is an EVT_CONN_OPEN handler)."""
+    """Changes 1, 2, 4 to 9 and 12, for the whole process (called once when the server is built;
+    change 10 is an EVT_CONN_OPEN handler of the server, 3 is :func:`receive_into`)."""
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.STORE_RECV_CHUNKED_DATASET = True
@@ -485,8 +486,8 @@ def _read_pdu_data(dul: DULServiceProvider) -> None:
 
 
 def _write_through(dul: DULServiceProvider, body: bytearray) -> bool:
-    """Change 11 (runs in the DUL thread): write a P-DATA-TF PDU made only of middle fragments of a C-STORE request's
-    data set straight to its file; False (nothing done) for any other PDU."""
+    """Change 11 (runs in the DUL thread): write a P-DATA-TF PDU made only of middle fragments
+    of a C-STORE request's data set straight to its file; False (nothing done) for any other PDU."""
     if dul.state_machine.current_state != "Sta6" or not dul.event_queue.empty() or not dul._recv_pdu.empty():
         return False  # the state machine has work before this PDU: it goes the usual way, in order
     message = dul.assoc.dimse.message
