@@ -13,6 +13,9 @@ tree only by ``os.replace`` of a complete temporary file from ``incoming/`` that
 fsynced first, and the directory is fsynced after the rename (and after creating any
 folder). A crash at any moment therefore leaves either the old state or the whole new
 file, never part of one. Only then may the caller acknowledge the C-STORE (0x0000).
+Once durable, a filed file's pages are let go from the page cache
+(:func:`infra.durable.forget_cached`): what was received is read again once at most, and the
+cache is kept for the index and the worklist.
 
 Several processes may share one storage root: each writes its temporary files in a
 folder of its own under ``incoming/``, claimed by an exclusive ``flock`` on
@@ -43,7 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.durable import fsync_dir, fsync_file
+from infra.durable import forget_cached, forget_cached_file, fsync_dir, fsync_file
 from infra.errors import InvalidInput, OutOfResources, StorageFailure
 from store.header import uid_is_well_formed
 
@@ -332,6 +335,7 @@ class Archive:
                 temp, size, digest = self._write_temp(_chunks_of(source))
             elif consumed:
                 size, digest = synced.result() if synced is not None else file_digest(temp, sync=True)
+                forget_cached_file(temp)  # read (header, hash) and durable: its pages may go
             else:
                 with open(source, "rb") as f:
                     temp, size, digest = self._write_temp(iter(lambda: f.read(CHUNK_SIZE), b""))
@@ -419,6 +423,7 @@ class Archive:
                     size += len(chunk)
                 f.flush()
                 os.fsync(f.fileno())
+                forget_cached(f.fileno())
         except BaseException:
             unlink_quietly(temp)
             raise
