@@ -37,6 +37,10 @@ and the median CPU time each server (with its worker processes) spent per instan
 ``TCP_NODELAY=1`` is exported to storescu and Orthanc (DCMTK reads it from the
 environment); the pynetdicom servers set it on every connection.
 
+In every mode the senders' files are made in ``/dev/shm`` (memory) when it has room for
+two batches (:func:`sending_root`), so that making and deleting them every round does not
+slow down the file system the servers write to.
+
     python3 bench/store.py --tls [--count N] [--kib K] [--rounds R]
 
 TLS mode: one gatekeeper listens on its plain port and on ``server.tls_port`` (BCP 195
@@ -258,6 +262,23 @@ def write_instance(path: Path, ds: Dataset, pixel_bytes: int, chunk: bytes) -> N
             left -= min(left, len(chunk))
 
 
+#: Where the senders' files are made when it has room: memory (tmpfs), not the servers' file system.
+SEND_DIR = Path("/dev/shm")
+
+
+def sending_root(work: Path, count: int, kib: int) -> Path:
+    """A folder for the files the senders send: in :data:`SEND_DIR` when it holds twice a batch,
+    else under ``work``. Made and deleted every round, 500 files on the servers' file system
+    would make each server's next 500 file creations slower (ext4 without a journal looks past
+    every inode deleted in the last minutes before reusing one), whichever server comes next."""
+    try:
+        if SEND_DIR.is_dir() and shutil.disk_usage(SEND_DIR).free > 2 * count * (kib + 4) * 1024:
+            return Path(tempfile.mkdtemp(prefix="bench-store-send-", dir=SEND_DIR))
+    except OSError:
+        pass
+    return work / "send"
+
+
 def make_batches(folder: Path, count: int, kib: int, associations: int) -> list[list[str]]:
     """``count`` files split into ``associations`` lists, each list made of its own studies."""
     folder.mkdir(parents=True)
@@ -366,7 +387,7 @@ def vm_kib(pid: int, key: str) -> int:
 # -------------------------------------------------------------------------------- main
 
 
-def speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> dict:
+def speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, sends: Path) -> dict:
     results: dict = {}
     with multiprocessing.Pool(4) as pool:
         for associations in (1, 4):
@@ -375,7 +396,7 @@ def speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> d
             for r in range(rounds):
                 for name in ("gatekeeper", "bare"):
                     folder = work / f"{name}-{associations}-{r}"
-                    batches = make_batches(folder / "send", count, kib, associations)
+                    batches = make_batches(sends / f"{name}-{associations}-{r}", count, kib, associations)
                     process, port = (start_gatekeeper if name == "gatekeeper" else start_bare)(folder / "server")
                     try:
                         before = cpu_seconds(process.pid)
@@ -385,12 +406,13 @@ def speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> d
                         stop(process)
                     best[name] = max(best[name], rate)
                     shutil.rmtree(folder)
+                    shutil.rmtree(sends / f"{name}-{associations}-{r}")
             best["cpu_ms"] = {name: min(values) for name, values in cpu.items()}
             results[associations] = best
     return results
 
 
-def tls_speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) -> dict:
+def tls_speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, sends: Path) -> dict:
     """Median instances per second over plain TCP and over TLS, one gatekeeper, interleaved rounds."""
     from tests.certs import make_pki
 
@@ -408,7 +430,7 @@ def tls_speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) 
                 for r in range(rounds):
                     order = ("tcp", "tls") if r % 2 == 0 else ("tls", "tcp")
                     for transport in order:
-                        folder = work / f"send-{associations}-{r}-{transport}"
+                        folder = sends / f"{associations}-{r}-{transport}"
                         batches = make_batches(folder, count, kib, associations)
                         rates[transport].append(timed(pool, tls_port if transport == "tls" else port, "GATEKEEPER",
                                                       batches, dcmtk, client if transport == "tls" else None))
@@ -420,7 +442,7 @@ def tls_speed(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None) 
     return results
 
 
-def compare(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, workers: int) -> dict:
+def compare(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, workers: int, sends: Path) -> dict:
     """Median instances per second of each server, started once, the rounds interleaved (the
     order of the servers turns each round: the machine may be shared and noisy)."""
     starts = {"gatekeeper": lambda f: start_gatekeeper(f, workers=1),
@@ -439,7 +461,7 @@ def compare(work: Path, count: int, kib: int, rounds: int, dcmtk: str | None, wo
                 names = list(starts)
                 for r in range(rounds):
                     for name in names[r % len(names):] + names[: r % len(names)]:
-                        folder = work / f"send-{associations}-{r}-{len(rates[name])}"
+                        folder = sends / f"{associations}-{r}-{len(rates[name])}"
                         batches = make_batches(folder, count, kib, associations)
                         pid = running[name][0].pid
                         before = tree_cpu_seconds(pid)
@@ -496,10 +518,11 @@ def main() -> None:
     if args.bare_scp:
         return bare_scp(int(args.bare_scp[0]), args.bare_scp[1])
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=os.environ.get("BENCH_DIR")))
+    sends = sending_root(work, args.count, args.kib)
     try:
         dcmtk = storescu() if args.sender == "storescu" else None
         if args.tls:
-            figures = {"tls": tls_speed(work, args.count, args.kib, args.rounds, dcmtk)}
+            figures = {"tls": tls_speed(work, args.count, args.kib, args.rounds, dcmtk, sends)}
             print(f"C-STORE of {args.count} instances of {args.kib} KiB to one gatekeeper, sent by "
                   f"{'DCMTK storescu' if dcmtk else 'pynetdicom'} (median of {args.rounds} interleaved rounds):")
             for associations, m in figures["tls"].items():
@@ -511,7 +534,7 @@ def main() -> None:
                 print(json.dumps(figures, indent=2))
             return
         if args.compare:
-            figures = {"compare": compare(work, args.count, args.kib, args.rounds, dcmtk, args.workers)}
+            figures = {"compare": compare(work, args.count, args.kib, args.rounds, dcmtk, args.workers, sends)}
             print(f"C-STORE of {args.count} instances of {args.kib} KiB, sent by "
                   f"{'DCMTK storescu' if dcmtk else 'pynetdicom'}, TCP_NODELAY on every side "
                   f"(median of {args.rounds} interleaved rounds, instances/s):")
@@ -529,7 +552,7 @@ def main() -> None:
             if args.json:
                 print(json.dumps(figures, indent=2))
             return
-        figures = {"speed": speed(work, args.count, args.kib, args.rounds, dcmtk)}
+        figures = {"speed": speed(work, args.count, args.kib, args.rounds, dcmtk, sends)}
         print(f"C-STORE of {args.count} instances of {args.kib} KiB, sent by {'DCMTK storescu' if dcmtk else 'pynetdicom'}"
               f" (best of {args.rounds}):")
         for associations, best in figures["speed"].items():
@@ -546,6 +569,7 @@ def main() -> None:
             print(json.dumps(figures, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(sends, ignore_errors=True)
 
 
 if __name__ == "__main__":
