@@ -52,8 +52,10 @@ def test_the_values_are_those_pydicom_decodes(sop_instance, message_id, priority
     ours, theirs = tuning._decode(BytesIO(encoded), True, True), pydicom_decoded(encoded)
     assert isinstance(ours, tuning._StoreCommand)
     for keyword in KEYWORDS:
-        value = getattr(ours, keyword)
-        assert value == getattr(theirs, keyword) and type(value) is type(getattr(theirs, keyword)), keyword
+        value, expected = getattr(ours, keyword), getattr(theirs, keyword)
+        assert value == expected and isinstance(value, type(expected)), keyword
+        # a UID is pydicom's, marked as checked (change 13); a number is an int
+        assert type(value) is (tuning._PlainUID if type(expected) is UID else type(expected)), keyword
     # anything else is pydicom's answer for the same bytes
     assert [(e.tag, e.value) for e in ours] == [(e.tag, e.value) for e in theirs]
     assert len(ours) == len(theirs) and 0x00001000 in ours and "MoveOriginatorApplicationEntityTitle" not in ours
@@ -78,7 +80,7 @@ def test_the_primitive_is_the_one_pynetdicom_makes(sop_instance, tmp_path):
     for name in ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
                  "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "_context_id", "_dataset_path"):
         assert getattr(ours, name) == getattr(theirs, name), name
-    assert type(ours.AffectedSOPInstanceUID) is UID and ours.is_valid_request == theirs.is_valid_request
+    assert type(ours.AffectedSOPInstanceUID) is tuning._PlainUID and ours.is_valid_request == theirs.is_valid_request
     assert isinstance(ours.DataSet, BytesIO) and ours.DataSet.getvalue() == theirs.DataSet.getvalue() == b""
     assert ours._dataset_path == Path(tmp_path / "rx.dcm")
     # a command set pydicom decoded is converted by pynetdicom itself
@@ -192,3 +194,57 @@ def test_pynetdicom_logging_reads_the_command_set_at_debug(app, gateway, caplog)
     assert "Received Store Request" in lines
     assert "Affected SOP Instance UID     : 1.2.826.0.1.3680043.8.498.77" in lines
     assert "Priority                      : Low" in lines
+
+
+# ------------------------------------------------------- change 13: a UID checked once, kept
+
+
+@pytest.mark.parametrize("name", ["AffectedSOPClassUID", "AffectedSOPInstanceUID"])
+def test_a_uid_decoded_here_is_kept_as_it_is_by_the_primitive(name):
+    decoded = tuning._decode(BytesIO(encoded_request(LONGEST)), True, True)
+    value = getattr(decoded, name)
+    primitive = C_STORE()
+    setattr(primitive, name, value)
+    assert getattr(primitive, name) is value
+
+
+def _set_as_pynetdicom(name: str, value):
+    """What pynetdicom's own setter keeps for ``value`` (or the error it raises)."""
+    primitive = C_STORE()
+    prop = tuning._original_uid_properties["_AffectedSOPInstanceUID" if name == "AffectedSOPInstanceUID" else name]
+    try:
+        prop.fset(primitive, value)
+    except (TypeError, ValueError) as exc:
+        return type(exc)
+    return getattr(primitive, name)
+
+
+@pytest.mark.parametrize("name", ["AffectedSOPClassUID", "AffectedSOPInstanceUID"])
+@pytest.mark.parametrize("value", ["1.2.3", UID("1.2.840.10008.5.1.4.1.1.2"), b"1.2.3.4\x00", "", None, 7,
+                                   "1." + "2" * 70])
+def test_any_other_value_is_set_by_pynetdicom_as_before(name, value):
+    tuning.apply()
+    primitive = C_STORE()
+    try:
+        setattr(primitive, name, value)
+    except (TypeError, ValueError) as exc:
+        assert _set_as_pynetdicom(name, value) is type(exc)
+        return
+    kept = getattr(primitive, name)
+    expected = _set_as_pynetdicom(name, value)
+    assert kept == expected and type(kept) is type(expected)
+    assert type(kept) is not tuning._PlainUID
+
+
+def test_the_response_to_a_c_store_names_the_request_s_uids(app, gateway):  # noqa: F811
+    from pynetdicom import evt
+
+    sop = "1.2.826.0.1.3680043.8.498." + "9" * 38  # 64 characters, the longest
+    received = []
+    with Modality(gateway) as mr:
+        mr.assoc.bind(evt.EVT_DIMSE_RECV, lambda event: received.append(event.message.command_set))
+        assert mr.store(instance(SOPInstanceUID=sop)) == 0x0000
+    (response,) = received
+    assert response.CommandField == 0x8001 and response.Status == 0x0000
+    assert response.AffectedSOPInstanceUID == sop and len(sop) == 64
+    assert response.AffectedSOPClassUID == "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage

@@ -9,7 +9,7 @@ import logging
 from types import SimpleNamespace
 
 from pydicom.uid import UID
-from pynetdicom import AE, _config, acse, association, dimse_messages, dul, fsm, transport
+from pynetdicom import AE, _config, acse, association, dimse_messages, dul, fsm, service_class, transport
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from gateway.dicom import tuning
@@ -266,3 +266,23 @@ def test_the_command_set_decoding_replaced_by_change_12_is_unchanged():
     tuning.apply()
     assert dimse_messages.decode is tuning._decode
     assert dimse_messages.C_STORE_RQ.message_to_primitive is tuning._store_rq_to_primitive
+
+
+def test_the_uid_setters_wrapped_by_change_13_are_unchanged():
+    # tuning._set_once keeps a _PlainUID in the attribute pynetdicom 3.0.4's setter writes,
+    # and StorageServiceClass.SCP still hands the request's UIDs to the response
+    from pynetdicom.dimse_primitives import C_STORE
+
+    for name, attribute in tuning._ONCE_CHECKED:
+        original = tuning._original_uid_properties[name]
+        source = inspect.getsource(original.fset)
+        assert f"self.{attribute} = " in source and "set_uid(value" in source, name
+        primitive = C_STORE()
+        setattr(primitive, attribute, "1.2.3")
+        assert original.fget(primitive) == "1.2.3", name
+    scp = inspect.getsource(service_class.StorageServiceClass.SCP)
+    assert "rsp.AffectedSOPInstanceUID = req.AffectedSOPInstanceUID" in scp
+    assert "rsp.AffectedSOPClassUID = req.AffectedSOPClassUID" in scp
+    tuning.apply()
+    for name, _ in tuning._ONCE_CHECKED:
+        assert getattr(C_STORE, name) is not tuning._original_uid_properties[name]
