@@ -40,10 +40,10 @@ environment); the pynetdicom servers set it on every connection.
 In every mode the senders' files are made in ``/dev/shm`` (memory) when it has room for
 two batches (:func:`sending_root`), so that making and deleting them every round does not
 slow down the file system the servers write to. On ext4 without a journal (as on some
-virtual machines: ``/proc/fs/ext4/<device>/options`` has no ``journal``, ``/proc/fs/jbd2``
-is empty), leave six minutes between two runs: each run deletes what it stored when it
-ends, and for up to six minutes after a deletion every file created on that file system
-first looks past the inodes just freed, which slows down the next run's servers unevenly.
+virtual machines; ``/proc/fs/jbd2`` then has no entry for the device), leave six minutes
+between two runs: each run deletes what it stored when it ends, and for up to six minutes
+after a deletion every file created on that file system first looks past the inodes just
+freed, which slows down the next run's servers, and not all of them alike.
 
     python3 bench/store.py --tls [--count N] [--kib K] [--rounds R]
 
