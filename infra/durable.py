@@ -33,10 +33,9 @@ def forget_cached(fd: int) -> None:
     A received instance is read once more at most (by the forwarder, when it sends the study
     on) after it is filed; kept in the page cache, every received byte would push out what is
     read all the time (the index, the worklist's orders), and each new file would take fresh
-    pages while clean ones wait to be reclaimed. PostgreSQL does the same with the WAL
-    segments nothing will read. Only clean pages are dropped: call it after the fsync. Where
-    the call does not exist or the file system refuses it nothing happens: it is advice,
-    never needed for correctness.
+    pages while clean ones wait to be reclaimed. Only clean pages are dropped: call it after
+    the fsync. Where the call does not exist or the file system refuses it nothing happens:
+    it is advice, never needed for correctness.
     """
     if _DONTNEED is None:
         return
