@@ -289,7 +289,7 @@ class Archive:
             raise _write_error(exc, f"could not create a file in {self.incoming}") from exc
         return Path(name)
 
-    def sync_ahead(self, path: str | os.PathLike[str]) -> "Ahead":
+    def sync_ahead(self, path: str | os.PathLike[str], written: tuple[int, str] | None = None) -> "Ahead":
         """Start the hash and the fsync of the file at ``path``, each on a thread of its own.
 
         A received file must be durable before it is renamed into its tree, and its size and
@@ -300,16 +300,30 @@ class Archive:
         rename (the order of writes stays: file durable, then renamed, then indexed). The file
         must not be written to after this call. When no thread can be had (the archive is
         closing) the work is done here and the result is ready.
+
+        ``written`` is the size and SHA-256 of the file as its writer computed them from the
+        bytes it wrote, in order, from the first (the DICOM receiver does,
+        :class:`gateway.dicom.tuning._ReceivedFile`): the file is then not read again, only
+        fsynced, and a file whose size is not ``written``'s fails the fsync (EIO).
         """
         path = path if isinstance(path, Path) else Path(path)
+        with self._claiming:
+            if self._syncing is None or self._syncing_pid != os.getpid():  # a fork has none of its threads
+                self._syncing = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="archive-sync")
+                self._syncing_pid = os.getpid()
+            if written is None:
+                return Ahead(self._start(file_digest, path), self._start(fsync_file, path))
+            return Ahead(_ready(written), self._start(_fsync_sized, path, written[0]))
+
+    def _start(self, function, *args) -> Future:
+        """``function(*args)`` on a sync thread; here and now when the archive is closing."""
+        pool = self._syncing
         try:
-            with self._claiming:
-                if self._syncing is None or self._syncing_pid != os.getpid():  # a fork has none of its threads
-                    self._syncing = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="archive-sync")
-                    self._syncing_pid = os.getpid()
-                return Ahead(self._syncing.submit(file_digest, path), self._syncing.submit(fsync_file, path))
+            if pool is not None:
+                return pool.submit(function, *args)
         except RuntimeError:  # shut down meanwhile
-            return Ahead(_done(file_digest, path), _done(fsync_file, path))
+            pass
+        return _done(function, *args)
 
     def write_new(
         self, tree: str, study: str, series: str, sop: str, source: bytes | str | os.PathLike[str], *,
@@ -487,6 +501,25 @@ def _done(function, *args) -> Future:
     except OSError as exc:
         done.set_exception(exc)
     return done
+
+
+def _ready(value) -> Future:
+    """A future already holding ``value``."""
+    done: Future = Future()
+    done.set_result(value)
+    return done
+
+
+def _fsync_sized(path: Path, size: int) -> None:
+    """fsync the file at ``path``, which its writer says holds ``size`` bytes (EIO if it does not)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = os.fstat(fd).st_size
+        if found != size:
+            raise OSError(errno.EIO, f"the file holds {found} bytes where {size} were written")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _chunks_of(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:

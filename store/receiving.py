@@ -162,6 +162,7 @@ class Receiving:
         session: Session | None = None,
         sop_class_uid: str = "",
         sop_instance_uid: str = "",
+        written: tuple[int, str] | None = None,
     ) -> Received:
         """Reconcile and file the Part 10 file at ``path`` (rules 3 and 4).
 
@@ -174,13 +175,16 @@ class Receiving:
         indexed; raises :class:`~store.header.UnreadableInstance` (or its
         :class:`~store.integrity.IncompleteInstance`), :class:`DatasetMismatch`,
         :class:`~infra.errors.OutOfResources` or :class:`~infra.errors.StorageFailure`.
+        ``written``, for a file in the incoming folder, is its size and SHA-256 as its writer
+        computed them (:meth:`store.archive.Archive.sync_ahead`): it is then not read again
+        for them.
         """
         source = path if isinstance(path, Path) else Path(path)  # Path(a Path) parses it again
         if not self.archive.is_incoming(source):
-            source = self._copy_in(source)
+            source, written = self._copy_in(source), None
         # The file's fsync runs on another thread while this one checks, reads and reconciles;
         # the rename into the tree waits for it (Archive.sync_ahead).
-        synced = self.archive.sync_ahead(source)
+        synced = self.archive.sync_ahead(source, written)
         try:
             try:
                 check_whole(source)  # the whole dataset, under its syntax, before anything else reads it

@@ -516,3 +516,44 @@ def test_waiting_on_a_sync_ahead_that_has_started_waits_for_its_end(store, monke
     release.set()
     waiter.join(10)
     assert not waiter.is_alive() and ended == [received]
+
+
+def test_a_file_its_writer_hashed_is_only_synced_not_read_again(store, monkeypatch):
+    """sync_ahead(path, written): the size and SHA-256 its writer computed go in; the file is fsynced, not hashed."""
+    data = b"the bytes the receiver wrote" * 1000
+    received = store.new_incoming()
+    received.write_bytes(data)
+    inode = received.stat().st_ino
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(archive_module, "file_digest", lambda *a, **k: pytest.fail("the file was read again"))
+    monkeypatch.setattr(archive_module.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    written = (len(data), hashlib.sha256(data).hexdigest())
+    stored = store.write_new(ARCHIVE, STUDY, SERIES, SOP, received, synced=store.sync_ahead(received, written))
+    assert (stored.size, stored.sha256) == written
+    assert inode in synced and (store.root / stored.path).read_bytes() == data
+
+
+@pytest.mark.parametrize("difference", [-1, 1])
+def test_a_file_not_the_size_its_writer_wrote_is_refused_and_nothing_is_left(store, difference):
+    data = b"received"
+    received = store.new_incoming()
+    received.write_bytes(data)
+    written = (len(data) + difference, hashlib.sha256(data).hexdigest())
+    with pytest.raises(StorageFailure, match=f"holds {len(data)} bytes where {len(data) + difference} were written"):
+        store.write_new(ARCHIVE, STUDY, SERIES, SOP, received, synced=store.sync_ahead(received, written))
+    assert incoming_files(store) == [] and tree_files(store) == []
+
+
+def test_sync_ahead_of_a_hashed_file_still_syncs_once_the_archive_is_closing(tmp_path, monkeypatch):
+    archive = Archive(tmp_path / "store")
+    received = archive.new_incoming()
+    archive.sync_ahead(received).result()  # the thread pool exists
+    archive._syncing.shutdown()
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(archive_module.os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    written = (0, hashlib.sha256(b"").hexdigest())
+    assert archive.sync_ahead(received, written).result() == written
+    assert synced == [received.stat().st_ino]
+    archive._syncing = None  # closed meanwhile: done here as well
+    assert archive.sync_ahead(received, written).result() == written and len(synced) == 2
+    archive.close()

@@ -7,6 +7,7 @@ What is checked is what a modality sees (the status) and what the store holds af
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import struct
@@ -17,6 +18,7 @@ import pytest
 from pydicom import dcmread
 from pydicom import uid as ts
 from pydicom.encaps import encapsulate
+from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage, Verification
 
@@ -506,6 +508,8 @@ def test_the_pynetdicom_internals_the_received_file_relies_on():
     assert set(re.findall(r"_data_set_file\.(\w+)", decode)) <= {"write", "file", "name"}
     assert set(re.findall(r"_data_set_file\.file\.(\w+)", decode)) <= {"flush"}
     assert "write_file_meta_info(\n                            self._data_set_file" in decode
+    # a new file, written from its first byte through the wrapper alone: what it hashes is the file
+    assert 'NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")' in decode
     assert set(re.findall(r"\bfp\.(\w+)", inspect.getsource(filewriter.write_file_meta_info))) == {"write"}
     assert "primitive._dataset_file = self._data_set_file" in inspect.getsource(
         dimse_messages.DIMSEMessage.message_to_primitive)
@@ -535,3 +539,18 @@ def test_storescu_below_the_reserve_gets_out_of_resources(tmp_path):
         assert "MiB free, below its reserve" in gw.log()
     finally:
         assert gw.stop() == 0, gw.log()
+
+
+def test_a_received_file_is_indexed_with_the_hash_taken_as_it_was_written(app, gateway, monkeypatch):
+    """The receiver hashes each byte it writes (tuning._ReceivedFile); filing does not read the file again."""
+    from store import archive as archive_module
+
+    monkeypatch.setattr(archive_module, "file_digest", lambda *a, **k: pytest.fail("the received file was read again"))
+    sent = [big_instance(), instance(SOPInstanceUID=generate_uid())]
+    with Modality(gateway) as mr:
+        assert [mr.store(ds) for ds in sent] == [SUCCESS, SUCCESS]
+    rows = {row.sop_instance_uid: row for row in InstanceRow.select()}
+    assert set(rows) == {ds.SOPInstanceUID for ds in sent}
+    for row in rows.values():
+        data = (app.settings.storage_root / row.path).read_bytes()
+        assert (row.size, row.sha256) == (len(data), hashlib.sha256(data).hexdigest())

@@ -169,3 +169,33 @@ def test_a_large_instance_is_stored_byte_for_byte_through_the_short_path(app, ga
     big = next(s for s in stored if s.SOPInstanceUID == ds.SOPInstanceUID)
     assert big.PixelData == ds.PixelData and big.Rows == 1024
     assert InstanceRow.select().count() == 2
+
+
+def test_the_received_file_counts_and_hashes_every_byte_it_writes(receiving):
+    import hashlib
+
+    message, written = receiving
+    received = message._data_set_file
+    for chunk in (b"\x00" * 128, b"DICM", memoryview(b"--meta--"), bytearray(b"dataset" * 5000)):
+        received.write(chunk)
+    data = written()
+    request = SimpleNamespace(_dataset_file=received)
+    assert tuning.received_digest(request) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_received_file_that_failed_has_no_hash(tmp_path):
+    class Full:
+        name = str(tmp_path / "full")
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    received = tuning._ReceivedFile(Full())
+    received.write(b"x")
+    assert tuning.received_digest(SimpleNamespace(_dataset_file=received)) is None
+    refused = tuning._ReceivedFile(None, error=OSError(28, "No space"), folder=tmp_path)
+    assert tuning.received_digest(SimpleNamespace(_dataset_file=refused)) is None
+    assert tuning.received_digest(SimpleNamespace(_dataset_file=None)) is None  # not written by the receiver

@@ -100,7 +100,8 @@ def on_c_store(event, store: Store, metrics=None):
         if not_received is not None:  # refused before writing, or the write failed: no file is left
             raise _receive_error(not_received)
         received = store.receive(event.dataset_path, calling, session=_session(event.assoc),
-                                 sop_class_uid=str(request.AffectedSOPClassUID or ""), sop_instance_uid=sop)
+                                 sop_class_uid=str(request.AffectedSOPClassUID or ""), sop_instance_uid=sop,
+                                 written=tuning.received_digest(request))
         accession, outcome, status, code = received.accession_number or "-", received.summary(), st.SUCCESS, st.SUCCESS
     except Exception as exc:  # the one outer guard
         status = st.failure(st.C_STORE, exc, log, f"C-STORE of {sop} from {calling}")

@@ -22,6 +22,8 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
    or the file cannot be created, or a write fails midway (ENOSPC, EIO), the partial file is
    closed and removed at once, the rest of the dataset is read off the wire and dropped, and
    the C-STORE handler learns why from :func:`failed_receive` and answers with a status.
+   The wrapper also counts and hashes (SHA-256) every byte it writes, so that filing takes
+   the file's size and checksum from :func:`received_digest` instead of reading it again.
 4. **UIDs are not copied when contexts are.** pynetdicom deep-copies the supported
    presentation contexts for every association
    (``transport.RequestHandler._create_association``):
@@ -173,6 +175,7 @@ behaviour it relies on changes (an upgrade of pynetdicom must be looked at here 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import queue
 import re
@@ -381,6 +384,16 @@ def failed_receive(request) -> BaseException | None:
     return received.error if isinstance(received, _ReceivedFile) else None
 
 
+def received_digest(request) -> tuple[int, str] | None:
+    """The size and SHA-256 of the file this C-STORE request's dataset was written to, as
+    computed while it was written; None when it was not written whole (:func:`failed_receive`)
+    or not by this module."""
+    received = getattr(request, "_dataset_file", None)
+    if not isinstance(received, _ReceivedFile) or received.error is not None:
+        return None
+    return received.size, received._digest.hexdigest()
+
+
 def _open_received_file(folder: Path, check_room, args, kwargs) -> "_ReceivedFile":
     """The file for one received dataset, or a sink that drops it; never raises (DUL thread)."""
     try:
@@ -400,11 +413,18 @@ class _ReceivedFile:
     removes the file and keeps the error; from then on (or from the start, for a refused
     dataset, whose name never exists) the bytes are dropped, so the association reads the
     rest of the dataset and stays usable.
+
+    Every byte written is also counted and hashed (SHA-256) as it goes, so that the file need
+    not be read again for the index (:func:`received_digest`). The writes are the file's
+    whole content: pynetdicom writes the preamble, the File Meta and then the dataset, in
+    order, through this object alone.
     """
 
     def __init__(self, file, *, error: BaseException | None = None, folder: Path | None = None) -> None:
         self._file = file
         self.error = error
+        self._digest = hashlib.sha256()
+        self.size = 0
         if file is not None:
             self.name = file.name
         else:  # a name that is never created: pynetdicom's unlink of it after the handler is a no-op
@@ -417,9 +437,13 @@ class _ReceivedFile:
     def write(self, data) -> int:
         if self._file is not None:
             try:
-                return self._file.write(data)
+                written = self._file.write(data)
             except OSError as exc:
                 self._fail(exc)
+            else:
+                self._digest.update(data)
+                self.size += len(data)
+                return written
         return len(data)
 
     def flush(self) -> None:
