@@ -121,22 +121,26 @@ def test_only_a_c_store_data_set_received_into_the_store_is_written(tmp_path):
     assert (tmp_path / "other").read_bytes() == b"" and (tmp_path / "find").read_bytes() == b""
 
 
+class Full:
+    """A file on a full volume: every write fails."""
+
+    def __init__(self, name) -> None:
+        self.name = str(name)
+
+    def write(self, data):
+        raise OSError(28, "No space left on device")
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def test_a_write_that_fails_removes_the_file_and_the_rest_is_read_and_dropped(tmp_path):
-    class Full:
-        name = str(tmp_path / "rx.dcm")
-
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-        def flush(self):
-            pass
-
-        def close(self):
-            pass
-
     (tmp_path / "rx.dcm").write_bytes(b"partial")
     message = C_STORE_RQ()
-    message._data_set_file = tuning._ReceivedFile(Full())
+    message._data_set_file = tuning._ReceivedFile(Full(tmp_path / "rx.dcm"))
     assert tuning._write_through(Dul(message), bytearray(pdv(b"abc"))) is True
     assert isinstance(message._data_set_file.error, OSError) and not (tmp_path / "rx.dcm").exists()
     assert tuning._write_through(Dul(message), bytearray(pdv(b"def"))) is True  # the sink takes the rest
@@ -184,16 +188,7 @@ def test_the_received_file_counts_and_hashes_every_byte_it_writes(receiving):
 
 
 def test_a_received_file_that_failed_has_no_hash(tmp_path):
-    class Full:
-        name = str(tmp_path / "full")
-
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-        def close(self):
-            pass
-
-    received = tuning._ReceivedFile(Full())
+    received = tuning._ReceivedFile(Full(tmp_path / "full"))
     received.write(b"x")
     assert tuning.received_digest(SimpleNamespace(_dataset_file=received)) is None
     refused = tuning._ReceivedFile(None, error=OSError(28, "No space"), folder=tmp_path)
