@@ -290,7 +290,8 @@ class Archive:
         return Path(name)
 
     def sync_ahead(self, path: str | os.PathLike[str], written: tuple[int, str] | None = None) -> "Ahead":
-        """Start the hash and the fsync of the file at ``path``, each on a thread of its own.
+        """Start the fsync of the file at ``path``, and its hash unless ``written`` gives it, each on
+        a thread of its own.
 
         A received file must be durable before it is renamed into its tree, and its size and
         SHA-256 go in the index. Both wait on the disk or hash without the interpreter lock
